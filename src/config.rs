@@ -1,0 +1,76 @@
+//! Settings: built-in defaults, then a TOML file, then environment
+//! variables (`APA_*`, and `DATABASE_URL`), the later winning. Every
+//! setting is listed in the README.
+
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Address and port to listen on.
+    pub listen: String,
+    /// `sqlite://path` (embedded, default) or `postgres://user@host/db`.
+    pub database_url: String,
+    /// Database connections for reads (one more is used for writes).
+    pub db_pool_size: u32,
+    /// Public base URL of the FHIR API (as clients reach it, behind any
+    /// proxy). Default: `http://<listen>/fhir`.
+    pub public_url: Option<String>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// A request taking longer is answered 503.
+    pub request_timeout_secs: u64,
+    /// `text` or `json` log lines on stderr.
+    pub log_format: String,
+    /// OTLP/HTTP endpoint (e.g. `http://127.0.0.1:4318`) to export traces to.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported traces.
+    pub service_name: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            database_url: "sqlite://data/apa-gateway.db".into(),
+            db_pool_size: 8,
+            public_url: None,
+            max_body_bytes: 16 * 1024 * 1024,
+            request_timeout_secs: 30,
+            log_format: "text".into(),
+            otlp_endpoint: None,
+            service_name: "apa-gateway".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Loads the settings; `file` defaults to `apa-gateway.toml` when it exists.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(f) if !f.exists() => return Err(ConfigError(format!("{} does not exist", f.display()))),
+            Some(f) => fig = fig.merge(Toml::file(f)),
+            None => fig = fig.merge(Toml::file("apa-gateway.toml")),
+        }
+        fig = fig
+            .merge(Env::prefixed("APA_"))
+            .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database_url".into()));
+        fig.extract().map_err(|e| ConfigError(e.to_string()))
+    }
+
+    pub fn base_url(&self) -> String {
+        match &self.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("http://{}/fhir", self.listen),
+        }
+    }
+}

@@ -1,0 +1,564 @@
+//! batch and transaction (`POST [base]` with a Bundle).
+//!
+//! A transaction is one write job of the store: every entry is planned
+//! inside the same database transaction (DELETE, then POST, then PUT/PATCH,
+//! as R4 orders them), `urn:uuid:` and conditional references are rewritten
+//! to the ids they resolve to, and all versions are stored with one
+//! multi-row write. Any failing entry fails the whole Bundle: nothing is
+//! stored. A batch runs each entry on its own.
+
+use std::collections::{HashMap, HashSet};
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use crate::fhir::bundle_writer::BundleWriter;
+use crate::fhir::error::FhirError;
+use crate::fhir::resource::{self, Resource, valid_id};
+use crate::fhir::search::model::{IndexValue, SearchRequest};
+use crate::fhir::search::registry::Registry;
+use crate::fhir::search::values::format_instant;
+use crate::security::Caller;
+use crate::store::{Store, WriteTx};
+
+use super::create::create_in;
+use super::delete::delete_in;
+use super::patch::{parse_patch, patch_in};
+use super::update::update_in;
+use super::{Planned, Reply, conditional_matches, conditional_query, history, index_of, new_id, parse_etag, read, search, status_line};
+
+pub struct BundleInput<'a> {
+    pub base: &'a str,
+    pub body: &'a [u8],
+    /// `Prefer: return=representation`: put each resource in its response entry.
+    pub representation: bool,
+}
+
+enum Op {
+    Create { res: Resource, cond: Option<SearchRequest> },
+    Update { res: Resource, id: String, if_match: Option<i64> },
+    CondUpdate { res: Resource, cond: SearchRequest, if_match: Option<i64> },
+    Delete { rtype: String, id: String, if_match: Option<i64> },
+    CondDelete { rtype: String, cond: SearchRequest },
+    Patch { rtype: String, id: String, ops: json_patch::Patch, if_match: Option<i64> },
+    Get { url: String },
+}
+
+struct Entry {
+    full_url: Option<String>,
+    op: Op,
+    /// Create: the id it will get.
+    new_id: Option<String>,
+    /// Create whose `ifNoneExist` matched: the id of the existing resource.
+    existing: Option<String>,
+    index: Option<Vec<(String, IndexValue)>>,
+}
+
+pub async fn process(store: &Store, caller: &Caller, input: BundleInput<'_>) -> Result<Reply, FhirError> {
+    let bundle = resource::parse(input.body, None)?;
+    if bundle.resource_type != "Bundle" {
+        return Err(FhirError::invalid(format!(
+            "POST to the base expects a Bundle of type batch or transaction, not a {}",
+            bundle.resource_type
+        ))
+        .at("resourceType"));
+    }
+    let kind = bundle.json.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
+    let entries = match bundle.json.get("entry") {
+        None => Vec::new(),
+        Some(Value::Array(a)) => a.clone(),
+        Some(_) => return Err(FhirError::structure("Bundle.entry must be an array").at("Bundle.entry")),
+    };
+    match kind.as_str() {
+        "transaction" => transaction(store, caller, &input, entries).await,
+        "batch" => batch(store, caller, &input, entries).await,
+        other => Err(FhirError::invalid(format!(
+            "Bundle.type must be 'transaction' or 'batch' to be processed, not '{other}'"
+        ))
+        .at("Bundle.type")),
+    }
+}
+
+fn in_entry(i: usize, mut e: FhirError) -> FhirError {
+    if let Some(issue) = e.issues.first_mut() {
+        issue.diagnostics = format!("Bundle.entry[{i}]: {}", issue.diagnostics);
+        if issue.expression.is_empty() {
+            issue.expression.push(format!("Bundle.entry[{i}]"));
+        } else {
+            for x in &mut issue.expression {
+                if !x.starts_with("Bundle.entry[") {
+                    *x = format!("Bundle.entry[{i}].resource.{}", x.split_once('.').map_or(x.as_str(), |(_, r)| r));
+                }
+            }
+        }
+    }
+    e
+}
+
+/// Strips our own base from an absolute request URL.
+fn relative<'u>(base: &str, url: &'u str) -> &'u str {
+    url.strip_prefix(base).map_or(url, |r| r.trim_start_matches('/'))
+}
+
+fn parse_entry(base: &str, i: usize, e: &Value) -> Result<Entry, FhirError> {
+    let at = format!("Bundle.entry[{i}]");
+    let request = e
+        .get("request")
+        .and_then(Value::as_object)
+        .ok_or_else(|| FhirError::structure("the entry has no request").at(format!("{at}.request")))?;
+    let method = request.get("method").and_then(Value::as_str).unwrap_or_default();
+    let url = request
+        .get("url")
+        .and_then(Value::as_str)
+        .ok_or_else(|| FhirError::structure("the entry's request has no url").at(format!("{at}.request.url")))?;
+    let url = relative(base, url);
+    let (path, query) = match url.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (url, None),
+    };
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let if_match = match request.get("ifMatch").and_then(Value::as_str) {
+        None => None,
+        Some(s) => Some(parse_etag(s).ok_or_else(|| {
+            FhirError::invalid(format!("ifMatch '{s}' is not a version of this server")).at(format!("{at}.request.ifMatch"))
+        })?),
+    };
+    let rtype = segs.first().copied().unwrap_or_default().to_string();
+    let known_type = Registry::r4().is_resource_type(&rtype);
+    let resource = |expected: &str| -> Result<Resource, FhirError> {
+        let v = e
+            .get("resource")
+            .cloned()
+            .ok_or_else(|| FhirError::structure("the entry has no resource").at(format!("{at}.resource")))?;
+        resource::from_value(v, Some(expected), &format!("{at}.resource"))
+    };
+    let bad_url = || FhirError::invalid(format!("'{url}' is not a valid URL for {method}")).at(format!("{at}.request.url"));
+    let full_url = e.get("fullUrl").and_then(Value::as_str).map(str::to_string);
+    let op = match method {
+        "POST" if known_type && segs.len() == 1 && query.is_none() => Op::Create {
+            res: resource(&rtype)?,
+            cond: request
+                .get("ifNoneExist")
+                .and_then(Value::as_str)
+                .map(|q| conditional_query(&rtype, q.trim_start_matches('?')))
+                .transpose()?,
+        },
+        "PUT" if known_type && segs.len() == 2 && query.is_none() && valid_id(segs[1]) => {
+            let res = resource(&rtype)?;
+            if res.id() != Some(segs[1]) {
+                return Err(FhirError::invalid(format!("the resource id must be '{}' as in the request url", segs[1]))
+                    .at(format!("{at}.resource.id")));
+            }
+            Op::Update {
+                res,
+                id: segs[1].to_string(),
+                if_match,
+            }
+        }
+        "PUT" if known_type && segs.len() == 1 && query.is_some() => Op::CondUpdate {
+            res: resource(&rtype)?,
+            cond: conditional_query(&rtype, query.unwrap_or_default())?,
+            if_match,
+        },
+        "DELETE" if known_type && segs.len() == 2 && query.is_none() && valid_id(segs[1]) => Op::Delete {
+            rtype,
+            id: segs[1].to_string(),
+            if_match,
+        },
+        "DELETE" if known_type && segs.len() == 1 && query.is_some() => Op::CondDelete {
+            cond: conditional_query(&rtype, query.unwrap_or_default())?,
+            rtype,
+        },
+        "PATCH" if known_type && segs.len() == 2 && query.is_none() && valid_id(segs[1]) => {
+            let ops = binary_patch(e).map_err(|err| err.at(format!("{at}.resource")))?;
+            Op::Patch {
+                rtype,
+                id: segs[1].to_string(),
+                ops,
+                if_match,
+            }
+        }
+        "GET" | "HEAD" => Op::Get { url: url.to_string() },
+        "POST" | "PUT" | "DELETE" | "PATCH" => return Err(bad_url()),
+        other => {
+            return Err(FhirError::invalid(format!("'{other}' is not a request method of a Bundle entry"))
+                .at(format!("{at}.request.method")));
+        }
+    };
+    Ok(Entry {
+        full_url,
+        op,
+        new_id: None,
+        existing: None,
+        index: None,
+    })
+}
+
+/// A PATCH entry carries its JSON Patch as a Binary resource.
+fn binary_patch(e: &Value) -> Result<json_patch::Patch, FhirError> {
+    let r = e.get("resource").ok_or_else(|| FhirError::structure("a PATCH entry needs a Binary resource"))?;
+    let is_binary = r.get("resourceType").and_then(Value::as_str) == Some("Binary");
+    let content_type = r.get("contentType").and_then(Value::as_str).unwrap_or_default();
+    if !is_binary || !content_type.starts_with("application/json-patch+json") {
+        return Err(FhirError::not_supported(
+            400,
+            "a PATCH entry must hold a Binary with contentType application/json-patch+json (FHIRPath Patch is not supported)",
+        ));
+    }
+    let data = r.get("data").and_then(Value::as_str).unwrap_or_default();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|_| FhirError::structure("Binary.data is not base64"))?;
+    parse_patch(&bytes)
+}
+
+/// Every `reference` string in a resource.
+fn for_each_reference(v: &mut Value, f: &mut impl FnMut(&mut String)) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                match child {
+                    Value::String(s) if k == "reference" => f(s),
+                    _ => for_each_reference(child, f),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|c| for_each_reference(c, f)),
+        _ => {}
+    }
+}
+
+fn is_conditional_reference(r: &str) -> bool {
+    r.split_once('?')
+        .is_some_and(|(t, _)| Registry::r4().is_resource_type(t))
+}
+
+fn op_resource(op: &mut Op) -> Option<&mut Resource> {
+    match op {
+        Op::Create { res, .. } | Op::Update { res, .. } | Op::CondUpdate { res, .. } => Some(res),
+        _ => None,
+    }
+}
+
+/// Rewrites references to entries of the Bundle and extracts index values.
+fn rewrite_and_index(entries: &mut [Entry], map: &HashMap<String, String>) {
+    for e in entries.iter_mut() {
+        if let Some(res) = op_resource(&mut e.op) {
+            for_each_reference(&mut res.json, &mut |r| {
+                if let Some(to) = map.get(r.as_str()) {
+                    *r = to.clone();
+                }
+            });
+            e.index = Some(index_of(res));
+        }
+    }
+}
+
+async fn transaction(store: &Store, caller: &Caller, input: &BundleInput<'_>, raw: Vec<Value>) -> Result<Reply, FhirError> {
+    let mut entries = Vec::with_capacity(raw.len());
+    for (i, e) in raw.iter().enumerate() {
+        entries.push(parse_entry(input.base, i, e).map_err(|err| in_entry(i, err))?);
+    }
+    // One resource may be the target of one entry only (R4 3.1.0.11.2).
+    let mut targets: HashSet<String> = HashSet::new();
+    let mut map: HashMap<String, String> = HashMap::new();
+    let mut conditional = false;
+    for (i, e) in entries.iter_mut().enumerate() {
+        let target = match &mut e.op {
+            Op::Create { res, cond } => {
+                conditional |= cond.is_some();
+                let id = new_id();
+                let t = format!("{}/{id}", res.resource_type);
+                e.new_id = Some(id);
+                Some(t)
+            }
+            Op::Update { res, id, .. } => Some(format!("{}/{id}", res.resource_type)),
+            Op::Delete { rtype, id, .. } | Op::Patch { rtype, id, .. } => Some(format!("{rtype}/{id}")),
+            Op::CondUpdate { .. } | Op::CondDelete { .. } => {
+                conditional = true;
+                None
+            }
+            Op::Get { .. } => None,
+        };
+        if let Some(t) = target {
+            if !matches!(e.op, Op::Create { .. }) && !targets.insert(t.clone()) {
+                return Err(in_entry(i, FhirError::invalid(format!("{t} is the target of more than one entry"))));
+            }
+            if let Some(full) = &e.full_url {
+                map.insert(full.clone(), t);
+            }
+        }
+        if let Some(res) = op_resource(&mut e.op) {
+            for_each_reference(&mut res.json, &mut |r| conditional |= is_conditional_reference(r));
+        }
+    }
+    if !conditional {
+        // Everything is known before the write: keep the CPU work out of
+        // the single writer.
+        rewrite_and_index(&mut entries, &map);
+    }
+    let representation = input.representation;
+    let (entries, replies) = store
+        .write(move |tx| {
+            Box::pin(async move {
+                let mut entries = entries;
+                if conditional {
+                    resolve_conditionals(tx, &mut entries, &mut map).await?;
+                    rewrite_and_index(&mut entries, &map);
+                }
+                let replies = plan_and_store(tx, &mut entries).await?;
+                Ok::<_, FhirError>((entries, replies))
+            })
+        })
+        .await?;
+    let mut w = BundleWriter::new("transaction-response", None, &[]);
+    for (e, reply) in entries.iter().zip(replies) {
+        let (reply, is_get) = match (&e.op, reply) {
+            (Op::Get { url }, _) => (get(store, caller, input.base, url).await, true),
+            (_, r) => (Ok(r.unwrap_or_else(|| Reply::empty(204))), false),
+        };
+        write_response(&mut w, input.base, reply, representation || is_get);
+    }
+    Ok(Reply::bundle(w.finish()))
+}
+
+/// Conditional creates, updates, deletes and references are looked up
+/// inside the transaction, so that what they match cannot change before
+/// the commit.
+async fn resolve_conditionals(tx: &mut WriteTx, entries: &mut [Entry], map: &mut HashMap<String, String>) -> Result<(), FhirError> {
+    for (i, e) in entries.iter_mut().enumerate() {
+        match &mut e.op {
+            Op::Create { cond: Some(cond), .. } => {
+                match conditional_matches(tx, cond).await.map_err(|err| in_entry(i, err))?.as_slice() {
+                    [] => {}
+                    [(t, id, _)] => {
+                        // The existing resource stands for this entry.
+                        if let Some(full) = &e.full_url {
+                            map.insert(full.clone(), format!("{t}/{id}"));
+                        }
+                        e.existing = Some(id.clone());
+                    }
+                    _ => {
+                        return Err(in_entry(i, FhirError::precondition("ifNoneExist matches more than one resource")));
+                    }
+                }
+            }
+            Op::CondUpdate { res, cond, if_match } => {
+                let id = match (conditional_matches(tx, cond).await.map_err(|err| in_entry(i, err))?.as_slice(), res.id()) {
+                    ([], Some(body_id)) => body_id.to_string(),
+                    ([], None) => new_id(),
+                    ([(_, matched, _)], _) => matched.clone(),
+                    _ => return Err(in_entry(i, FhirError::precondition("the conditional update matches more than one resource"))),
+                };
+                if let Some(full) = &e.full_url {
+                    map.insert(full.clone(), format!("{}/{id}", res.resource_type));
+                }
+                let res = std::mem::replace(res, Resource {
+                    resource_type: String::new(),
+                    json: Value::Null,
+                });
+                e.op = Op::Update {
+                    res,
+                    id,
+                    if_match: *if_match,
+                };
+            }
+            Op::CondDelete { rtype, cond } => {
+                match conditional_matches(tx, cond).await.map_err(|err| in_entry(i, err))?.as_slice() {
+                    [] => e.op = Op::Get { url: String::new() },
+                    [(_, id, _)] => {
+                        e.op = Op::Delete {
+                            rtype: rtype.clone(),
+                            id: id.clone(),
+                            if_match: None,
+                        };
+                    }
+                    _ => return Err(in_entry(i, FhirError::precondition("the conditional delete matches more than one resource"))),
+                }
+            }
+            _ => {}
+        }
+    }
+    // Conditional references: `Patient?identifier=…` must match exactly one.
+    let mut wanted: Vec<(usize, String)> = Vec::new();
+    for (i, e) in entries.iter_mut().enumerate() {
+        if let Some(res) = op_resource(&mut e.op) {
+            for_each_reference(&mut res.json, &mut |r| {
+                if is_conditional_reference(r) && !map.contains_key(r.as_str()) {
+                    wanted.push((i, r.clone()));
+                }
+            });
+        }
+    }
+    for (i, r) in wanted {
+        if map.contains_key(&r) {
+            continue;
+        }
+        let (t, q) = r.split_once('?').unwrap_or_default();
+        let cond = conditional_query(t, q).map_err(|err| in_entry(i, err))?;
+        match conditional_matches(tx, &cond).await.map_err(|err| in_entry(i, err))?.as_slice() {
+            [(t, id, _)] => {
+                map.insert(r.clone(), format!("{t}/{id}"));
+            }
+            found => {
+                return Err(in_entry(
+                    i,
+                    FhirError::precondition(format!(
+                        "the conditional reference '{r}' matches {} resources; it must match exactly one",
+                        if found.is_empty() { "no" } else { "several" }
+                    )),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Plans every write in R4 order and stores them together. Returns the
+/// reply of each entry (None for GET and no-op entries).
+async fn plan_and_store(tx: &mut WriteTx, entries: &mut [Entry]) -> Result<Vec<Option<Reply>>, FhirError> {
+    let mut replies: Vec<Option<Reply>> = (0..entries.len()).map(|_| None).collect();
+    let mut writes = Vec::new();
+    let rank = |op: &Op| match op {
+        Op::Delete { .. } | Op::CondDelete { .. } => 0,
+        Op::Create { .. } => 1,
+        Op::Update { .. } | Op::CondUpdate { .. } | Op::Patch { .. } => 2,
+        Op::Get { .. } => 3,
+    };
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    order.sort_by_key(|&i| rank(&entries[i].op));
+    for i in order {
+        let e = &mut entries[i];
+        let index = e.index.take().unwrap_or_default();
+        let planned: Option<Planned> = match &e.op {
+            Op::Create { res, .. } => match (e.existing.as_deref(), e.new_id.as_deref()) {
+                (Some(id), _) => {
+                    let v = tx.read(&res.resource_type, id).await?.ok_or_else(|| FhirError::internal("a matched resource vanished"))?;
+                    Some(Planned {
+                        write: None,
+                        reply: Reply::resource(200, v),
+                    })
+                }
+                (None, Some(id)) => Some(create_in(tx, res.clone(), id.to_string(), index, None).await.map_err(|err| in_entry(i, err))?),
+                (None, None) => None,
+            },
+            Op::Update { res, id, if_match } => {
+                Some(update_in(tx, res.clone(), id, index, *if_match).await.map_err(|err| in_entry(i, err))?)
+            }
+            Op::Delete { rtype, id, if_match } => Some(delete_in(tx, rtype, id, *if_match).await.map_err(|err| in_entry(i, err))?),
+            Op::Patch { rtype, id, ops, if_match } => {
+                Some(patch_in(tx, rtype, id, ops, *if_match).await.map_err(|err| in_entry(i, err))?)
+            }
+            Op::CondUpdate { .. } | Op::CondDelete { .. } | Op::Get { .. } => None,
+        };
+        if let Some(p) = planned {
+            writes.extend(p.write);
+            replies[i] = Some(p.reply);
+        }
+    }
+    tx.put_all(writes).await?;
+    Ok(replies)
+}
+
+async fn batch(store: &Store, caller: &Caller, input: &BundleInput<'_>, raw: Vec<Value>) -> Result<Reply, FhirError> {
+    let mut w = BundleWriter::new("batch-response", None, &[]);
+    for (i, e) in raw.iter().enumerate() {
+        let (reply, is_get) = match parse_entry(input.base, i, e) {
+            Err(err) => (Err(err), false),
+            Ok(entry) => {
+                let is_get = matches!(entry.op, Op::Get { .. });
+                (run_one(store, caller, input.base, entry).await, is_get)
+            }
+        };
+        write_response(&mut w, input.base, reply, input.representation || is_get);
+    }
+    Ok(Reply::bundle(w.finish()))
+}
+
+/// One batch entry, on its own.
+async fn run_one(store: &Store, caller: &Caller, base: &str, mut entry: Entry) -> Result<Reply, FhirError> {
+    if let Op::Get { url } = &entry.op {
+        return get(store, caller, base, url).await;
+    }
+    if let Some(res) = op_resource(&mut entry.op) {
+        entry.index = Some(index_of(res));
+    }
+    if matches!(entry.op, Op::Create { .. }) {
+        entry.new_id = Some(new_id());
+    }
+    store
+        .write(move |tx| {
+            Box::pin(async move {
+                let mut one = [entry];
+                let mut map = HashMap::new();
+                resolve_conditionals(tx, &mut one, &mut map).await?;
+                let mut replies = plan_and_store(tx, &mut one).await?;
+                Ok(replies.pop().flatten().unwrap_or_else(|| Reply::empty(204)))
+            })
+        })
+        .await
+}
+
+/// A GET entry: read, vread, search or history, as the URL says.
+async fn get(store: &Store, caller: &Caller, base: &str, url: &str) -> Result<Reply, FhirError> {
+    if url.is_empty() {
+        return Ok(Reply::empty(204));
+    }
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    match segs.as_slice() {
+        [t] if Registry::r4().is_resource_type(t) => {
+            search::search(store, caller, search::SearchInput {
+                base,
+                resource_type: Some(t),
+                params: &params,
+                strict: false,
+            })
+            .await
+        }
+        [t, id] => read::read(store, caller, t, id).await,
+        [t, id, "_history"] => history::history(store, caller, base, Some(t), Some(id), &params).await,
+        [t, id, "_history", vid] => read::vread(store, caller, t, id, vid).await,
+        _ => Err(FhirError::invalid(format!("'{url}' is not a URL this server can GET in a Bundle"))),
+    }
+}
+
+fn write_response(w: &mut BundleWriter, base: &str, reply: Result<Reply, FhirError>, representation: bool) {
+    match reply {
+        Ok(reply) => {
+            let mut response = json!({ "status": status_line(reply.status) });
+            let mut full_url = None;
+            let mut resource = None;
+            if let Some(v) = &reply.version {
+                if let Some(o) = response.as_object_mut() {
+                    if reply.status == 201 || reply.status == 200 {
+                        o.insert(
+                            "location".into(),
+                            json!(format!("{}/{}/_history/{}", v.resource_type, v.id, v.version)),
+                        );
+                    }
+                    o.insert("etag".into(), json!(format!("W/\"{}\"", v.version)));
+                    o.insert("lastModified".into(), json!(format_instant(v.updated)));
+                }
+                full_url = Some(format!("{base}/{}/{}", v.resource_type, v.id));
+                if representation {
+                    resource = v.body.clone();
+                }
+            }
+            if let Some(b) = reply.body {
+                resource = Some(b);
+            }
+            w.entry(full_url.as_deref(), resource.as_deref(), json!({ "response": response }));
+        }
+        Err(e) => {
+            w.entry(
+                None,
+                None,
+                json!({ "response": { "status": status_line(e.status), "outcome": e.outcome() } }),
+            );
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! create, and conditional create (`If-None-Exist`).
+
+use crate::clock::now_micros;
+use crate::fhir::error::FhirError;
+use crate::fhir::resource::{self, Resource};
+use crate::fhir::search::model::{IndexValue, SearchRequest};
+use crate::security::Caller;
+use crate::store::{Method, Store, Version, Write, WriteTx};
+
+use super::{Planned, Reply, commit_one, conditional_matches, conditional_query, index_of, new_id};
+
+pub async fn create(
+    store: &Store,
+    _caller: &Caller,
+    resource_type: &str,
+    body: &[u8],
+    if_none_exist: Option<&str>,
+) -> Result<Reply, FhirError> {
+    let res = resource::parse(body, Some(resource_type))?;
+    let cond = if_none_exist.map(|q| conditional_query(resource_type, q)).transpose()?;
+    // The server assigns the id; one sent by the client is replaced (R4 3.1.0.4.1).
+    let id = new_id();
+    let index = index_of(&res);
+    store
+        .write(move |tx| {
+            Box::pin(async move {
+                let planned = create_in(tx, res, id, index, cond.as_ref()).await?;
+                commit_one(tx, planned).await
+            })
+        })
+        .await
+}
+
+/// Creates `res` as `id` unless `cond` matches: one match is returned as it
+/// is (200), several are an error (412).
+pub async fn create_in(
+    tx: &mut WriteTx,
+    mut res: Resource,
+    id: String,
+    index: Vec<(String, IndexValue)>,
+    cond: Option<&SearchRequest>,
+) -> Result<Planned, FhirError> {
+    if let Some(cond) = cond {
+        let found = conditional_matches(tx, cond).await?;
+        match found.as_slice() {
+            [] => {}
+            [(t, existing, _)] => {
+                let v = tx
+                    .read(t, existing)
+                    .await?
+                    .ok_or_else(|| FhirError::internal("a matched resource vanished"))?;
+                return Ok(Planned {
+                    write: None,
+                    reply: Reply::resource(200, v),
+                });
+            }
+            _ => {
+                return Err(FhirError::precondition(
+                    "If-None-Exist matches more than one resource; the criteria are not selective enough",
+                ));
+            }
+        }
+    }
+    let updated = now_micros();
+    res.stamp(&id, 1, updated);
+    let body = res.to_bytes();
+    let write = Write {
+        resource_type: res.resource_type.clone(),
+        id: id.clone(),
+        version: 1,
+        updated,
+        method: Method::Create,
+        body: Some(body.clone()),
+        index,
+        pk: None,
+    };
+    Ok(Planned {
+        write: Some(write),
+        reply: Reply::created(Version {
+            resource_type: res.resource_type,
+            id,
+            version: 1,
+            updated,
+            method: Method::Create,
+            body: Some(body),
+        }),
+    })
+}

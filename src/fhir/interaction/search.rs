@@ -1,0 +1,114 @@
+//! search-type and search-system (GET and POST `_search`).
+
+use serde_json::json;
+
+use crate::fhir::bundle_writer::BundleWriter;
+use crate::fhir::error::FhirError;
+use crate::fhir::search::model::{Include, PageStart, ParamRef, ParamType, SearchRequest, Summary};
+use crate::fhir::search::parse::{ParseOptions, parse_search};
+use crate::fhir::search::registry::Registry;
+use crate::fhir::summary::subset;
+use crate::security::Caller;
+use crate::store::Store;
+
+use super::{Reply, link};
+
+/// The names of the paging tokens the server writes into its own links.
+pub const PAGE_AFTER: &str = "_page_after";
+pub const PAGE_OFFSET: &str = "_offset";
+
+pub struct SearchInput<'a> {
+    pub base: &'a str,
+    pub resource_type: Option<&'a str>,
+    pub params: &'a [(String, String)],
+    pub strict: bool,
+}
+
+pub async fn search(store: &Store, _caller: &Caller, input: SearchInput<'_>) -> Result<Reply, FhirError> {
+    let opts = ParseOptions {
+        strict: input.strict,
+        default_count: 20,
+        max_count: 1000,
+    };
+    let mut req = parse_search(Registry::r4(), input.resource_type, input.params, &opts)?;
+    expand_wildcards(&mut req.include);
+    expand_wildcards(&mut req.revinclude);
+    if req.summary == Some(Summary::Count) {
+        req.count = 0;
+    }
+    let page = store.search(&req).await?;
+
+    let path = input.resource_type.unwrap_or("");
+    let paging_free: Vec<(String, String)> = req
+        .applied
+        .iter()
+        .filter(|(k, _)| k != PAGE_AFTER && k != PAGE_OFFSET)
+        .cloned()
+        .collect();
+    let with_page = |p: PageStart| {
+        let mut ps = paging_free.clone();
+        match p {
+            PageStart::First => {}
+            PageStart::After(pk) => ps.push((PAGE_AFTER.into(), pk.to_string())),
+            PageStart::Offset(o) => ps.push((PAGE_OFFSET.into(), o.to_string())),
+        }
+        link(input.base, path, &ps)
+    };
+    let mut links = vec![("self", link(input.base, path, &req.applied))];
+    if let Some(n) = page.next {
+        links.push(("next", with_page(n)));
+    }
+    if let Some(p) = page.previous {
+        links.push(("previous", with_page(p)));
+    }
+    let mut w = BundleWriter::new("searchset", page.total, &links);
+    for (v, mode) in page
+        .matches
+        .iter()
+        .map(|v| (v, "match"))
+        .chain(page.included.iter().map(|v| (v, "include")))
+    {
+        let Some(body) = v.body.as_deref() else { continue };
+        let full_url = format!("{}/{}/{}", input.base, v.resource_type, v.id);
+        let subsetted = subset(body, &v.resource_type, req.summary, &req.elements);
+        w.entry(
+            Some(&full_url),
+            Some(subsetted.as_deref().unwrap_or(body)),
+            json!({"search": {"mode": mode}}),
+        );
+    }
+    Ok(Reply::bundle(w.finish()))
+}
+
+/// `_include=Observation:*` means every reference parameter of the type.
+fn expand_wildcards(includes: &mut Vec<Include>) {
+    let mut out = Vec::with_capacity(includes.len());
+    for inc in includes.drain(..) {
+        if inc.param.is_some() {
+            out.push(inc);
+            continue;
+        }
+        for def in Registry::r4().params_of(&inc.source_type) {
+            if def.kind == ParamType::Reference {
+                out.push(Include {
+                    param: Some(ParamRef {
+                        resource_type: inc.source_type.clone(),
+                        code: def.code.clone(),
+                        kind: ParamType::Reference,
+                    }),
+                    ..inc.clone()
+                });
+            }
+        }
+    }
+    *includes = out;
+}
+
+/// For conditional interactions and tests: parse without executing.
+pub fn parse_only(resource_type: &str, params: &[(String, String)]) -> Result<SearchRequest, FhirError> {
+    Ok(parse_search(Registry::r4(), Some(resource_type), params, &ParseOptions {
+        strict: true,
+        default_count: 20,
+        max_count: 1000,
+    })?)
+}

@@ -1,0 +1,143 @@
+//! update, update-as-create (client-chosen id), conditional update.
+
+use crate::clock::now_micros;
+use crate::fhir::error::FhirError;
+use crate::fhir::resource::{self, Resource};
+use crate::fhir::search::model::IndexValue;
+use crate::security::Caller;
+use crate::store::{Method, Store, Version, Write, WriteTx};
+
+use super::read::check_id;
+use super::{Planned, Reply, commit_one, conditional_matches, conditional_query, index_of, new_id};
+
+pub async fn update(
+    store: &Store,
+    _caller: &Caller,
+    resource_type: &str,
+    id: &str,
+    body: &[u8],
+    if_match: Option<i64>,
+) -> Result<Reply, FhirError> {
+    check_id(id)?;
+    let res = resource::parse(body, Some(resource_type))?;
+    match res.id() {
+        None => {
+            return Err(FhirError::invalid(format!("the resource has no id; it must be '{id}' as in the URL"))
+                .at(format!("{resource_type}.id")));
+        }
+        Some(body_id) if body_id != id => {
+            return Err(FhirError::invalid(format!("the resource id '{body_id}' differs from the URL id '{id}'"))
+                .at(format!("{resource_type}.id")));
+        }
+        Some(_) => {}
+    }
+    let index = index_of(&res);
+    let id = id.to_string();
+    store
+        .write(move |tx| {
+            Box::pin(async move {
+                let planned = update_in(tx, res, &id, index, if_match).await?;
+                commit_one(tx, planned).await
+            })
+        })
+        .await
+}
+
+/// Writes a new version of `res` as `id` (creating it when unknown).
+pub async fn update_in(
+    tx: &mut WriteTx,
+    mut res: Resource,
+    id: &str,
+    index: Vec<(String, IndexValue)>,
+    if_match: Option<i64>,
+) -> Result<Planned, FhirError> {
+    let rtype = res.resource_type.clone();
+    let current = tx.current(&rtype, id).await?;
+    if let Some(expected) = if_match {
+        match current {
+            Some(c) if !c.deleted && c.version == expected => {}
+            Some(c) => {
+                return Err(FhirError::precondition(format!(
+                    "If-Match expects version {expected} of {rtype}/{id}, the current version is {}{}",
+                    c.version,
+                    if c.deleted { " (deleted)" } else { "" }
+                )));
+            }
+            None => {
+                return Err(FhirError::precondition(format!(
+                    "If-Match expects version {expected} of {rtype}/{id}, which does not exist"
+                )));
+            }
+        }
+    }
+    let version = current.map_or(1, |c| c.version + 1);
+    let updated = now_micros();
+    res.stamp(id, version, updated);
+    let body = res.to_bytes();
+    let (method, status) = match current {
+        Some(c) if !c.deleted => (Method::Update, 200),
+        _ => (Method::Create, 201),
+    };
+    let write = Write {
+        resource_type: rtype.clone(),
+        id: id.to_string(),
+        version,
+        updated,
+        method,
+        body: Some(body.clone()),
+        index,
+        pk: current.map(|c| c.pk),
+    };
+    let v = Version {
+        resource_type: rtype,
+        id: id.to_string(),
+        version,
+        updated,
+        method,
+        body: Some(body),
+    };
+    Ok(Planned {
+        write: Some(write),
+        reply: if status == 201 { Reply::created(v) } else { Reply::resource(200, v) },
+    })
+}
+
+/// `PUT [type]?criteria`: no match creates, one match updates it, several
+/// are refused (412).
+pub async fn conditional_update(
+    store: &Store,
+    _caller: &Caller,
+    resource_type: &str,
+    query: &str,
+    body: &[u8],
+    if_match: Option<i64>,
+) -> Result<Reply, FhirError> {
+    let cond = conditional_query(resource_type, query)?;
+    let res = resource::parse(body, Some(resource_type))?;
+    let index = index_of(&res);
+    store
+        .write(move |tx| {
+            Box::pin(async move {
+                let found = conditional_matches(tx, &cond).await?;
+                let id = match (found.as_slice(), res.id()) {
+                    ([], Some(body_id)) => body_id.to_string(),
+                    ([], None) => new_id(),
+                    ([(_, matched, _)], Some(body_id)) if body_id != matched => {
+                        return Err(FhirError::invalid(format!(
+                            "the criteria match {matched} but the resource id is '{body_id}'"
+                        ))
+                        .at(format!("{}.id", res.resource_type)));
+                    }
+                    ([(_, matched, _)], _) => matched.clone(),
+                    _ => {
+                        return Err(FhirError::precondition(
+                            "the conditional update matches more than one resource",
+                        ));
+                    }
+                };
+                let planned = update_in(tx, res, &id, index, if_match).await?;
+                commit_one(tx, planned).await
+            })
+        })
+        .await
+}

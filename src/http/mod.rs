@@ -1,0 +1,68 @@
+//! HTTP: the route table, the middleware, thin handlers.
+
+mod caller;
+pub mod error;
+mod handlers;
+mod negotiate;
+mod observe;
+mod respond;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::store::Store;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    /// The public base URL of the FHIR endpoint, e.g. `https://host/fhir`.
+    pub base: Arc<str>,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+/// Every endpoint of the gateway.
+pub fn router(state: AppState, limits: &Limits) -> Router {
+    use handlers::*;
+    let fhir = Router::new()
+        .route("/metadata", get(metadata))
+        .route("/", get(search_system).post(bundle))
+        .route("/_search", post(search_system_post))
+        .route("/_history", get(history_system))
+        .route("/{rtype}", get(search_type).post(create).put(conditional_update).delete(conditional_delete))
+        .route("/{rtype}/_search", post(search_type_post))
+        .route("/{rtype}/_history", get(history_type))
+        .route("/{rtype}/{id}", get(read).put(update).patch(patch).delete(delete))
+        .route("/{rtype}/{id}/_history", get(history_instance))
+        .route("/{rtype}/{id}/_history/{vid}", get(vread))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(negotiate::content_negotiation));
+    Router::new()
+        .nest("/fhir", fhir)
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(prometheus))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(middleware::from_fn(observe::observe))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            limits.request_timeout,
+        ))
+        .layer(CatchPanicLayer::custom(handlers::panic_response))
+        .with_state(state)
+}

@@ -1,0 +1,107 @@
+//! Starting and stopping the gateway.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::http::{AppState, Limits, router};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(String, std::io::Error),
+}
+
+/// A started gateway.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub store: Store,
+    pub base: String,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops taking requests, lets in-flight ones finish, then waits for
+    /// the last writes to commit.
+    /// Waits until the server stops (on SIGTERM / Ctrl-C).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Opens the database, binds the listener (port 0 picks a free port) and
+/// serves until `stop` or until the process receives SIGTERM / Ctrl-C.
+pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
+    let store = Store::open(&cfg.database_url, cfg.db_pool_size).await?;
+    let listener = TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|e| ServerError::Listen(cfg.listen.clone(), e))?;
+    let addr = listener.local_addr().map_err(|e| ServerError::Listen(cfg.listen.clone(), e))?;
+    let base = match &cfg.public_url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None => format!("http://{addr}/fhir"),
+    };
+    let state = AppState {
+        store: store.clone(),
+        base: base.clone().into(),
+        metrics: crate::telemetry::metrics(),
+    };
+    let app = router(state, &Limits {
+        max_body_bytes: cfg.max_body_bytes,
+        request_timeout: Duration::from_secs(cfg.request_timeout_secs),
+    });
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let store_for_close = store.clone();
+    let task = tokio::spawn(async move {
+        let stop = async move {
+            tokio::select! {
+                _ = rx => {}
+                _ = termination() => tracing::info!("termination signal received, finishing in-flight requests"),
+            }
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+            tracing::error!(error = %e, "server error");
+        }
+        store_for_close.close().await;
+        tracing::info!("stopped");
+    });
+    Ok(Running {
+        addr,
+        store,
+        base,
+        shutdown: tx,
+        task,
+    })
+}
+
+async fn termination() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,201 @@
+//! The few shapes of query the store runs, written once for both backends.
+//!
+//! sqlx checks types per database, so generic code over `Database` needs
+//! heavy bounds; instead `on_conn!` expands the same source for SQLite and
+//! PostgreSQL. SQL is written with `?` placeholders and numbered (`$1`…)
+//! for PostgreSQL here, in one place.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use sqlx::{PgConnection, Row, SqliteConnection};
+
+use super::StoreError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A value bound to a placeholder.
+#[derive(Debug, Clone)]
+pub enum Bind {
+    I64(i64),
+    F64(f64),
+    Text(String),
+    Bytes(Bytes),
+    /// A NULL of a BLOB / BYTEA column (the body of a deletion).
+    Null,
+}
+
+/// A piece of SQL with the values of its placeholders, in order.
+#[derive(Debug, Clone, Default)]
+pub struct Frag {
+    pub sql: String,
+    pub binds: Vec<Bind>,
+}
+
+impl Frag {
+    pub fn new(sql: impl Into<String>) -> Self {
+        Frag {
+            sql: sql.into(),
+            binds: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, sql: &str) -> &mut Self {
+        self.sql.push_str(sql);
+        self
+    }
+
+    pub fn bind(&mut self, b: Bind) -> &mut Self {
+        self.sql.push('?');
+        self.binds.push(b);
+        self
+    }
+
+    pub fn append(&mut self, other: Frag) -> &mut Self {
+        self.sql.push_str(&other.sql);
+        self.binds.extend(other.binds);
+        self
+    }
+}
+
+pub enum Conn<'c> {
+    Sqlite(&'c mut SqliteConnection),
+    Pg(&'c mut PgConnection),
+}
+
+pub fn numbered(dialect: Dialect, sql: &str) -> Cow<'_, str> {
+    if dialect == Dialect::Sqlite || !sql.contains('?') {
+        return Cow::Borrowed(sql);
+    }
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+macro_rules! on_conn {
+    ($conn:expr, $frag:expr, |$q:ident, $c:ident| $body:expr) => {{
+        let frag: &Frag = $frag;
+        match $conn {
+            Conn::Sqlite(c) => {
+                let sql = sqlx::AssertSqlSafe(numbered(Dialect::Sqlite, &frag.sql).into_owned());
+                let mut $q = sqlx::query::<sqlx::Sqlite>(sql);
+                for b in &frag.binds {
+                    $q = match b {
+                        Bind::I64(v) => $q.bind(*v),
+                        Bind::F64(v) => $q.bind(*v),
+                        Bind::Text(v) => $q.bind(v.as_str()),
+                        Bind::Bytes(v) => $q.bind(v.as_ref()),
+                        Bind::Null => $q.bind(Option::<&[u8]>::None),
+                    };
+                }
+                let $q = $q;
+                let $c: &mut SqliteConnection = c;
+                $body
+            }
+            Conn::Pg(c) => {
+                let sql = sqlx::AssertSqlSafe(numbered(Dialect::Postgres, &frag.sql).into_owned());
+                let mut $q = sqlx::query::<sqlx::Postgres>(sql);
+                for b in &frag.binds {
+                    $q = match b {
+                        Bind::I64(v) => $q.bind(*v),
+                        Bind::F64(v) => $q.bind(*v),
+                        Bind::Text(v) => $q.bind(v.as_str()),
+                        Bind::Bytes(v) => $q.bind(v.as_ref()),
+                        Bind::Null => $q.bind(Option::<&[u8]>::None),
+                    };
+                }
+                let $q = $q;
+                let $c: &mut PgConnection = c;
+                $body
+            }
+        }
+    }};
+}
+
+/// A stored version as read back.
+#[derive(Debug, Clone)]
+pub struct VersionRow {
+    pub pk: i64,
+    pub vpk: i64,
+    pub resource_type: String,
+    pub id: String,
+    pub version: i64,
+    pub updated: i64,
+    pub method: i64,
+    pub body: Option<Bytes>,
+}
+
+/// Runs a statement; returns the number of rows it changed.
+pub async fn execute(conn: &mut Conn<'_>, frag: &Frag) -> Result<u64, StoreError> {
+    Ok(on_conn!(conn, frag, |q, c| q.execute(c).await.map(|r| r.rows_affected()))?)
+}
+
+/// Runs a query whose rows are one `i64` column (pks, counts).
+pub async fn fetch_i64(conn: &mut Conn<'_>, frag: &Frag) -> Result<Vec<i64>, StoreError> {
+    let rows = on_conn!(conn, frag, |q, c| {
+        let rows = q.fetch_all(c).await?;
+        rows.iter().map(|r| r.try_get::<i64, _>(0)).collect::<Result<Vec<_>, _>>()
+    })?;
+    Ok(rows)
+}
+
+/// Runs a query whose rows are `(i64, text, text)`.
+pub async fn fetch_i64_text_text(
+    conn: &mut Conn<'_>,
+    frag: &Frag,
+) -> Result<Vec<(i64, String, String)>, StoreError> {
+    let rows = on_conn!(conn, frag, |q, c| {
+        let rows = q.fetch_all(c).await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<String, _>(1)?, r.try_get::<String, _>(2)?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+    })?;
+    Ok(rows)
+}
+
+/// Runs a query selecting, in this order: pk, vpk, rtype, id, version,
+/// updated, method, body.
+pub async fn fetch_versions(conn: &mut Conn<'_>, frag: &Frag) -> Result<Vec<VersionRow>, StoreError> {
+    let rows = on_conn!(conn, frag, |q, c| {
+        let rows = q.fetch_all(c).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(VersionRow {
+                    pk: r.try_get(0)?,
+                    vpk: r.try_get(1)?,
+                    resource_type: r.try_get(2)?,
+                    id: r.try_get(3)?,
+                    version: r.try_get(4)?,
+                    updated: r.try_get(5)?,
+                    method: r.try_get(6)?,
+                    body: r.try_get::<Option<Vec<u8>>, _>(7)?.map(Bytes::from),
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+    })?;
+    Ok(rows)
+}
+
+/// Runs a query whose rows are three `i64` columns.
+pub async fn fetch_i64x3(conn: &mut Conn<'_>, frag: &Frag) -> Result<Vec<(i64, i64, i64)>, StoreError> {
+    let rows = on_conn!(conn, frag, |q, c| {
+        let rows = q.fetch_all(c).await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?, r.try_get::<i64, _>(2)?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+    })?;
+    Ok(rows)
+}

@@ -1,0 +1,343 @@
+//! Persistence: resource versions, search index rows, history. SQLite
+//! (embedded, default) or PostgreSQL, behind one `Store`. See
+//! docs/storage.md for the table and index design.
+
+mod exec;
+pub mod keys;
+mod rows;
+mod sql;
+mod writer;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::fhir::search::model::{PageStart, SearchRequest, Total};
+pub use exec::Dialect;
+use exec::{Bind, Conn, Frag, VersionRow, fetch_i64, fetch_versions};
+pub use writer::{WriteTx, Writer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(sqlx::Error),
+    /// Another writer (a second gateway replica) stored the same resource
+    /// version first.
+    #[error("a concurrent write changed the same resource; retry")]
+    Conflict,
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("the storage writer has stopped")]
+    WriterGone,
+    #[error("invalid database URL: {0}")]
+    Config(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if e.as_database_error().is_some_and(|d| d.is_unique_violation()) {
+            StoreError::Conflict
+        } else {
+            StoreError::Db(e)
+        }
+    }
+}
+
+/// How a version came to be, as history reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Create = 1,
+    Update = 2,
+    Delete = 3,
+}
+
+impl Method {
+    fn from_i64(v: i64) -> Method {
+        match v {
+            1 => Method::Create,
+            3 => Method::Delete,
+            _ => Method::Update,
+        }
+    }
+}
+
+/// One version of a resource as stored. `body` is `None` for a deletion.
+#[derive(Debug, Clone)]
+pub struct Version {
+    pub resource_type: String,
+    pub id: String,
+    pub version: i64,
+    /// `meta.lastUpdated`, microseconds since the epoch.
+    pub updated: i64,
+    pub method: Method,
+    pub body: Option<Bytes>,
+}
+
+impl Version {
+    pub fn deleted(&self) -> bool {
+        self.method == Method::Delete
+    }
+}
+
+impl From<VersionRow> for Version {
+    fn from(r: VersionRow) -> Self {
+        Version {
+            resource_type: r.resource_type,
+            id: r.id,
+            version: r.version,
+            updated: r.updated,
+            method: Method::from_i64(r.method),
+            body: r.body,
+        }
+    }
+}
+
+/// What a write needs to know of the current state of a resource.
+#[derive(Debug, Clone, Copy)]
+pub struct Current {
+    pub pk: i64,
+    pub version: i64,
+    pub deleted: bool,
+}
+
+/// One resource version to store, with the index values of its content.
+#[derive(Debug, Clone)]
+pub struct Write {
+    pub resource_type: String,
+    pub id: String,
+    pub version: i64,
+    pub updated: i64,
+    pub method: Method,
+    pub body: Option<Bytes>,
+    pub index: Vec<(String, crate::fhir::search::model::IndexValue)>,
+    /// The row of the resource when it already exists.
+    pub pk: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    pub resource_type: Option<String>,
+    pub id: Option<String>,
+    /// `_since`: versions written at or after this instant.
+    pub since: Option<i64>,
+    /// `_at`... not offered; `before` pages backwards through the log.
+    pub before: Option<i64>,
+    pub count: usize,
+}
+
+pub struct HistoryPage {
+    pub entries: Vec<Version>,
+    /// Cursor for the next (older) page.
+    pub next: Option<i64>,
+}
+
+pub struct SearchPage {
+    pub matches: Vec<Version>,
+    pub included: Vec<Version>,
+    pub total: Option<u64>,
+    pub next: Option<PageStart>,
+    pub previous: Option<PageStart>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+enum Pool {
+    Sqlite(SqlitePool),
+    Pg(PgPool),
+}
+
+struct Inner {
+    pool: Pool,
+    writer: Writer,
+}
+
+const SQLITE_SCHEMA: &str = include_str!("schema_sqlite.sql");
+const POSTGRES_SCHEMA: &str = include_str!("schema_postgres.sql");
+
+/// Upper bound on resources that `_include`/`_revinclude` may add to a page.
+const MAX_INCLUDED: i64 = 1000;
+
+impl Store {
+    /// Opens (creating if needed) the database and applies the schema.
+    /// `sqlite://path` (file created if missing) or `postgres://…`.
+    pub async fn open(url: &str, pool_size: u32) -> Result<Store, StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let opts = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(pool_size.max(2))
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(opts)
+                .await?;
+            apply_schema_pg(&pool).await?;
+            let writer_pool = pool.clone();
+            Ok(Store {
+                inner: Arc::new(Inner {
+                    writer: Writer::start_pg(writer_pool),
+                    pool: Pool::Pg(pool),
+                }),
+            })
+        } else if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            let path = path.split('?').next().unwrap_or(path);
+            if let Some(dir) = std::path::Path::new(path).parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir).map_err(|e| StoreError::Config(format!("{}: {e}", dir.display())))?;
+            }
+            // WAL lets readers run beside the single writer; FULL makes each
+            // commit durable (fsync) before the client hears about it.
+            let opts = SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(10))
+                .pragma("cache_size", "-8000")
+                .pragma("temp_store", "memory");
+            let write_pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(opts.clone())
+                .await?;
+            {
+                let mut c = write_pool.acquire().await?;
+                sqlx::raw_sql(SQLITE_SCHEMA).execute(&mut *c).await?;
+            }
+            let read_pool = SqlitePoolOptions::new()
+                .max_connections(pool_size.max(1))
+                .connect_with(opts.read_only(true))
+                .await?;
+            Ok(Store {
+                inner: Arc::new(Inner {
+                    writer: Writer::start_sqlite(write_pool),
+                    pool: Pool::Sqlite(read_pool),
+                }),
+            })
+        } else {
+            Err(StoreError::Config(
+                "expected sqlite://<path> or postgres://… (the scheme is missing or unknown)".into(),
+            ))
+        }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        match self.inner.pool {
+            Pool::Sqlite(_) => Dialect::Sqlite,
+            Pool::Pg(_) => Dialect::Postgres,
+        }
+    }
+
+    /// Runs `f` on a read connection.
+    async fn with_conn<T>(
+        &self,
+        f: impl for<'c> AsyncFnOnce(&mut Conn<'c>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match &self.inner.pool {
+            Pool::Sqlite(p) => {
+                let mut c = p.acquire().await?;
+                f(&mut Conn::Sqlite(&mut c)).await
+            }
+            Pool::Pg(p) => {
+                let mut c = p.acquire().await?;
+                f(&mut Conn::Pg(&mut c)).await
+            }
+        }
+    }
+
+    /// Is the database reachable?
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.with_conn(async |c| fetch_i64(c, &Frag::new("SELECT CAST(1 AS BIGINT)")).await.map(|_| ()))
+            .await
+    }
+
+    pub async fn read(&self, resource_type: &str, id: &str) -> Result<Option<Version>, StoreError> {
+        self.with_conn(async |c| rows::read_current(c, resource_type, id).await)
+            .await
+    }
+
+    pub async fn vread(&self, resource_type: &str, id: &str, version: i64) -> Result<Option<Version>, StoreError> {
+        let mut f = Frag::new(rows::VERSION_COLUMNS);
+        f.push(" FROM resource r JOIN resource_version v ON v.pk = r.pk WHERE r.rtype = ")
+            .bind(Bind::Text(resource_type.into()))
+            .push(" AND r.id = ")
+            .bind(Bind::Text(id.into()))
+            .push(" AND v.version = ")
+            .bind(Bind::I64(version));
+        self.with_conn(async |c| Ok(fetch_versions(c, &f).await?.into_iter().next().map(Version::from)))
+            .await
+    }
+
+    /// Newest first.
+    pub async fn history(&self, q: &HistoryQuery) -> Result<HistoryPage, StoreError> {
+        let mut f = Frag::new(rows::VERSION_COLUMNS);
+        f.push(" FROM resource_version v JOIN resource r ON r.pk = v.pk WHERE 1 = 1");
+        if let Some(t) = &q.resource_type {
+            f.push(" AND v.rtype = ").bind(Bind::Text(t.clone()));
+        }
+        if let Some(id) = &q.id {
+            f.push(" AND r.id = ").bind(Bind::Text(id.clone()));
+        }
+        if let Some(s) = q.since {
+            f.push(" AND v.updated >= ").bind(Bind::I64(s));
+        }
+        if let Some(b) = q.before {
+            f.push(" AND v.vpk < ").bind(Bind::I64(b));
+        }
+        f.push(" ORDER BY v.vpk DESC LIMIT ").bind(Bind::I64(q.count as i64 + 1));
+        let mut rows = self.with_conn(async |c| fetch_versions(c, &f).await).await?;
+        let next = if rows.len() > q.count {
+            rows.truncate(q.count);
+            rows.last().map(|r| r.vpk)
+        } else {
+            None
+        };
+        Ok(HistoryPage {
+            entries: rows.into_iter().map(Version::from).collect(),
+            next,
+        })
+    }
+
+    pub async fn search(&self, req: &SearchRequest) -> Result<SearchPage, StoreError> {
+        self.with_conn(async |c| rows::search(c, req).await).await
+    }
+
+    /// Runs `f` inside the group-committed write transaction. What `f`
+    /// writes is atomic: all of it is committed, or none of it when `f`
+    /// returns an error. The result is returned once the commit is durable.
+    pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: for<'a> FnOnce(&'a mut WriteTx) -> futures_util::future::BoxFuture<'a, Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        self.inner.writer.submit(f).await
+    }
+
+    /// Waits until every accepted write is committed, then stops the writer.
+    pub async fn close(&self) {
+        self.inner.writer.close().await;
+        match &self.inner.pool {
+            Pool::Sqlite(p) => p.close().await,
+            Pool::Pg(p) => p.close().await,
+        }
+    }
+}
+
+async fn apply_schema_pg(pool: &PgPool) -> Result<(), StoreError> {
+    let mut c = pool.acquire().await?;
+    // Several gateway replicas may start at once: one applies the schema.
+    sqlx::query("SELECT pg_advisory_lock(7422001)").execute(&mut *c).await?;
+    let r = sqlx::raw_sql(POSTGRES_SCHEMA).execute(&mut *c).await;
+    sqlx::query("SELECT pg_advisory_unlock(7422001)").execute(&mut *c).await?;
+    r?;
+    Ok(())
+}
+
+pub(crate) fn wants_total(req: &SearchRequest) -> bool {
+    matches!(req.total, Total::Accurate | Total::Estimate)
+}

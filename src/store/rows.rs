@@ -1,0 +1,472 @@
+//! The queries behind reads, searches and writes, shared by the read pool
+//! and the writer's transaction.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::fhir::search::model::{Include, IndexValue, PageStart, SearchRequest};
+
+use super::exec::{Bind, Conn, Frag, execute, fetch_i64, fetch_i64_text_text, fetch_i64x3, fetch_versions};
+use super::keys::{hash, hash_opt, identifier_key, normalize, param_key};
+use super::sql::Builder;
+use super::{Current, MAX_INCLUDED, Method, SearchPage, StoreError, Version, Write, wants_total};
+
+pub const VERSION_COLUMNS: &str =
+    "SELECT v.pk, v.vpk, v.rtype, r.id, v.version, v.updated, v.method, v.body";
+
+pub async fn read_current(c: &mut Conn<'_>, rtype: &str, id: &str) -> Result<Option<Version>, StoreError> {
+    let mut f = Frag::new(VERSION_COLUMNS);
+    f.push(" FROM resource r JOIN resource_version v ON v.pk = r.pk AND v.version = r.version WHERE r.rtype = ")
+        .bind(Bind::Text(rtype.into()))
+        .push(" AND r.id = ")
+        .bind(Bind::Text(id.into()));
+    Ok(fetch_versions(c, &f).await?.into_iter().next().map(Version::from))
+}
+
+pub async fn current(c: &mut Conn<'_>, rtype: &str, id: &str) -> Result<Option<Current>, StoreError> {
+    let mut f = Frag::new("SELECT pk, version, deleted FROM resource WHERE rtype = ");
+    f.bind(Bind::Text(rtype.into())).push(" AND id = ").bind(Bind::Text(id.into()));
+    Ok(fetch_i64x3(c, &f).await?.first().map(|&(pk, version, deleted)| Current {
+        pk,
+        version,
+        deleted: deleted != 0,
+    }))
+}
+
+async fn versions_by_pk(c: &mut Conn<'_>, pks: &[i64]) -> Result<Vec<Version>, StoreError> {
+    if pks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut f = Frag::new(VERSION_COLUMNS);
+    f.push(" FROM resource r JOIN resource_version v ON v.pk = r.pk AND v.version = r.version WHERE r.pk IN (");
+    for (i, pk) in pks.iter().enumerate() {
+        if i > 0 {
+            f.push(", ");
+        }
+        f.bind(Bind::I64(*pk));
+    }
+    f.push(")");
+    let rows = fetch_versions(c, &f).await?;
+    let mut by_pk: HashMap<i64, Version> = rows.into_iter().map(|r| (r.pk, Version::from(r))).collect();
+    Ok(pks.iter().filter_map(|pk| by_pk.remove(pk)).collect())
+}
+
+/// The pks of the matches of `req`, one page, in order.
+async fn page_pks(c: &mut Conn<'_>, req: &SearchRequest, limit: usize) -> Result<(Vec<i64>, Option<PageStart>), StoreError> {
+    let mut b = Builder::new();
+    let compiled = b.compile(req.resource_type.as_deref(), &req.filters)?;
+    let mut f = Frag::new("SELECT m.pk FROM (");
+    f.append(compiled.matches).push(") m");
+    if req.sort.is_empty() {
+        if let PageStart::After(after) = req.page {
+            f.push(" WHERE m.pk > ").bind(Bind::I64(after));
+        }
+        f.push(" ORDER BY m.pk LIMIT ").bind(Bind::I64(limit as i64 + 1));
+        let mut pks = fetch_i64(c, &f).await?;
+        let next = if pks.len() > limit {
+            pks.truncate(limit);
+            pks.last().map(|pk| PageStart::After(*pk))
+        } else {
+            None
+        };
+        Ok((pks, next))
+    } else {
+        // Explicit sort: offset paging (the sort value is computed per match).
+        let mut order = Frag::new(" ORDER BY ");
+        for s in &req.sort {
+            let e = b.sort_expr(req.resource_type.as_deref(), &s.key, s.descending)?;
+            let e = Frag {
+                sql: e.sql.replace("d.pk", "m.pk"),
+                binds: e.binds,
+            };
+            // NULLs (no value) last in both directions and both databases.
+            order.push("(").append(e.clone()).push(" IS NULL), ").append(e);
+            order.push(if s.descending { " DESC, " } else { " ASC, " });
+        }
+        order.push("m.pk");
+        f.append(order);
+        let offset = match req.page {
+            PageStart::Offset(o) => o,
+            _ => 0,
+        };
+        f.push(" LIMIT ").bind(Bind::I64(limit as i64 + 1)).push(" OFFSET ").bind(Bind::I64(offset as i64));
+        let mut pks = fetch_i64(c, &f).await?;
+        let next = if pks.len() > limit {
+            pks.truncate(limit);
+            Some(PageStart::Offset(offset + limit as u64))
+        } else {
+            None
+        };
+        Ok((pks, next))
+    }
+}
+
+/// Where the previous page starts, for the `previous` link.
+async fn previous_page(c: &mut Conn<'_>, req: &SearchRequest) -> Result<Option<PageStart>, StoreError> {
+    match req.page {
+        PageStart::First => Ok(None),
+        PageStart::Offset(o) => Ok(Some(if o <= req.count as u64 {
+            PageStart::First
+        } else {
+            PageStart::Offset(o - req.count as u64)
+        })),
+        PageStart::After(after) => {
+            let mut b = Builder::new();
+            let compiled = b.compile(req.resource_type.as_deref(), &req.filters)?;
+            let mut f = Frag::new("SELECT m.pk FROM (");
+            f.append(compiled.matches)
+                .push(") m WHERE m.pk <= ")
+                .bind(Bind::I64(after))
+                .push(" ORDER BY m.pk DESC LIMIT ")
+                .bind(Bind::I64(req.count as i64 + 1));
+            let pks = fetch_i64(c, &f).await?;
+            if pks.len() <= req.count {
+                Ok(Some(PageStart::First))
+            } else {
+                Ok(pks.last().map(|pk| PageStart::After(*pk)))
+            }
+        }
+    }
+}
+
+pub async fn count(c: &mut Conn<'_>, req: &SearchRequest) -> Result<u64, StoreError> {
+    let compiled = Builder::new().compile(req.resource_type.as_deref(), &req.filters)?;
+    let mut f = Frag::new("SELECT COUNT(*) FROM (");
+    f.append(compiled.matches).push(") m");
+    Ok(fetch_i64(c, &f).await?.first().copied().unwrap_or(0).max(0) as u64)
+}
+
+pub async fn search(c: &mut Conn<'_>, req: &SearchRequest) -> Result<SearchPage, StoreError> {
+    let (pks, next) = if req.count == 0 {
+        (Vec::new(), None)
+    } else {
+        page_pks(c, req, req.count).await?
+    };
+    let total = if wants_total(req) || req.count == 0 {
+        Some(count(c, req).await?)
+    } else if req.page == PageStart::First && next.is_none() {
+        Some(pks.len() as u64)
+    } else {
+        None
+    };
+    let previous = previous_page(c, req).await?;
+    let matches = versions_by_pk(c, &pks).await?;
+    let included = includes(c, req, &pks, &matches).await?;
+    Ok(SearchPage {
+        matches,
+        included,
+        total,
+        next,
+        previous,
+    })
+}
+
+/// `_include` and `_revinclude`, `:iterate` applied until nothing new
+/// comes in (bounded by MAX_INCLUDED).
+async fn includes(
+    c: &mut Conn<'_>,
+    req: &SearchRequest,
+    pks: &[i64],
+    matches: &[Version],
+) -> Result<Vec<Version>, StoreError> {
+    if req.include.is_empty() && req.revinclude.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut seen: HashSet<i64> = pks.iter().copied().collect();
+    let mut out: Vec<Version> = Vec::new();
+    // (pk, type, id) of the resources whose references are followed next.
+    let mut frontier: Vec<(i64, String, String)> = pks
+        .iter()
+        .zip(matches)
+        .map(|(pk, v)| (*pk, v.resource_type.clone(), v.id.clone()))
+        .collect();
+    let mut first_round = true;
+    while !frontier.is_empty() && (out.len() as i64) < MAX_INCLUDED {
+        let mut found: Vec<i64> = Vec::new();
+        for inc in req.include.iter().filter(|i| first_round || i.iterate) {
+            found.extend(include_targets(c, inc, &frontier).await?);
+        }
+        for inc in req.revinclude.iter().filter(|i| first_round || i.iterate) {
+            found.extend(revinclude_sources(c, inc, &frontier).await?);
+        }
+        let new: Vec<i64> = found.into_iter().filter(|pk| seen.insert(*pk)).collect();
+        let room = (MAX_INCLUDED - out.len() as i64).max(0) as usize;
+        let new: Vec<i64> = new.into_iter().take(room).collect();
+        let versions = versions_by_pk(c, &new).await?;
+        frontier = new
+            .iter()
+            .zip(&versions)
+            .map(|(pk, v)| (*pk, v.resource_type.clone(), v.id.clone()))
+            .collect();
+        out.extend(versions);
+        first_round = false;
+        if !req.include.iter().chain(&req.revinclude).any(|i| i.iterate) {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+async fn include_targets(c: &mut Conn<'_>, inc: &Include, from: &[(i64, String, String)]) -> Result<Vec<i64>, StoreError> {
+    let Some(param) = &inc.param else { return Ok(Vec::new()) };
+    let sources: Vec<i64> = from.iter().filter(|(_, t, _)| *t == inc.source_type).map(|(pk, _, _)| *pk).collect();
+    if sources.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut f = Frag::new("SELECT t.pk FROM idx_reference x JOIN resource t ON t.rtype = x.ttype AND t.id = x.tid AND t.deleted = 0 WHERE x.param = ");
+    f.bind(Bind::I64(param_key(&inc.source_type, &param.code)));
+    if let Some(tt) = &inc.target_type {
+        f.push(" AND x.ttype = ").bind(Bind::Text(tt.clone()));
+    }
+    f.push(" AND x.pk IN (");
+    push_list(&mut f, sources.iter().map(|pk| Bind::I64(*pk)));
+    f.push(")");
+    fetch_i64(c, &f).await
+}
+
+async fn revinclude_sources(c: &mut Conn<'_>, inc: &Include, to: &[(i64, String, String)]) -> Result<Vec<i64>, StoreError> {
+    let Some(param) = &inc.param else { return Ok(Vec::new()) };
+    let mut by_type: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (_, t, id) in to {
+        if inc.target_type.as_deref().is_none_or(|tt| tt == t) {
+            by_type.entry(t.as_str()).or_default().push(id.as_str());
+        }
+    }
+    let mut out = Vec::new();
+    for (t, ids) in by_type {
+        let mut f = Frag::new("SELECT x.pk FROM idx_reference x WHERE x.param = ");
+        f.bind(Bind::I64(param_key(&inc.source_type, &param.code)))
+            .push(" AND x.ttype = ")
+            .bind(Bind::Text(t.to_string()))
+            .push(" AND x.tid IN (");
+        push_list(&mut f, ids.iter().map(|id| Bind::Text(id.to_string())));
+        f.push(")");
+        out.extend(fetch_i64(c, &f).await?);
+    }
+    Ok(out)
+}
+
+fn push_list(f: &mut Frag, items: impl Iterator<Item = Bind>) {
+    for (i, b) in items.enumerate() {
+        if i > 0 {
+            f.push(", ");
+        }
+        f.bind(b);
+    }
+}
+
+/// Up to `limit` (type, id, version) of the current matches of `req`: the
+/// lookup behind conditional create, update, delete and references.
+pub async fn search_keys(c: &mut Conn<'_>, req: &SearchRequest, limit: usize) -> Result<Vec<(String, String, i64)>, StoreError> {
+    let compiled = Builder::new().compile(req.resource_type.as_deref(), &req.filters)?;
+    let mut f = Frag::new("SELECT r.version, r.rtype, r.id FROM resource r WHERE r.pk IN (SELECT m.pk FROM (");
+    f.append(compiled.matches).push(") m) ORDER BY r.pk LIMIT ").bind(Bind::I64(limit as i64));
+    Ok(fetch_i64_text_text(c, &f)
+        .await?
+        .into_iter()
+        .map(|(v, t, id)| (t, id, v))
+        .collect())
+}
+
+/// Rows per multi-row INSERT: well under SQLite's 32,766 parameters.
+const CHUNK: usize = 400;
+
+/// Stores versions and replaces the index rows of the resources written.
+pub async fn put_all(c: &mut Conn<'_>, writes: Vec<Write>) -> Result<(), StoreError> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let mut pks: Vec<i64> = Vec::with_capacity(writes.len());
+    // New resources first, to learn their pks.
+    let new: Vec<&Write> = writes.iter().filter(|w| w.pk.is_none()).collect();
+    let mut assigned: HashMap<(&str, &str), i64> = HashMap::new();
+    for chunk in new.chunks(CHUNK) {
+        let mut f = Frag::new("INSERT INTO resource (rtype, id, version, updated, deleted) VALUES ");
+        for (i, w) in chunk.iter().enumerate() {
+            if i > 0 {
+                f.push(", ");
+            }
+            f.push("(")
+                .bind(Bind::Text(w.resource_type.clone()))
+                .push(", ")
+                .bind(Bind::Text(w.id.clone()))
+                .push(", ")
+                .bind(Bind::I64(w.version))
+                .push(", ")
+                .bind(Bind::I64(w.updated))
+                .push(", ")
+                .bind(Bind::I64((w.method == Method::Delete) as i64))
+                .push(")");
+        }
+        f.push(" RETURNING pk, rtype, id");
+        for (pk, t, id) in fetch_i64_text_text(c, &f).await? {
+            if let Some(w) = chunk.iter().find(|w| w.resource_type == t && w.id == id) {
+                assigned.insert((w.resource_type.as_str(), w.id.as_str()), pk);
+            }
+        }
+    }
+    let mut existing: Vec<i64> = Vec::new();
+    for w in &writes {
+        let pk = match w.pk {
+            Some(pk) => {
+                let mut f = Frag::new("UPDATE resource SET version = ");
+                f.bind(Bind::I64(w.version))
+                    .push(", updated = ")
+                    .bind(Bind::I64(w.updated))
+                    .push(", deleted = ")
+                    .bind(Bind::I64((w.method == Method::Delete) as i64))
+                    .push(" WHERE pk = ")
+                    .bind(Bind::I64(pk));
+                execute(c, &f).await?;
+                existing.push(pk);
+                pk
+            }
+            None => *assigned
+                .get(&(w.resource_type.as_str(), w.id.as_str()))
+                .ok_or_else(|| StoreError::Unsupported("resource row was not created".into()))?,
+        };
+        pks.push(pk);
+    }
+    for chunk in writes.iter().zip(&pks).collect::<Vec<_>>().chunks(CHUNK) {
+        let mut f = Frag::new("INSERT INTO resource_version (pk, version, rtype, updated, method, body) VALUES ");
+        for (i, (w, pk)) in chunk.iter().enumerate() {
+            if i > 0 {
+                f.push(", ");
+            }
+            f.push("(")
+                .bind(Bind::I64(**pk))
+                .push(", ")
+                .bind(Bind::I64(w.version))
+                .push(", ")
+                .bind(Bind::Text(w.resource_type.clone()))
+                .push(", ")
+                .bind(Bind::I64(w.updated))
+                .push(", ")
+                .bind(Bind::I64(w.method as i64))
+                .push(", ")
+                .bind(match &w.body {
+                    Some(b) => Bind::Bytes(b.clone()),
+                    None => Bind::Null,
+                })
+                .push(")");
+        }
+        execute(c, &f).await?;
+    }
+    if !existing.is_empty() {
+        for tbl in INDEX_TABLES {
+            let mut f = Frag::new(format!("DELETE FROM {tbl} WHERE pk IN ("));
+            push_list(&mut f, existing.iter().map(|pk| Bind::I64(*pk)));
+            f.push(")");
+            execute(c, &f).await?;
+        }
+    }
+    let mut rows = IndexRows::default();
+    for (w, pk) in writes.iter().zip(&pks) {
+        for (code, value) in &w.index {
+            rows.add(&w.resource_type, code, value, *pk);
+        }
+    }
+    rows.insert(c).await
+}
+
+const INDEX_TABLES: [&str; 7] = [
+    "idx_token",
+    "idx_string",
+    "idx_date",
+    "idx_number",
+    "idx_quantity",
+    "idx_reference",
+    "idx_uri",
+];
+
+/// Index rows of one write, grouped by table for multi-row inserts.
+#[derive(Default)]
+struct IndexRows {
+    token: Vec<[Bind; 4]>,
+    string: Vec<[Bind; 4]>,
+    date: Vec<[Bind; 4]>,
+    number: Vec<[Bind; 3]>,
+    quantity: Vec<[Bind; 5]>,
+    reference: Vec<[Bind; 4]>,
+    uri: Vec<[Bind; 3]>,
+}
+
+impl IndexRows {
+    fn add(&mut self, rtype: &str, code: &str, value: &IndexValue, pk: i64) {
+        let key = param_key(rtype, code);
+        match value {
+            IndexValue::Token { system, code: c } => self.token.push([
+                Bind::I64(key),
+                Bind::I64(hash_opt(c.as_deref())),
+                Bind::I64(pk),
+                Bind::I64(hash_opt(system.as_deref())),
+            ]),
+            IndexValue::String(s) => {
+                self.string
+                    .push([Bind::I64(key), Bind::Text(normalize(s)), Bind::I64(pk), Bind::Text(s.clone())])
+            }
+            IndexValue::Date(r) => self.date.push([Bind::I64(key), Bind::I64(r.lo), Bind::I64(r.hi), Bind::I64(pk)]),
+            IndexValue::Number(n) => self.number.push([Bind::I64(key), Bind::F64(*n), Bind::I64(pk)]),
+            IndexValue::Quantity {
+                value,
+                system,
+                code: c,
+                unit,
+            } => self.quantity.push([
+                Bind::I64(key),
+                Bind::F64(*value),
+                Bind::I64(pk),
+                Bind::I64(hash_opt(c.as_deref().or(unit.as_deref()))),
+                Bind::I64(hash_opt(system.as_deref())),
+            ]),
+            IndexValue::Reference { rtype: t, id, identifier } => {
+                if let Some(id) = id {
+                    self.reference.push([
+                        Bind::I64(key),
+                        Bind::Text(t.clone().unwrap_or_default()),
+                        Bind::Text(id.clone()),
+                        Bind::I64(pk),
+                    ]);
+                }
+                if let Some((sys, val)) = identifier {
+                    self.token.push([
+                        Bind::I64(identifier_key(rtype, code)),
+                        Bind::I64(hash(val)),
+                        Bind::I64(pk),
+                        Bind::I64(hash_opt(sys.as_deref())),
+                    ]);
+                }
+            }
+            IndexValue::Uri(u) => self.uri.push([Bind::I64(key), Bind::Text(u.clone()), Bind::I64(pk)]),
+        }
+    }
+
+    async fn insert(self, c: &mut Conn<'_>) -> Result<(), StoreError> {
+        insert_rows(c, "idx_token (param, code, pk, sys)", self.token).await?;
+        insert_rows(c, "idx_string (param, norm, pk, exact)", self.string).await?;
+        insert_rows(c, "idx_date (param, lo, hi, pk)", self.date).await?;
+        insert_rows(c, "idx_number (param, value, pk)", self.number).await?;
+        insert_rows(c, "idx_quantity (param, value, pk, code, sys)", self.quantity).await?;
+        insert_rows(c, "idx_reference (param, ttype, tid, pk)", self.reference).await?;
+        insert_rows(c, "idx_uri (param, value, pk)", self.uri).await
+    }
+}
+
+async fn insert_rows<const N: usize>(c: &mut Conn<'_>, into: &str, rows: Vec<[Bind; N]>) -> Result<(), StoreError> {
+    for chunk in rows.chunks(CHUNK) {
+        let mut f = Frag::new(format!("INSERT INTO {into} VALUES "));
+        for (i, row) in chunk.iter().enumerate() {
+            f.push(if i == 0 { "(" } else { ", (" });
+            for (j, b) in row.iter().enumerate() {
+                if j > 0 {
+                    f.push(", ");
+                }
+                f.bind(b.clone());
+            }
+            f.push(")");
+        }
+        // The same value twice in one resource (two identical codings) is one row.
+        f.push(" ON CONFLICT DO NOTHING");
+        execute(c, &f).await?;
+    }
+    Ok(())
+}

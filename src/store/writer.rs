@@ -1,0 +1,244 @@
+//! One writer, group commit.
+//!
+//! Every write of the gateway runs here, in arrival order, inside a
+//! database transaction that holds as many writes as arrived while the
+//! previous commit was being made durable: one fsync serves them all. Each
+//! write gets its own SAVEPOINT, so a failing one is rolled back alone and
+//! the others still commit. A caller hears of its write only after the
+//! COMMIT returned: an acknowledged write is durable.
+
+use futures_util::future::BoxFuture;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres, Sqlite, SqlitePool};
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::fhir::search::model::SearchRequest;
+
+use super::exec::{Conn, Frag, execute};
+use super::{Current, StoreError, Version, Write, rows};
+
+/// Writes gathered into one transaction at most.
+const MAX_BATCH: usize = 512;
+
+enum WConn {
+    Sqlite(PoolConnection<Sqlite>),
+    Pg(PoolConnection<Postgres>),
+}
+
+/// The open write transaction, as a write job sees it.
+pub struct WriteTx {
+    conn: WConn,
+}
+
+impl WriteTx {
+    fn conn(&mut self) -> Conn<'_> {
+        match &mut self.conn {
+            WConn::Sqlite(c) => Conn::Sqlite(c),
+            WConn::Pg(c) => Conn::Pg(c),
+        }
+    }
+
+    pub async fn current(&mut self, resource_type: &str, id: &str) -> Result<Option<Current>, StoreError> {
+        rows::current(&mut self.conn(), resource_type, id).await
+    }
+
+    pub async fn read(&mut self, resource_type: &str, id: &str) -> Result<Option<Version>, StoreError> {
+        rows::read_current(&mut self.conn(), resource_type, id).await
+    }
+
+    /// Up to `limit` current matches of a search: (type, id, version).
+    pub async fn search_keys(&mut self, req: &SearchRequest, limit: usize) -> Result<Vec<(String, String, i64)>, StoreError> {
+        rows::search_keys(&mut self.conn(), req, limit).await
+    }
+
+    pub async fn put_all(&mut self, writes: Vec<Write>) -> Result<(), StoreError> {
+        rows::put_all(&mut self.conn(), writes).await
+    }
+
+    async fn run(&mut self, sql: &'static str) -> Result<(), StoreError> {
+        execute(&mut self.conn(), &Frag::new(sql)).await.map(|_| ())
+    }
+}
+
+struct Done {
+    ok: bool,
+    deliver: Box<dyn FnOnce(Option<StoreError>) + Send>,
+}
+
+type Job = Box<dyn for<'a> FnOnce(&'a mut WriteTx) -> BoxFuture<'a, Done> + Send>;
+
+enum WPool {
+    Sqlite(SqlitePool),
+    Pg(PgPool),
+}
+
+pub struct Writer {
+    sender: Mutex<Option<mpsc::Sender<Job>>>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Writer {
+    pub fn start_sqlite(pool: SqlitePool) -> Writer {
+        Self::start(WPool::Sqlite(pool))
+    }
+
+    pub fn start_pg(pool: PgPool) -> Writer {
+        Self::start(WPool::Pg(pool))
+    }
+
+    fn start(pool: WPool) -> Writer {
+        let (tx, rx) = mpsc::channel(4096);
+        let task = tokio::spawn(run(pool, rx));
+        Writer {
+            sender: Mutex::new(Some(tx)),
+            task: Mutex::new(Some(task)),
+        }
+    }
+
+    pub async fn submit<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: for<'a> FnOnce(&'a mut WriteTx) -> BoxFuture<'a, Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let sender = self.sender.lock().await.clone().ok_or(StoreError::WriterGone)?;
+        let (reply, answer) = oneshot::channel::<Result<T, E>>();
+        let job: Job = Box::new(move |wtx| {
+            Box::pin(async move {
+                let result = f(wtx).await;
+                Done {
+                    ok: result.is_ok(),
+                    deliver: Box::new(move |commit_error| {
+                        let out = match commit_error {
+                            None => result,
+                            Some(e) => Err(E::from(e)),
+                        };
+                        // The caller may have gone (client disconnected): the
+                        // write stands, only the answer is lost.
+                        let _ = reply.send(out);
+                    }),
+                }
+            })
+        });
+        sender.send(job).await.map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| E::from(StoreError::WriterGone))?
+    }
+
+    /// Stops taking writes, lets the queued ones commit, and waits.
+    pub async fn close(&self) {
+        self.sender.lock().await.take();
+        if let Some(task) = self.task.lock().await.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn run(pool: WPool, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let size = batch.len();
+        let conn = match &pool {
+            WPool::Sqlite(p) => p.acquire().await.map(WConn::Sqlite),
+            WPool::Pg(p) => p.acquire().await.map(WConn::Pg),
+        };
+        let mut wtx = match conn {
+            Ok(conn) => WriteTx { conn },
+            Err(e) => {
+                tracing::error!(error = %e, "writer cannot reach the database");
+                fail_all(batch, &e.to_string()).await;
+                continue;
+            }
+        };
+        let started = std::time::Instant::now();
+        let outcome = commit_batch(&mut wtx, batch).await;
+        metrics::histogram!("apa_store_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("apa_store_commit_batch_size").record(size as f64);
+        match outcome {
+            Ok(dones) => {
+                for d in dones {
+                    (d.deliver)(None);
+                }
+            }
+            Err((dones, e)) => {
+                tracing::error!(error = %e, "write batch failed, rolled back");
+                if wtx.run("ROLLBACK").await.is_err() {
+                    // A connection in an unknown state must not go back to the pool.
+                    match wtx.conn {
+                        WConn::Sqlite(c) => drop(c.detach()),
+                        WConn::Pg(c) => drop(c.detach()),
+                    }
+                }
+                let msg = e.to_string();
+                for d in dones {
+                    (d.deliver)(Some(StoreError::Unsupported(format!("the write could not be committed: {msg}"))));
+                }
+            }
+        }
+    }
+}
+
+type BatchError = (Vec<Done>, StoreError);
+
+async fn commit_batch(wtx: &mut WriteTx, batch: Vec<Job>) -> Result<Vec<Done>, BatchError> {
+    let begin = match wtx.conn {
+        WConn::Sqlite(_) => "BEGIN IMMEDIATE",
+        WConn::Pg(_) => "BEGIN",
+    };
+    let mut dones = Vec::with_capacity(batch.len());
+    if let Err(e) = wtx.run(begin).await {
+        return Err((fail_jobs(batch, wtx).await, e));
+    }
+    let mut jobs = batch.into_iter();
+    while let Some(job) = jobs.next() {
+        if let Err(e) = wtx.run("SAVEPOINT w").await {
+            let mut rest = vec![job];
+            rest.extend(jobs);
+            dones.extend(fail_jobs(rest, wtx).await);
+            return Err((dones, e));
+        }
+        let done = job(wtx).await;
+        let closing = if done.ok {
+            wtx.run("RELEASE SAVEPOINT w").await
+        } else {
+            match wtx.run("ROLLBACK TO SAVEPOINT w").await {
+                Ok(()) => wtx.run("RELEASE SAVEPOINT w").await,
+                Err(e) => Err(e),
+            }
+        };
+        dones.push(done);
+        if let Err(e) = closing {
+            dones.extend(fail_jobs(jobs.collect(), wtx).await);
+            return Err((dones, e));
+        }
+    }
+    match wtx.run("COMMIT").await {
+        Ok(()) => Ok(dones),
+        Err(e) => Err((dones, e)),
+    }
+}
+
+/// Jobs that cannot run are still answered: they are turned into `Done`s
+/// whose delivery reports the failure (their closures never run).
+async fn fail_jobs(jobs: Vec<Job>, _wtx: &mut WriteTx) -> Vec<Done> {
+    jobs.into_iter()
+        .map(|job| {
+            drop(job);
+            Done {
+                ok: false,
+                deliver: Box::new(|_| {}),
+            }
+        })
+        .collect()
+}
+
+async fn fail_all(jobs: Vec<Job>, _why: &str) {
+    // Dropping a job drops its reply sender: the caller gets WriterGone.
+    drop(jobs);
+}

@@ -1,0 +1,150 @@
+//! Starts the real gateway on a free port, on SQLite or PostgreSQL, for
+//! the integration tests. PostgreSQL runs at 127.0.0.1:5432 (trust auth,
+//! database `test`, or TEST_DATABASE_URL); each app gets a schema of its own.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use apa_gateway::config::Config;
+use apa_gateway::server::{self, Running};
+use reqwest::{Client, Method, RequestBuilder, Response};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: Client,
+    pub backend: Backend,
+    running: Option<Running>,
+    _dir: tempfile::TempDir,
+}
+
+fn pg_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+async fn fresh_pg_schema() -> String {
+    use sqlx::Connection;
+    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let mut c = sqlx::PgConnection::connect(&pg_url())
+        .await
+        .expect("PostgreSQL must be running at 127.0.0.1:5432 (see README)");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut c)
+        .await
+        .expect("create schema");
+    let sep = if pg_url().contains('?') { '&' } else { '?' };
+    format!("{}{sep}options=-c%20search_path%3D{schema}", pg_url())
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database_url = match backend {
+        Backend::Sqlite => format!("sqlite://{}/apa.db", dir.path().display()),
+        Backend::Postgres => fresh_pg_schema().await,
+    };
+    let cfg = Config {
+        listen: "127.0.0.1:0".into(),
+        database_url,
+        db_pool_size: 4,
+        ..Config::default()
+    };
+    let running = server::start(&cfg).await.expect("gateway starts");
+    TestApp {
+        base: running.base.clone(),
+        client: Client::new(),
+        backend,
+        running: Some(running),
+        _dir: dir,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        if path.starts_with("http") {
+            path.to_string()
+        } else if path.is_empty() {
+            self.base.clone()
+        } else {
+            format!("{}/{}", self.base, path.trim_start_matches('/'))
+        }
+    }
+
+    pub fn req(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .header("accept", "application/fhir+json")
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.req(Method::GET, path).send().await.expect("request")
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Response {
+        self.req(Method::POST, path)
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Response {
+        self.req(Method::PUT, path)
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn delete(&self, path: &str) -> Response {
+        self.req(Method::DELETE, path).send().await.expect("request")
+    }
+
+    /// Creates a resource and returns its id.
+    pub async fn create(&self, resource: &Value) -> String {
+        let rtype = resource["resourceType"].as_str().expect("resourceType");
+        let r = self.post(rtype, resource).await;
+        assert_eq!(r.status(), 201, "create {rtype}");
+        let body: Value = r.json().await.expect("json");
+        body["id"].as_str().expect("id").to_string()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+    }
+}
+
+pub async fn json(r: Response) -> Value {
+    let text = r.text().await.expect("body");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Runs a scenario on SQLite and on PostgreSQL, as two tests.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($name:ident, $scenario:path) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let app = common::spawn_app(common::Backend::Sqlite).await;
+                $scenario(&app).await;
+                app.stop().await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let app = common::spawn_app(common::Backend::Postgres).await;
+                $scenario(&app).await;
+                app.stop().await;
+            }
+        }
+    };
+}

@@ -1,0 +1,199 @@
+//! Batch and transaction Bundles, conditional interactions.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{TestApp, json};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// A GP's prescription: Patient, Practitioner, Condition, ServiceRequest
+/// and Observation linked by urn:uuid.
+fn prescription(ins: &str) -> Value {
+    json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"fullUrl": "urn:uuid:11111111-1111-4111-8111-111111111111",
+             "resource": {"resourceType": "Patient",
+                "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": ins}],
+                "name": [{"family": "Lefèvre", "given": ["Anne"]}], "birthDate": "1958-02-03"},
+             "request": {"method": "POST", "url": "Patient"}},
+            {"fullUrl": "urn:uuid:22222222-2222-4222-8222-222222222222",
+             "resource": {"resourceType": "Practitioner",
+                "identifier": [{"system": "https://rpps.esante.gouv.fr", "value": "10001234567"}]},
+             "request": {"method": "POST", "url": "Practitioner"}},
+            {"fullUrl": "urn:uuid:33333333-3333-4333-8333-333333333333",
+             "resource": {"resourceType": "Condition",
+                "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "E11"}]},
+                "subject": {"reference": "urn:uuid:11111111-1111-4111-8111-111111111111"}},
+             "request": {"method": "POST", "url": "Condition"}},
+            {"fullUrl": "urn:uuid:44444444-4444-4444-8444-444444444444",
+             "resource": {"resourceType": "ServiceRequest", "status": "active", "intent": "order",
+                "code": {"coding": [{"system": "http://snomed.info/sct", "code": "390893007"}]},
+                "subject": {"reference": "urn:uuid:11111111-1111-4111-8111-111111111111"},
+                "requester": {"reference": "urn:uuid:22222222-2222-4222-8222-222222222222"},
+                "reasonReference": [{"reference": "urn:uuid:33333333-3333-4333-8333-333333333333"}],
+                "authoredOn": "2025-01-15"},
+             "request": {"method": "POST", "url": "ServiceRequest"}},
+            {"fullUrl": "urn:uuid:55555555-5555-4555-8555-555555555555",
+             "resource": {"resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+                "subject": {"reference": "urn:uuid:11111111-1111-4111-8111-111111111111"},
+                "effectiveDateTime": "2025-01-15T09:30:00+01:00",
+                "valueQuantity": {"value": 81.5, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}},
+             "request": {"method": "POST", "url": "Observation"}}
+        ]
+    })
+}
+
+async fn a_transaction_stores_all_and_links_them(app: &TestApp) {
+    let r = app.post("", &prescription("2580203123456")).await;
+    assert_eq!(r.status(), 200);
+    let b = json(r).await;
+    assert_eq!(b["type"], "transaction-response");
+    let entries = b["entry"].as_array().unwrap();
+    assert_eq!(entries.len(), 5, "one response entry per request entry, in order");
+    for (e, t) in entries.iter().zip(["Patient", "Practitioner", "Condition", "ServiceRequest", "Observation"]) {
+        assert_eq!(e["response"]["status"], "201 Created");
+        assert!(e["response"]["location"].as_str().unwrap().starts_with(&format!("{t}/")));
+    }
+    let loc = |i: usize| entries[i]["response"]["location"].as_str().unwrap().split("/_history").next().unwrap().to_string();
+    let sr = json(app.get(&loc(3)).await).await;
+    assert_eq!(sr["subject"]["reference"], loc(0), "urn:uuid rewritten to the new id");
+    assert_eq!(sr["requester"]["reference"], loc(1));
+    assert_eq!(sr["reasonReference"][0]["reference"], loc(2));
+}
+
+async fn a_failing_entry_stores_nothing(app: &TestApp) {
+    let mut b = prescription("2580203123457");
+    // The third entry names another type than its URL.
+    b["entry"][2]["request"]["url"] = json!("Observation");
+    let r = app.post("", &b).await;
+    assert_eq!(r.status(), 400);
+    let oo = json(r).await;
+    assert!(oo["issue"][0]["expression"][0].as_str().unwrap().starts_with("Bundle.entry[2]"), "{oo}");
+    // An If-Match failing inside the transaction also stores nothing.
+    let id = app.create(&json!({"resourceType": "Patient", "active": true})).await;
+    let mut b = prescription("2580203123458");
+    b["entry"].as_array_mut().unwrap().push(json!({
+        "resource": {"resourceType": "Patient", "id": id, "active": false},
+        "request": {"method": "PUT", "url": format!("Patient/{id}"), "ifMatch": "W/\"9\""}
+    }));
+    let r = app.post("", &b).await;
+    assert_eq!(r.status(), 412);
+    for t in ["Practitioner", "Condition", "ServiceRequest", "Observation"] {
+        let s = json(app.get(&format!("{t}?_summary=count")).await).await;
+        assert_eq!(s["total"], 0, "no {t} stored");
+    }
+    let h = json(app.get("_history").await).await;
+    assert_eq!(h["entry"].as_array().map(Vec::len), Some(1), "only the Patient created outside the transaction");
+}
+
+async fn a_batch_runs_each_entry_on_its_own(app: &TestApp) {
+    let b = json!({
+        "resourceType": "Bundle", "type": "batch",
+        "entry": [
+            {"resource": {"resourceType": "Patient", "active": true}, "request": {"method": "POST", "url": "Patient"}},
+            {"request": {"method": "GET", "url": "Patient/does-not-exist"}},
+            {"resource": {"resourceType": "Patient", "id": "x"}, "request": {"method": "PUT", "url": "Observation/x"}},
+            {"request": {"method": "GET", "url": "metadata-nope/1/2/3/4"}}
+        ]
+    });
+    let r = json(app.post("", &b).await).await;
+    assert_eq!(r["type"], "batch-response");
+    let statuses: Vec<&str> = r["entry"].as_array().unwrap().iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["201 Created", "404 Not Found", "400 Bad Request", "400 Bad Request"]);
+    assert_eq!(r["entry"][1]["response"]["outcome"]["resourceType"], "OperationOutcome");
+}
+
+async fn transaction_order_put_delete_and_get(app: &TestApp) {
+    let keep = app.create(&json!({"resourceType": "Patient", "active": true})).await;
+    let drop = app.create(&json!({"resourceType": "Patient", "active": true})).await;
+    let b = json!({
+        "resourceType": "Bundle", "type": "transaction",
+        "entry": [
+            {"request": {"method": "GET", "url": format!("Patient/{keep}")}},
+            {"resource": {"resourceType": "Patient", "id": keep, "active": false},
+             "request": {"method": "PUT", "url": format!("Patient/{keep}")}},
+            {"request": {"method": "DELETE", "url": format!("Patient/{drop}")}}
+        ]
+    });
+    let r = json(app.post("", &b).await).await;
+    let e = r["entry"].as_array().unwrap();
+    // GET runs after the writes of the transaction.
+    assert_eq!(e[0]["resource"]["active"], false);
+    assert_eq!(e[1]["response"]["status"], "200 OK");
+    assert_eq!(e[2]["response"]["status"], "204 No Content");
+    assert_eq!(app.get(&format!("Patient/{drop}")).await.status(), 410);
+}
+
+async fn conditional_create_update_delete(app: &TestApp) {
+    let p = json!({"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "1700101000001"}]});
+    let create = |q: &'static str| {
+        app.req(Method::POST, "Patient")
+            .header("content-type", "application/fhir+json")
+            .header("if-none-exist", q)
+            .body(p.to_string())
+            .send()
+    };
+    let q = "identifier=urn:oid:1.2.250.1.213.1.4.10|1700101000001";
+    let first = create(q).await.unwrap();
+    assert_eq!(first.status(), 201);
+    let id = json(first).await["id"].as_str().unwrap().to_string();
+    let again = create(q).await.unwrap();
+    assert_eq!(again.status(), 200, "an existing match is returned, not duplicated");
+    assert_eq!(json(again).await["id"], id.as_str());
+    // Two matches: refused.
+    app.create(&p).await;
+    assert_eq!(create(q).await.unwrap().status(), 412);
+
+    // Conditional update of a unique match, and creation when none.
+    let q2 = "identifier=urn:oid:1.2.250.1.213.1.4.10|1700101000002";
+    let mut p2 = p.clone();
+    p2["identifier"][0]["value"] = json!("1700101000002");
+    let r = app.put(&format!("Patient?{q2}"), &p2).await;
+    assert_eq!(r.status(), 201);
+    let id2 = json(r).await["id"].as_str().unwrap().to_string();
+    p2["active"] = json!(true);
+    let r = app.put(&format!("Patient?{q2}"), &p2).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(json(r).await["id"], id2.as_str());
+    // Conditional delete.
+    assert_eq!(app.delete(&format!("Patient?{q2}")).await.status(), 204);
+    assert_eq!(app.get(&format!("Patient/{id2}")).await.status(), 410);
+    assert_eq!(app.delete(&format!("Patient?{q}")).await.status(), 412, "two matches are not deleted");
+}
+
+async fn conditional_references_in_a_transaction(app: &TestApp) {
+    let pid = app
+        .create(&json!({"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "1700101000003"}]}))
+        .await;
+    let b = json!({
+        "resourceType": "Bundle", "type": "transaction",
+        "entry": [
+            {"fullUrl": "urn:uuid:66666666-6666-4666-8666-666666666666",
+             "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "1700101000003"}]},
+             "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:oid:1.2.250.1.213.1.4.10|1700101000003"}},
+            {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "poids"},
+                "subject": {"reference": "urn:uuid:66666666-6666-4666-8666-666666666666"},
+                "performer": [{"reference": "Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|1700101000003"}]},
+             "request": {"method": "POST", "url": "Observation"}}
+        ]
+    });
+    let r = app.post("", &b).await;
+    assert_eq!(r.status(), 200);
+    let r = json(r).await;
+    assert_eq!(r["entry"][0]["response"]["status"], "200 OK", "the existing patient stands for the entry");
+    let obs = json(app.get(r["entry"][1]["response"]["location"].as_str().unwrap()).await).await;
+    assert_eq!(obs["subject"]["reference"], format!("Patient/{pid}"));
+    assert_eq!(obs["performer"][0]["reference"], format!("Patient/{pid}"));
+}
+
+on_both_backends!(transaction_stores_and_links, a_transaction_stores_all_and_links_them);
+on_both_backends!(transaction_is_atomic, a_failing_entry_stores_nothing);
+on_both_backends!(batch_entries_are_independent, a_batch_runs_each_entry_on_its_own);
+on_both_backends!(transaction_processing_order, transaction_order_put_delete_and_get);
+on_both_backends!(conditional_interactions, conditional_create_update_delete);
+on_both_backends!(conditional_references, conditional_references_in_a_transaction);
