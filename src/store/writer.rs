@@ -2,10 +2,17 @@
 //!
 //! Every write of the gateway runs here, in arrival order, inside a
 //! database transaction that holds as many writes as arrived while the
-//! previous commit was being made durable: one fsync serves them all. Each
-//! write gets its own SAVEPOINT, so a failing one is rolled back alone and
-//! the others still commit. A caller hears of its write only after the
-//! COMMIT returned: an acknowledged write is durable.
+//! previous commit was being made durable: one fsync serves them all. A
+//! caller hears of its write only after the COMMIT returned: an
+//! acknowledged write is durable.
+//!
+//! The rows a job writes are not sent at once: they are kept and sent with
+//! those of the next jobs, as multi-row INSERTs, right before anything reads
+//! the database or at the end of the batch. A batch of plain creates (the
+//! common case: transaction Bundles with server-assigned ids) thus costs a
+//! handful of statements whatever its size. A job that reads gets its own
+//! SAVEPOINT (opened after the earlier jobs' rows are sent), so a failing job
+//! is rolled back alone: its unsent rows are dropped, its sent ones undone.
 
 use futures_util::future::BoxFuture;
 use sqlx::pool::PoolConnection;
@@ -29,6 +36,12 @@ enum WConn {
 /// The open write transaction, as a write job sees it.
 pub struct WriteTx {
     conn: WConn,
+    /// Rows not sent yet: earlier jobs' first, then the current job's.
+    pending: Vec<Write>,
+    /// Where the current job's rows start in `pending`.
+    job_start: usize,
+    /// Has the current job opened its SAVEPOINT?
+    in_savepoint: bool,
 }
 
 impl WriteTx {
@@ -39,21 +52,63 @@ impl WriteTx {
         }
     }
 
+    /// Before the job reads: send the earlier jobs' rows, open the job's
+    /// SAVEPOINT, then send the job's own rows so that it reads them.
+    async fn prepare_read(&mut self) -> Result<(), StoreError> {
+        if !self.in_savepoint {
+            let mine = self.pending.split_off(self.job_start);
+            let earlier = std::mem::take(&mut self.pending);
+            rows::put_all(&mut self.conn(), earlier).await?;
+            self.run("SAVEPOINT w").await?;
+            self.in_savepoint = true;
+            self.pending = mine;
+            self.job_start = 0;
+        }
+        let mine = std::mem::take(&mut self.pending);
+        rows::put_all(&mut self.conn(), mine).await
+    }
+
     pub async fn current(&mut self, resource_type: &str, id: &str) -> Result<Option<Current>, StoreError> {
+        self.prepare_read().await?;
         rows::current(&mut self.conn(), resource_type, id).await
     }
 
     pub async fn read(&mut self, resource_type: &str, id: &str) -> Result<Option<Version>, StoreError> {
+        self.prepare_read().await?;
         rows::read_current(&mut self.conn(), resource_type, id).await
     }
 
     /// Up to `limit` current matches of a search: (type, id, version).
     pub async fn search_keys(&mut self, req: &SearchRequest, limit: usize) -> Result<Vec<(String, String, i64)>, StoreError> {
+        self.prepare_read().await?;
         rows::search_keys(&mut self.conn(), req, limit).await
     }
 
+    /// Stores resource versions (sent with the batch, see the module doc).
     pub async fn put_all(&mut self, writes: Vec<Write>) -> Result<(), StoreError> {
-        rows::put_all(&mut self.conn(), writes).await
+        self.pending.extend(writes);
+        Ok(())
+    }
+
+    fn begin_job(&mut self) {
+        self.job_start = self.pending.len();
+        self.in_savepoint = false;
+    }
+
+    /// Ends the current job: keeps or undoes what it wrote.
+    async fn end_job(&mut self, ok: bool) -> Result<(), StoreError> {
+        if !ok {
+            self.pending.truncate(self.job_start);
+        }
+        if self.in_savepoint {
+            if !ok {
+                self.run("ROLLBACK TO SAVEPOINT w").await?;
+            }
+            self.run("RELEASE SAVEPOINT w").await?;
+        }
+        self.in_savepoint = false;
+        self.job_start = self.pending.len();
+        Ok(())
     }
 
     async fn run(&mut self, sql: &'static str) -> Result<(), StoreError> {
@@ -149,7 +204,12 @@ async fn run(pool: WPool, mut rx: mpsc::Receiver<Job>) {
             WPool::Pg(p) => p.acquire().await.map(WConn::Pg),
         };
         let mut wtx = match conn {
-            Ok(conn) => WriteTx { conn },
+            Ok(conn) => WriteTx {
+                conn,
+                pending: Vec::new(),
+                job_start: 0,
+                in_savepoint: false,
+            },
             Err(e) => {
                 tracing::error!(error = %e, "writer cannot reach the database");
                 fail_all(batch, &e.to_string()).await;
@@ -197,26 +257,18 @@ async fn commit_batch(wtx: &mut WriteTx, batch: Vec<Job>) -> Result<Vec<Done>, B
     }
     let mut jobs = batch.into_iter();
     while let Some(job) = jobs.next() {
-        if let Err(e) = wtx.run("SAVEPOINT w").await {
-            let mut rest = vec![job];
-            rest.extend(jobs);
-            dones.extend(fail_jobs(rest, wtx).await);
-            return Err((dones, e));
-        }
+        wtx.begin_job();
         let done = job(wtx).await;
-        let closing = if done.ok {
-            wtx.run("RELEASE SAVEPOINT w").await
-        } else {
-            match wtx.run("ROLLBACK TO SAVEPOINT w").await {
-                Ok(()) => wtx.run("RELEASE SAVEPOINT w").await,
-                Err(e) => Err(e),
-            }
-        };
+        let closing = wtx.end_job(done.ok).await;
         dones.push(done);
         if let Err(e) = closing {
             dones.extend(fail_jobs(jobs.collect(), wtx).await);
             return Err((dones, e));
         }
+    }
+    let rest = std::mem::take(&mut wtx.pending);
+    if let Err(e) = rows::put_all(&mut wtx.conn(), rest).await {
+        return Err((dones, e));
     }
     match wtx.run("COMMIT").await {
         Ok(()) => Ok(dones),
