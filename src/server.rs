@@ -47,7 +47,9 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
     let listener = TcpListener::bind(&cfg.listen)
         .await
         .map_err(|e| ServerError::Listen(cfg.listen.clone(), e))?;
-    let addr = listener.local_addr().map_err(|e| ServerError::Listen(cfg.listen.clone(), e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServerError::Listen(cfg.listen.clone(), e))?;
     let base = match &cfg.public_url {
         Some(u) => u.trim_end_matches('/').to_string(),
         None => format!("http://{addr}/fhir"),
@@ -57,10 +59,13 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
         base: base.clone().into(),
         metrics: crate::telemetry::metrics(),
     };
-    let app = router(state, &Limits {
-        max_body_bytes: cfg.max_body_bytes,
-        request_timeout: Duration::from_secs(cfg.request_timeout_secs),
-    });
+    let app = router(
+        state,
+        &Limits {
+            max_body_bytes: cfg.max_body_bytes,
+            request_timeout: Duration::from_secs(cfg.request_timeout_secs),
+        },
+    );
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let store_for_close = store.clone();
     let task = tokio::spawn(async move {

@@ -31,7 +31,10 @@ pub struct TelemetryError(String);
 pub fn init(cfg: &Config) -> Result<Telemetry, TelemetryError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = match cfg.log_format.as_str() {
-        "json" => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed(),
+        "json" => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed(),
         _ => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
     };
     let mut provider = None;

@@ -31,7 +31,10 @@ async fn a_created_resource_reads_back_byte_for_byte(app: &TestApp) {
         .unwrap();
     assert_eq!(r.status(), 201);
     let location = r.headers()["location"].to_str().unwrap().to_string();
-    assert!(location.contains("/Observation/") && location.ends_with("/_history/1"), "{location}");
+    assert!(
+        location.contains("/Observation/") && location.ends_with("/_history/1"),
+        "{location}"
+    );
     assert_eq!(r.headers()["etag"], "W/\"1\"");
     assert!(r.headers().contains_key("last-modified"));
     let created = r.text().await.unwrap();
@@ -43,7 +46,11 @@ async fn a_created_resource_reads_back_byte_for_byte(app: &TestApp) {
     let read = app.get(&format!("Observation/{id}")).await;
     assert_eq!(read.status(), 200);
     assert_eq!(read.headers()["content-type"], "application/fhir+json; charset=utf-8");
-    assert_eq!(read.text().await.unwrap(), created, "the stored resource is served as stored");
+    assert_eq!(
+        read.text().await.unwrap(),
+        created,
+        "the stored resource is served as stored"
+    );
 }
 
 async fn update_versions_and_if_match(app: &TestApp) {
@@ -149,12 +156,32 @@ async fn bad_input_gets_an_operation_outcome(app: &TestApp) {
     };
     let cases = [
         ("Patient", "application/fhir+json", "{not json", 400),
-        ("Patient", "application/fhir+json", r#"{"resourceType":"Observation","status":"final"}"#, 400),
-        ("Patient", "application/fhir+json", r#"{"resourceType":"Patient","id":"bad id!"}"#, 400),
-        ("Patient", "application/fhir+json", r#"{"resourceType":"NotAType"}"#, 400),
+        (
+            "Patient",
+            "application/fhir+json",
+            r#"{"resourceType":"Observation","status":"final"}"#,
+            400,
+        ),
+        (
+            "Patient",
+            "application/fhir+json",
+            r#"{"resourceType":"Patient","id":"bad id!"}"#,
+            400,
+        ),
+        (
+            "Patient",
+            "application/fhir+json",
+            r#"{"resourceType":"NotAType"}"#,
+            400,
+        ),
         ("Patient", "application/fhir+json", r#"[1,2]"#, 400),
         ("Patient", "application/xml", "<Patient/>", 415),
-        ("NotAType", "application/fhir+json", r#"{"resourceType":"Patient"}"#, 404),
+        (
+            "NotAType",
+            "application/fhir+json",
+            r#"{"resourceType":"Patient"}"#,
+            404,
+        ),
     ];
     for (path, ct, body, status) in cases {
         let r = send(path, ct, body).await.unwrap();
@@ -165,7 +192,13 @@ async fn bad_input_gets_an_operation_outcome(app: &TestApp) {
     }
     let r = app.get("Patient/bad%20id").await;
     assert_eq!(r.status(), 400);
-    let r = app.client.get(app.url("Patient/1")).header("accept", "application/fhir+xml").send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url("Patient/1"))
+        .header("accept", "application/fhir+xml")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 406);
     let r = app.get("Patient?_format=xml").await;
     assert_eq!(r.status(), 406);
@@ -211,20 +244,44 @@ async fn capability_statement_tells_the_truth(app: &TestApp) {
         .iter()
         .find(|r| r["type"] == "Patient")
         .unwrap();
-    let params: Vec<&str> = patient["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let params: Vec<&str> = patient["searchParam"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
     assert!(params.contains(&"identifier") && params.contains(&"birthdate"));
     assert!(!params.contains(&"_text") && !params.contains(&"_content"));
 }
 
 async fn health(app: &TestApp) {
     let root = app.base.trim_end_matches("/fhir");
-    assert_eq!(app.client.get(format!("{root}/health/live")).send().await.unwrap().status(), 200);
-    assert_eq!(app.client.get(format!("{root}/health/ready")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        app.client
+            .get(format!("{root}/health/live"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.client
+            .get(format!("{root}/health/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let m = app.client.get(format!("{root}/metrics")).send().await.unwrap();
     assert_eq!(m.status(), 200);
 }
 
-on_both_backends!(created_resource_reads_back_byte_for_byte, a_created_resource_reads_back_byte_for_byte);
+on_both_backends!(
+    created_resource_reads_back_byte_for_byte,
+    a_created_resource_reads_back_byte_for_byte
+);
 on_both_backends!(updates_version_and_honour_if_match, update_versions_and_if_match);
 on_both_backends!(update_creates_with_client_id, update_as_create_with_a_client_id);
 on_both_backends!(delete_keeps_history, delete_keeps_history_and_reads_gone);

@@ -43,11 +43,13 @@ async fn seed(app: &TestApp) -> (String, String, String) {
         .create(&json!({"resourceType": "Practitioner", "identifier": [{"system": "https://rpps.esante.gouv.fr", "value": "10001234567"}], "name": [{"family": "Durand"}]}))
         .await;
     for (status, who) in [("active", &pat), ("on-hold", &pat), ("completed", &other)] {
-        app.create(&json!({"resourceType": "ServiceRequest", "status": status, "intent": "order",
+        app.create(
+            &json!({"resourceType": "ServiceRequest", "status": status, "intent": "order",
             "code": {"coding": [{"system": "http://snomed.info/sct", "code": "390893007"}]},
             "subject": {"reference": format!("Patient/{who}")},
-            "requester": {"reference": format!("Practitioner/{gp}")}}))
-            .await;
+            "requester": {"reference": format!("Practitioner/{gp}")}}),
+        )
+        .await;
     }
     for (day, kg) in [("2025-01-10", "81.5"), ("2025-02-10", "80"), ("2025-03-10", "78.25")] {
         let body = format!(
@@ -68,7 +70,10 @@ async fn seed(app: &TestApp) -> (String, String, String) {
 async fn parameters_of_every_type(app: &TestApp) {
     let (pat, other, gp) = seed(app).await;
     // token, with and without system
-    assert_eq!(ids(app, &format!("Patient?identifier={INS}|2580203000001")).await, [pat.as_str()]);
+    assert_eq!(
+        ids(app, &format!("Patient?identifier={INS}|2580203000001")).await,
+        [pat.as_str()]
+    );
     assert_eq!(ids(app, "Patient?identifier=2580203000001").await, [pat.as_str()]);
     assert_eq!(ids(app, "Patient?identifier=http://other|2580203000001").await.len(), 0);
     // string: prefix, case- and accent-insensitive; :exact; :contains
@@ -85,13 +90,39 @@ async fn parameters_of_every_type(app: &TestApp) {
     assert_eq!(ids(app, "Patient?birthdate=1958").await, [pat.as_str()]);
     assert_eq!(ids(app, "Patient?birthdate=lt1960-01-01").await, [pat.as_str()]);
     assert_eq!(ids(app, "Patient?birthdate=ge1960").await, [other.as_str()]);
-    assert_eq!(ids(app, "Observation?date=ge2025-02-01&date=lt2025-03-01").await.len(), 1);
+    assert_eq!(
+        ids(app, "Observation?date=ge2025-02-01&date=lt2025-03-01").await.len(),
+        1
+    );
     // reference, plain and typed, and token OR
-    assert_eq!(ids(app, &format!("ServiceRequest?subject=Patient/{pat}&status=active,on-hold")).await.len(), 2);
-    assert_eq!(ids(app, &format!("ServiceRequest?patient={pat}&status=active")).await.len(), 1);
-    assert_eq!(ids(app, &format!("ServiceRequest?requester:Practitioner={gp}")).await.len(), 3);
+    assert_eq!(
+        ids(
+            app,
+            &format!("ServiceRequest?subject=Patient/{pat}&status=active,on-hold")
+        )
+        .await
+        .len(),
+        2
+    );
+    assert_eq!(
+        ids(app, &format!("ServiceRequest?patient={pat}&status=active"))
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(
+        ids(app, &format!("ServiceRequest?requester:Practitioner={gp}"))
+            .await
+            .len(),
+        3
+    );
     // quantity and number prefixes
-    assert_eq!(ids(app, "Observation?value-quantity=gt79|http://unitsofmeasure.org|kg").await.len(), 2);
+    assert_eq!(
+        ids(app, "Observation?value-quantity=gt79|http://unitsofmeasure.org|kg")
+            .await
+            .len(),
+        2
+    );
     assert_eq!(ids(app, "Observation?value-quantity=80||kg").await.len(), 1);
     // :missing and :not
     assert_eq!(ids(app, "Patient?address:missing=true").await, [other.as_str()]);
@@ -104,23 +135,64 @@ async fn parameters_of_every_type(app: &TestApp) {
 
 async fn chains_reverse_chains_and_includes(app: &TestApp) {
     let (pat, _other, gp) = seed(app).await;
-    assert_eq!(ids(app, &format!("ServiceRequest?subject:Patient.identifier={INS}|2580203000001")).await.len(), 2);
+    assert_eq!(
+        ids(
+            app,
+            &format!("ServiceRequest?subject:Patient.identifier={INS}|2580203000001")
+        )
+        .await
+        .len(),
+        2
+    );
     assert_eq!(ids(app, "Observation?subject.family=lefevre").await.len(), 3);
-    assert_eq!(ids(app, "Patient?_has:Observation:subject:code=29463-7").await, [pat.as_str()]);
-    assert_eq!(ids(app, "Patient?_has:ServiceRequest:subject:status=completed").await.len(), 1);
+    assert_eq!(
+        ids(app, "Patient?_has:Observation:subject:code=29463-7").await,
+        [pat.as_str()]
+    );
+    assert_eq!(
+        ids(app, "Patient?_has:ServiceRequest:subject:status=completed")
+            .await
+            .len(),
+        1
+    );
     // _include pulls the referenced resources in, once each.
-    let b = json(app.get(&format!("ServiceRequest?subject=Patient/{pat}&_include=ServiceRequest:requester")).await).await;
+    let b = json(
+        app.get(&format!(
+            "ServiceRequest?subject=Patient/{pat}&_include=ServiceRequest:requester"
+        ))
+        .await,
+    )
+    .await;
     let modes: Vec<(&str, &str)> = b["entry"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| (e["search"]["mode"].as_str().unwrap(), e["resource"]["resourceType"].as_str().unwrap()))
+        .map(|e| {
+            (
+                e["search"]["mode"].as_str().unwrap(),
+                e["resource"]["resourceType"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(modes.iter().filter(|m| m.0 == "match").count(), 2);
-    assert_eq!(modes.iter().filter(|m| m.0 == "include").collect::<Vec<_>>(), [&("include", "Practitioner")]);
+    assert_eq!(
+        modes.iter().filter(|m| m.0 == "include").collect::<Vec<_>>(),
+        [&("include", "Practitioner")]
+    );
     // _revinclude, and :iterate from there to the requester.
-    let b = json(app.get(&format!("Patient?_id={pat}&_revinclude=ServiceRequest:subject&_include:iterate=ServiceRequest:requester")).await).await;
-    let types: Vec<&str> = b["entry"].as_array().unwrap().iter().map(|e| e["resource"]["resourceType"].as_str().unwrap()).collect();
+    let b = json(
+        app.get(&format!(
+            "Patient?_id={pat}&_revinclude=ServiceRequest:subject&_include:iterate=ServiceRequest:requester"
+        ))
+        .await,
+    )
+    .await;
+    let types: Vec<&str> = b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["resourceType"].as_str().unwrap())
+        .collect();
     assert_eq!(types.iter().filter(|t| **t == "ServiceRequest").count(), 2);
     assert!(types.contains(&"Practitioner"), "{types:?}");
     let _ = gp;
@@ -131,7 +203,12 @@ async fn paging_returns_each_match_exactly_once(app: &TestApp) {
         .map(|i| json!({"resource": {"resourceType": "Patient", "active": true, "identifier": [{"system": "urn:test", "value": format!("p{i}")}]},
                          "request": {"method": "POST", "url": "Patient"}}))
         .collect();
-    let r = app.post("", &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})).await;
+    let r = app
+        .post(
+            "",
+            &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let mut seen = HashSet::new();
     let mut next = Some(app.url("Patient?active=true&_count=40&_total=accurate"));
@@ -140,11 +217,25 @@ async fn paging_returns_each_match_exactly_once(app: &TestApp) {
         let b = json(app.get(&url).await).await;
         assert_eq!(b["total"], 250);
         for e in b["entry"].as_array().unwrap() {
-            assert!(seen.insert(e["resource"]["id"].as_str().unwrap().to_string()), "returned twice");
+            assert!(
+                seen.insert(e["resource"]["id"].as_str().unwrap().to_string()),
+                "returned twice"
+            );
         }
-        next = b["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").map(|l| l["url"].as_str().unwrap().to_string());
+        next = b["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().unwrap().to_string());
         if pages > 0 {
-            assert!(b["link"].as_array().unwrap().iter().any(|l| l["relation"] == "previous"));
+            assert!(
+                b["link"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|l| l["relation"] == "previous")
+            );
         }
         pages += 1;
     }
@@ -158,7 +249,12 @@ async fn paging_returns_each_match_exactly_once(app: &TestApp) {
         for e in b["entry"].as_array().unwrap() {
             assert!(seen.insert(e["resource"]["id"].as_str().unwrap().to_string()));
         }
-        next = b["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").map(|l| l["url"].as_str().unwrap().to_string());
+        next = b["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().unwrap().to_string());
     }
     assert_eq!(seen.len(), 250);
 }
@@ -171,17 +267,36 @@ async fn result_parameters(app: &TestApp) {
     let sorted = ids(app, "Patient?_sort=-birthdate").await;
     assert_eq!(sorted, [other.clone(), pat.clone()]);
     let sorted = ids(app, "Patient?_sort=family").await;
-    assert_eq!(sorted, [pat.clone(), other.clone()], "Lefèvre sorts as lefevre, before lefort");
+    assert_eq!(
+        sorted,
+        [pat.clone(), other.clone()],
+        "Lefèvre sorts as lefevre, before lefort"
+    );
     let b = json(app.get(&format!("Patient?_id={pat}&_elements=birthDate")).await).await;
     let r = &b["entry"][0]["resource"];
     assert_eq!(r["birthDate"], "1958-02-03");
     assert!(r.get("name").is_none());
-    assert!(r["meta"]["tag"].as_array().unwrap().iter().any(|t| t["code"] == "SUBSETTED"));
+    assert!(
+        r["meta"]["tag"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["code"] == "SUBSETTED")
+    );
     // Unknown parameters: ignored and left out of the self link, refused when strict.
     let b = json(app.get("Patient?foo=bar&gender=male").await).await;
     let self_link = b["link"][0]["url"].as_str().unwrap();
-    assert!(!self_link.contains("foo") && self_link.contains("gender=male"), "{self_link}");
-    let strict = app.client.get(app.url("Patient?foo=bar")).header("prefer", "handling=strict").send().await.unwrap();
+    assert!(
+        !self_link.contains("foo") && self_link.contains("gender=male"),
+        "{self_link}"
+    );
+    let strict = app
+        .client
+        .get(app.url("Patient?foo=bar"))
+        .header("prefer", "handling=strict")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(strict.status(), 400);
     assert_eq!(json(strict).await["resourceType"], "OperationOutcome");
     // Bad values are a 400 with the parameter named.

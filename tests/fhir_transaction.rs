@@ -55,11 +55,27 @@ async fn a_transaction_stores_all_and_links_them(app: &TestApp) {
     assert_eq!(b["type"], "transaction-response");
     let entries = b["entry"].as_array().unwrap();
     assert_eq!(entries.len(), 5, "one response entry per request entry, in order");
-    for (e, t) in entries.iter().zip(["Patient", "Practitioner", "Condition", "ServiceRequest", "Observation"]) {
+    for (e, t) in entries
+        .iter()
+        .zip(["Patient", "Practitioner", "Condition", "ServiceRequest", "Observation"])
+    {
         assert_eq!(e["response"]["status"], "201 Created");
-        assert!(e["response"]["location"].as_str().unwrap().starts_with(&format!("{t}/")));
+        assert!(
+            e["response"]["location"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{t}/"))
+        );
     }
-    let loc = |i: usize| entries[i]["response"]["location"].as_str().unwrap().split("/_history").next().unwrap().to_string();
+    let loc = |i: usize| {
+        entries[i]["response"]["location"]
+            .as_str()
+            .unwrap()
+            .split("/_history")
+            .next()
+            .unwrap()
+            .to_string()
+    };
     let sr = json(app.get(&loc(3)).await).await;
     assert_eq!(sr["subject"]["reference"], loc(0), "urn:uuid rewritten to the new id");
     assert_eq!(sr["requester"]["reference"], loc(1));
@@ -73,7 +89,13 @@ async fn a_failing_entry_stores_nothing(app: &TestApp) {
     let r = app.post("", &b).await;
     assert_eq!(r.status(), 400);
     let oo = json(r).await;
-    assert!(oo["issue"][0]["expression"][0].as_str().unwrap().starts_with("Bundle.entry[2]"), "{oo}");
+    assert!(
+        oo["issue"][0]["expression"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("Bundle.entry[2]"),
+        "{oo}"
+    );
     // An If-Match failing inside the transaction also stores nothing.
     let id = app.create(&json!({"resourceType": "Patient", "active": true})).await;
     let mut b = prescription("2580203123458");
@@ -88,7 +110,11 @@ async fn a_failing_entry_stores_nothing(app: &TestApp) {
         assert_eq!(s["total"], 0, "no {t} stored");
     }
     let h = json(app.get("_history").await).await;
-    assert_eq!(h["entry"].as_array().map(Vec::len), Some(1), "only the Patient created outside the transaction");
+    assert_eq!(
+        h["entry"].as_array().map(Vec::len),
+        Some(1),
+        "only the Patient created outside the transaction"
+    );
 }
 
 async fn a_batch_runs_each_entry_on_its_own(app: &TestApp) {
@@ -103,8 +129,16 @@ async fn a_batch_runs_each_entry_on_its_own(app: &TestApp) {
     });
     let r = json(app.post("", &b).await).await;
     assert_eq!(r["type"], "batch-response");
-    let statuses: Vec<&str> = r["entry"].as_array().unwrap().iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
-    assert_eq!(statuses, ["201 Created", "404 Not Found", "400 Bad Request", "400 Bad Request"]);
+    let statuses: Vec<&str> = r["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["201 Created", "404 Not Found", "400 Bad Request", "400 Bad Request"]
+    );
     assert_eq!(r["entry"][1]["response"]["outcome"]["resourceType"], "OperationOutcome");
 }
 
@@ -163,7 +197,11 @@ async fn conditional_create_update_delete(app: &TestApp) {
     // Conditional delete.
     assert_eq!(app.delete(&format!("Patient?{q2}")).await.status(), 204);
     assert_eq!(app.get(&format!("Patient/{id2}")).await.status(), 410);
-    assert_eq!(app.delete(&format!("Patient?{q}")).await.status(), 412, "two matches are not deleted");
+    assert_eq!(
+        app.delete(&format!("Patient?{q}")).await.status(),
+        412,
+        "two matches are not deleted"
+    );
 }
 
 async fn conditional_references_in_a_transaction(app: &TestApp) {
@@ -185,7 +223,10 @@ async fn conditional_references_in_a_transaction(app: &TestApp) {
     let r = app.post("", &b).await;
     assert_eq!(r.status(), 200);
     let r = json(r).await;
-    assert_eq!(r["entry"][0]["response"]["status"], "200 OK", "the existing patient stands for the entry");
+    assert_eq!(
+        r["entry"][0]["response"]["status"], "200 OK",
+        "the existing patient stands for the entry"
+    );
     let obs = json(app.get(r["entry"][1]["response"]["location"].as_str().unwrap()).await).await;
     assert_eq!(obs["subject"]["reference"], format!("Patient/{pid}"));
     assert_eq!(obs["performer"][0]["reference"], format!("Patient/{pid}"));

@@ -32,7 +32,10 @@ async fn a_stop_loses_no_acknowledged_write() {
             let r = client
                 .post(format!("{base}/Patient"))
                 .header("content-type", "application/fhir+json")
-                .body(json!({"resourceType": "Patient", "identifier": [{"system": "urn:test", "value": format!("{i}")}]}).to_string())
+                .body(
+                    json!({"resourceType": "Patient", "identifier": [{"system": "urn:test", "value": format!("{i}")}]})
+                        .to_string(),
+                )
                 .send()
                 .await;
             match r {
@@ -85,7 +88,9 @@ async fn traces_are_exported_by_otlp() {
     tokio::task::spawn_blocking(move || drop(telemetry)).await.unwrap();
     let received = collector.received_requests().await.unwrap();
     assert!(
-        received.iter().any(|r| r.url.path() == "/v1/traces" && !r.body.is_empty()),
+        received
+            .iter()
+            .any(|r| r.url.path() == "/v1/traces" && !r.body.is_empty()),
         "no trace was exported"
     );
 }

@@ -27,7 +27,10 @@ impl BundleWriter {
                 o.insert("total".into(), json!(t));
             }
             if !links.is_empty() {
-                let links: Vec<Value> = links.iter().map(|(rel, url)| json!({"relation": rel, "url": url})).collect();
+                let links: Vec<Value> = links
+                    .iter()
+                    .map(|(rel, url)| json!({"relation": rel, "url": url}))
+                    .collect();
                 o.insert("link".into(), Value::Array(links));
             }
         }
@@ -40,7 +43,8 @@ impl BundleWriter {
     /// Adds an entry. `fields` are the entry's other elements (search,
     /// request, response) as a JSON object; `resource` the stored bytes.
     pub fn entry(&mut self, full_url: Option<&str>, resource: Option<&[u8]>, fields: Value) {
-        self.buf.extend_from_slice(if self.entries == 0 { b",\"entry\":[" } else { b"," });
+        self.buf
+            .extend_from_slice(if self.entries == 0 { b",\"entry\":[" } else { b"," });
         self.entries += 1;
         self.buf.push(b'{');
         let mut first = true;
@@ -87,7 +91,11 @@ mod tests {
     #[test]
     fn bundles_are_valid_json() {
         let mut w = BundleWriter::new("searchset", Some(1), &[("self", "http://x/fhir/Patient".into())]);
-        w.entry(Some("http://x/fhir/Patient/1"), Some(br#"{"resourceType":"Patient","id":"1","x":1.50}"#), json!({"search": {"mode": "match"}}));
+        w.entry(
+            Some("http://x/fhir/Patient/1"),
+            Some(br#"{"resourceType":"Patient","id":"1","x":1.50}"#),
+            json!({"search": {"mode": "match"}}),
+        );
         let b = w.finish();
         let v: Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["entry"][0]["resource"]["x"].to_string(), "1.50");

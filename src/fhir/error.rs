@@ -50,7 +50,11 @@ impl FhirError {
         FhirError {
             status,
             issues: vec![Issue {
-                severity: if status >= 500 { Severity::Fatal } else { Severity::Error },
+                severity: if status >= 500 {
+                    Severity::Fatal
+                } else {
+                    Severity::Error
+                },
                 code,
                 diagnostics: diagnostics.into(),
                 expression: Vec::new(),
@@ -135,7 +139,11 @@ impl From<StoreError> for FhirError {
         match &e {
             StoreError::Unsupported(m) => FhirError::not_supported(400, m.clone()),
             StoreError::Conflict => FhirError::conflict(e.to_string()),
-            StoreError::WriterGone => FhirError::new(503, "transient", "the gateway is shutting down or its database is unavailable; retry"),
+            StoreError::WriterGone => FhirError::new(
+                503,
+                "transient",
+                "the gateway is shutting down or its database is unavailable; retry",
+            ),
             _ => {
                 // Database details stay in the server log, not in the response.
                 tracing::error!(error = %e, "storage failure");

@@ -70,7 +70,9 @@ pub fn valid_id(s: &str) -> bool {
 /// URL names, if any.
 pub fn parse(body: &[u8], expected_type: Option<&str>) -> Result<Resource, FhirError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(FhirError::structure("the request body is empty; a FHIR resource in JSON was expected"));
+        return Err(FhirError::structure(
+            "the request body is empty; a FHIR resource in JSON was expected",
+        ));
     }
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         FhirError::structure(format!(
@@ -101,13 +103,21 @@ impl ClassifyMessage for serde_json::Error {
 /// Checks a JSON value as a resource. `path` prefixes the FHIRPath of
 /// errors (e.g. `Bundle.entry[2].resource`).
 pub fn from_value(value: Value, expected_type: Option<&str>, path: &str) -> Result<Resource, FhirError> {
-    let at = |p: &str| if path.is_empty() { p.to_string() } else { format!("{path}.{p}") };
-    let Value::Object(json) = value else {
-        return Err(FhirError::structure("a FHIR resource must be a JSON object").at(if path.is_empty() {
-            "$this".to_string()
+    let at = |p: &str| {
+        if path.is_empty() {
+            p.to_string()
         } else {
-            path.to_string()
-        }));
+            format!("{path}.{p}")
+        }
+    };
+    let Value::Object(json) = value else {
+        return Err(
+            FhirError::structure("a FHIR resource must be a JSON object").at(if path.is_empty() {
+                "$this".to_string()
+            } else {
+                path.to_string()
+            }),
+        );
     };
     let Some(rt) = json.get("resourceType") else {
         return Err(FhirError::structure("the resource has no resourceType").at(at("resourceType")));
@@ -116,26 +126,31 @@ pub fn from_value(value: Value, expected_type: Option<&str>, path: &str) -> Resu
         return Err(FhirError::structure("resourceType must be a string").at(at("resourceType")));
     };
     if !Registry::r4().is_resource_type(rt) {
-        return Err(FhirError::not_supported(400, format!("'{rt}' is not a FHIR R4 resource type")).at(at("resourceType")));
+        return Err(
+            FhirError::not_supported(400, format!("'{rt}' is not a FHIR R4 resource type")).at(at("resourceType")),
+        );
     }
     if let Some(expected) = expected_type
         && rt != expected
     {
-        return Err(FhirError::invalid(format!(
-            "the body is a {rt} but the URL is for {expected}"
-        ))
-        .at(at("resourceType")));
+        return Err(
+            FhirError::invalid(format!("the body is a {rt} but the URL is for {expected}")).at(at("resourceType")),
+        );
     }
     let resource_type = rt.to_string();
-    let root = if path.is_empty() { resource_type.clone() } else { path.to_string() };
+    let root = if path.is_empty() {
+        resource_type.clone()
+    } else {
+        path.to_string()
+    };
     match json.get("id") {
         None => {}
         Some(Value::String(id)) if valid_id(id) => {}
         Some(_) => {
-            return Err(FhirError::invalid(
-                "id must be 1 to 64 characters among A-Z, a-z, 0-9, '-' and '.'",
-            )
-            .at(format!("{root}.id")));
+            return Err(
+                FhirError::invalid("id must be 1 to 64 characters among A-Z, a-z, 0-9, '-' and '.'")
+                    .at(format!("{root}.id")),
+            );
         }
     }
     match json.get("meta") {

@@ -20,7 +20,9 @@ fn summary_elements() -> &'static HashMap<String, Vec<String>> {
 fn key_matches(key: &str, element: &str) -> bool {
     let key = key.strip_prefix('_').unwrap_or(key);
     match element.strip_suffix("[x]") {
-        Some(stem) => key.strip_prefix(stem).is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_uppercase())),
+        Some(stem) => key
+            .strip_prefix(stem)
+            .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_uppercase())),
         None => key == element,
     }
 }

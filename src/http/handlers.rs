@@ -26,7 +26,9 @@ fn known_type(rtype: &str) -> Result<()> {
     if Registry::r4().is_resource_type(rtype) {
         Ok(())
     } else {
-        Err(FhirError::not_found(format!("'{rtype}' is not a resource type of this server")))
+        Err(FhirError::not_found(format!(
+            "'{rtype}' is not a resource type of this server"
+        )))
     }
 }
 
@@ -59,7 +61,12 @@ pub async fn metadata(State(s): State<AppState>) -> Response {
     resp
 }
 
-pub async fn read(State(s): State<AppState>, caller: Caller, h: HeaderMap, Path((rtype, id)): Path<(String, String)>) -> Result<Response> {
+pub async fn read(
+    State(s): State<AppState>,
+    caller: Caller,
+    h: HeaderMap,
+    Path((rtype, id)): Path<(String, String)>,
+) -> Result<Response> {
     known_type(&rtype)?;
     Ok(reply(&s, &h, fi::read::read(&s.store, &caller, &rtype, &id).await?))
 }
@@ -71,13 +78,30 @@ pub async fn vread(
     Path((rtype, id, vid)): Path<(String, String, String)>,
 ) -> Result<Response> {
     known_type(&rtype)?;
-    Ok(reply(&s, &h, fi::read::vread(&s.store, &caller, &rtype, &id, &vid).await?))
+    Ok(reply(
+        &s,
+        &h,
+        fi::read::vread(&s.store, &caller, &rtype, &id, &vid).await?,
+    ))
 }
 
-pub async fn create(State(s): State<AppState>, caller: Caller, h: HeaderMap, Path(rtype): Path<String>, body: Bytes) -> Result<Response> {
+pub async fn create(
+    State(s): State<AppState>,
+    caller: Caller,
+    h: HeaderMap,
+    Path(rtype): Path<String>,
+    body: Bytes,
+) -> Result<Response> {
     known_type(&rtype)?;
-    let cond = h.get("if-none-exist").and_then(|v| v.to_str().ok()).map(|q| q.trim_start_matches('?').to_string());
-    Ok(reply(&s, &h, fi::create::create(&s.store, &caller, &rtype, &body, cond.as_deref()).await?))
+    let cond = h
+        .get("if-none-exist")
+        .and_then(|v| v.to_str().ok())
+        .map(|q| q.trim_start_matches('?').to_string());
+    Ok(reply(
+        &s,
+        &h,
+        fi::create::create(&s.store, &caller, &rtype, &body, cond.as_deref()).await?,
+    ))
 }
 
 pub async fn update(
@@ -101,7 +125,15 @@ pub async fn conditional_update(
     body: Bytes,
 ) -> Result<Response> {
     known_type(&rtype)?;
-    let r = fi::update::conditional_update(&s.store, &caller, &rtype, q.as_deref().unwrap_or_default(), &body, if_match(&h)?).await?;
+    let r = fi::update::conditional_update(
+        &s.store,
+        &caller,
+        &rtype,
+        q.as_deref().unwrap_or_default(),
+        &body,
+        if_match(&h)?,
+    )
+    .await?;
     Ok(reply(&s, &h, r))
 }
 
@@ -117,9 +149,18 @@ pub async fn patch(
     Ok(reply(&s, &h, r))
 }
 
-pub async fn delete(State(s): State<AppState>, caller: Caller, h: HeaderMap, Path((rtype, id)): Path<(String, String)>) -> Result<Response> {
+pub async fn delete(
+    State(s): State<AppState>,
+    caller: Caller,
+    h: HeaderMap,
+    Path((rtype, id)): Path<(String, String)>,
+) -> Result<Response> {
     known_type(&rtype)?;
-    Ok(reply(&s, &h, fi::delete::delete(&s.store, &caller, &rtype, &id, if_match(&h)?).await?))
+    Ok(reply(
+        &s,
+        &h,
+        fi::delete::delete(&s.store, &caller, &rtype, &id, if_match(&h)?).await?,
+    ))
 }
 
 pub async fn conditional_delete(
@@ -134,22 +175,38 @@ pub async fn conditional_delete(
     Ok(reply(&s, &h, r))
 }
 
-async fn run_search(s: &AppState, caller: &Caller, h: &HeaderMap, rtype: Option<&str>, params: Vec<(String, String)>) -> Result<Response> {
+async fn run_search(
+    s: &AppState,
+    caller: &Caller,
+    h: &HeaderMap,
+    rtype: Option<&str>,
+    params: Vec<(String, String)>,
+) -> Result<Response> {
     if let Some(t) = rtype {
         known_type(t)?;
     }
     let prefer = Prefer::from_headers(h);
-    let r = fi::search::search(&s.store, caller, SearchInput {
-        base: &s.base,
-        resource_type: rtype,
-        params: &params,
-        strict: prefer.strict,
-    })
+    let r = fi::search::search(
+        &s.store,
+        caller,
+        SearchInput {
+            base: &s.base,
+            resource_type: rtype,
+            params: &params,
+            strict: prefer.strict,
+        },
+    )
     .await?;
     Ok(render(&s.base, r, Return::Representation))
 }
 
-pub async fn search_type(State(s): State<AppState>, caller: Caller, h: HeaderMap, Path(rtype): Path<String>, RawQuery(q): RawQuery) -> Result<Response> {
+pub async fn search_type(
+    State(s): State<AppState>,
+    caller: Caller,
+    h: HeaderMap,
+    Path(rtype): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
     run_search(&s, &caller, &h, Some(&rtype), pairs(q.as_deref())).await
 }
 
@@ -167,17 +224,34 @@ pub async fn search_type_post(
     run_search(&s, &caller, &h, Some(&rtype), params).await
 }
 
-pub async fn search_system(State(s): State<AppState>, caller: Caller, h: HeaderMap, RawQuery(q): RawQuery) -> Result<Response> {
+pub async fn search_system(
+    State(s): State<AppState>,
+    caller: Caller,
+    h: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
     run_search(&s, &caller, &h, None, pairs(q.as_deref())).await
 }
 
-pub async fn search_system_post(State(s): State<AppState>, caller: Caller, h: HeaderMap, RawQuery(q): RawQuery, body: Bytes) -> Result<Response> {
+pub async fn search_system_post(
+    State(s): State<AppState>,
+    caller: Caller,
+    h: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Response> {
     let mut params = pairs(q.as_deref());
     params.extend(pairs(Some(&String::from_utf8_lossy(&body))));
     run_search(&s, &caller, &h, None, params).await
 }
 
-async fn run_history(s: &AppState, caller: &Caller, rtype: Option<&str>, id: Option<&str>, q: Option<&str>) -> Result<Response> {
+async fn run_history(
+    s: &AppState,
+    caller: &Caller,
+    rtype: Option<&str>,
+    id: Option<&str>,
+    q: Option<&str>,
+) -> Result<Response> {
     if let Some(t) = rtype {
         known_type(t)?;
     }
@@ -189,7 +263,12 @@ pub async fn history_system(State(s): State<AppState>, caller: Caller, RawQuery(
     run_history(&s, &caller, None, None, q.as_deref()).await
 }
 
-pub async fn history_type(State(s): State<AppState>, caller: Caller, Path(rtype): Path<String>, RawQuery(q): RawQuery) -> Result<Response> {
+pub async fn history_type(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(rtype): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
     run_history(&s, &caller, Some(&rtype), None, q.as_deref()).await
 }
 
@@ -204,11 +283,15 @@ pub async fn history_instance(
 
 pub async fn bundle(State(s): State<AppState>, caller: Caller, h: HeaderMap, body: Bytes) -> Result<Response> {
     let prefer = Prefer::from_headers(&h);
-    let r = fi::bundle::process(&s.store, &caller, BundleInput {
-        base: &s.base,
-        body: &body,
-        representation: prefer.ret == Return::Representation && h.contains_key("prefer"),
-    })
+    let r = fi::bundle::process(
+        &s.store,
+        &caller,
+        BundleInput {
+            base: &s.base,
+            body: &body,
+            representation: prefer.ret == Return::Representation && h.contains_key("prefer"),
+        },
+    )
     .await?;
     Ok(render(&s.base, r, Return::Representation))
 }
@@ -230,18 +313,18 @@ pub async fn ready(State(s): State<AppState>) -> Response {
         Ok(()) => Json(json!({"status": "ready", "database": "up"})).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "database": "down"}))).into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "unavailable", "database": "down"})),
+            )
+                .into_response()
         }
     }
 }
 
 pub async fn prometheus(State(s): State<AppState>) -> Response {
     match &s.metrics {
-        Some(h) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            h.render(),
-        )
-            .into_response(),
+        Some(h) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render()).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
     }
 }

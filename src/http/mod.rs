@@ -42,7 +42,13 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .route("/", get(search_system).post(bundle))
         .route("/_search", post(search_system_post))
         .route("/_history", get(history_system))
-        .route("/{rtype}", get(search_type).post(create).put(conditional_update).delete(conditional_delete))
+        .route(
+            "/{rtype}",
+            get(search_type)
+                .post(create)
+                .put(conditional_update)
+                .delete(conditional_delete),
+        )
         .route("/{rtype}/_search", post(search_type_post))
         .route("/{rtype}/_history", get(history_type))
         .route("/{rtype}/{id}", get(read).put(update).patch(patch).delete(delete))

@@ -10,7 +10,10 @@ use crate::fhir::error::FhirError;
 
 fn json_type(mime: &str) -> bool {
     let m = mime.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    matches!(m.as_str(), "application/fhir+json" | "application/json" | "application/json+fhir" | "*/*" | "application/*" | "json")
+    matches!(
+        m.as_str(),
+        "application/fhir+json" | "application/json" | "application/json+fhir" | "*/*" | "application/*" | "json"
+    )
 }
 
 fn format_param(query: &str) -> Option<String> {
@@ -23,14 +26,20 @@ pub async fn content_negotiation(req: Request, next: Next) -> Response {
     if let Some(f) = req.uri().query().and_then(format_param)
         && !json_type(&f)
     {
-        return FhirError::not_supported(406, format!("_format '{f}' is not supported; this server returns FHIR JSON"))
-            .into_response();
+        return FhirError::not_supported(
+            406,
+            format!("_format '{f}' is not supported; this server returns FHIR JSON"),
+        )
+        .into_response();
     }
     if let Some(accept) = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok())
         && !accept.split(',').any(json_type)
     {
-        return FhirError::not_supported(406, format!("cannot answer in '{accept}'; this server returns application/fhir+json"))
-            .into_response();
+        return FhirError::not_supported(
+            406,
+            format!("cannot answer in '{accept}'; this server returns application/fhir+json"),
+        )
+        .into_response();
     }
     let has_body = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
     if has_body && let Some(ct) = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {

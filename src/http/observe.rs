@@ -36,7 +36,10 @@ fn interaction(method: &Method, template: &str) -> &'static str {
 
 /// The resource type segment of a FHIR path, only if it names a type.
 fn resource_type(path: &str) -> &str {
-    let seg = path.strip_prefix("/fhir/").and_then(|p| p.split('/').next()).unwrap_or_default();
+    let seg = path
+        .strip_prefix("/fhir/")
+        .and_then(|p| p.split('/').next())
+        .unwrap_or_default();
     if crate::fhir::search::registry::Registry::r4().is_resource_type(seg) {
         seg
     } else {

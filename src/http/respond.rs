@@ -57,7 +57,8 @@ pub fn render(base: &str, reply: Reply, ret: Return) -> Response {
             headers.insert(header::LAST_MODIFIED, lm);
         }
         if reply.location
-            && let Ok(loc) = HeaderValue::from_str(&format!("{base}/{}/{}/_history/{}", v.resource_type, v.id, v.version))
+            && let Ok(loc) =
+                HeaderValue::from_str(&format!("{base}/{}/{}/_history/{}", v.resource_type, v.id, v.version))
         {
             headers.insert(header::LOCATION, loc);
         }
@@ -83,7 +84,11 @@ pub fn render(base: &str, reply: Reply, ret: Return) -> Response {
     match body {
         Some(b) => {
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
-            let status = if status == StatusCode::NO_CONTENT { StatusCode::OK } else { status };
+            let status = if status == StatusCode::NO_CONTENT {
+                StatusCode::OK
+            } else {
+                status
+            };
             (status, headers, b).into_response()
         }
         None => (status, headers).into_response(),

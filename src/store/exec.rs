@@ -140,27 +140,35 @@ pub struct VersionRow {
 
 /// Runs a statement; returns the number of rows it changed.
 pub async fn execute(conn: &mut Conn<'_>, frag: &Frag) -> Result<u64, StoreError> {
-    Ok(on_conn!(conn, frag, |q, c| q.execute(c).await.map(|r| r.rows_affected()))?)
+    Ok(on_conn!(conn, frag, |q, c| q
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?)
 }
 
 /// Runs a query whose rows are one `i64` column (pks, counts).
 pub async fn fetch_i64(conn: &mut Conn<'_>, frag: &Frag) -> Result<Vec<i64>, StoreError> {
     let rows = on_conn!(conn, frag, |q, c| {
         let rows = q.fetch_all(c).await?;
-        rows.iter().map(|r| r.try_get::<i64, _>(0)).collect::<Result<Vec<_>, _>>()
+        rows.iter()
+            .map(|r| r.try_get::<i64, _>(0))
+            .collect::<Result<Vec<_>, _>>()
     })?;
     Ok(rows)
 }
 
 /// Runs a query whose rows are `(i64, text, text)`.
-pub async fn fetch_i64_text_text(
-    conn: &mut Conn<'_>,
-    frag: &Frag,
-) -> Result<Vec<(i64, String, String)>, StoreError> {
+pub async fn fetch_i64_text_text(conn: &mut Conn<'_>, frag: &Frag) -> Result<Vec<(i64, String, String)>, StoreError> {
     let rows = on_conn!(conn, frag, |q, c| {
         let rows = q.fetch_all(c).await?;
         rows.iter()
-            .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<String, _>(1)?, r.try_get::<String, _>(2)?)))
+            .map(|r| {
+                Ok((
+                    r.try_get::<i64, _>(0)?,
+                    r.try_get::<String, _>(1)?,
+                    r.try_get::<String, _>(2)?,
+                ))
+            })
             .collect::<Result<Vec<_>, sqlx::Error>>()
     })?;
     Ok(rows)
@@ -194,7 +202,13 @@ pub async fn fetch_i64x3(conn: &mut Conn<'_>, frag: &Frag) -> Result<Vec<(i64, i
     let rows = on_conn!(conn, frag, |q, c| {
         let rows = q.fetch_all(c).await?;
         rows.iter()
-            .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?, r.try_get::<i64, _>(2)?)))
+            .map(|r| {
+                Ok((
+                    r.try_get::<i64, _>(0)?,
+                    r.try_get::<i64, _>(1)?,
+                    r.try_get::<i64, _>(2)?,
+                ))
+            })
             .collect::<Result<Vec<_>, sqlx::Error>>()
     })?;
     Ok(rows)

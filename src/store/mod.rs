@@ -288,7 +288,8 @@ impl Store {
         if let Some(b) = q.before {
             f.push(" AND v.vpk < ").bind(Bind::I64(b));
         }
-        f.push(" ORDER BY v.vpk DESC LIMIT ").bind(Bind::I64(q.count as i64 + 1));
+        f.push(" ORDER BY v.vpk DESC LIMIT ")
+            .bind(Bind::I64(q.count as i64 + 1));
         let mut rows = self.with_conn(async |c| fetch_versions(c, &f).await).await?;
         let next = if rows.len() > q.count {
             rows.truncate(q.count);
@@ -333,7 +334,9 @@ async fn apply_schema_pg(pool: &PgPool) -> Result<(), StoreError> {
     // Several gateway replicas may start at once: one applies the schema.
     sqlx::query("SELECT pg_advisory_lock(7422001)").execute(&mut *c).await?;
     let r = sqlx::raw_sql(POSTGRES_SCHEMA).execute(&mut *c).await;
-    sqlx::query("SELECT pg_advisory_unlock(7422001)").execute(&mut *c).await?;
+    sqlx::query("SELECT pg_advisory_unlock(7422001)")
+        .execute(&mut *c)
+        .await?;
     r?;
     Ok(())
 }

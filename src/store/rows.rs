@@ -10,8 +10,7 @@ use super::keys::{hash, hash_opt, identifier_key, normalize, param_key};
 use super::sql::Builder;
 use super::{Current, MAX_INCLUDED, Method, SearchPage, StoreError, Version, Write, wants_total};
 
-pub const VERSION_COLUMNS: &str =
-    "SELECT v.pk, v.vpk, v.rtype, r.id, v.version, v.updated, v.method, v.body";
+pub const VERSION_COLUMNS: &str = "SELECT v.pk, v.vpk, v.rtype, r.id, v.version, v.updated, v.method, v.body";
 
 pub async fn read_current(c: &mut Conn<'_>, rtype: &str, id: &str) -> Result<Option<Version>, StoreError> {
     let mut f = Frag::new(VERSION_COLUMNS);
@@ -24,12 +23,17 @@ pub async fn read_current(c: &mut Conn<'_>, rtype: &str, id: &str) -> Result<Opt
 
 pub async fn current(c: &mut Conn<'_>, rtype: &str, id: &str) -> Result<Option<Current>, StoreError> {
     let mut f = Frag::new("SELECT pk, version, deleted FROM resource WHERE rtype = ");
-    f.bind(Bind::Text(rtype.into())).push(" AND id = ").bind(Bind::Text(id.into()));
-    Ok(fetch_i64x3(c, &f).await?.first().map(|&(pk, version, deleted)| Current {
-        pk,
-        version,
-        deleted: deleted != 0,
-    }))
+    f.bind(Bind::Text(rtype.into()))
+        .push(" AND id = ")
+        .bind(Bind::Text(id.into()));
+    Ok(fetch_i64x3(c, &f)
+        .await?
+        .first()
+        .map(|&(pk, version, deleted)| Current {
+            pk,
+            version,
+            deleted: deleted != 0,
+        }))
 }
 
 async fn versions_by_pk(c: &mut Conn<'_>, pks: &[i64]) -> Result<Vec<Version>, StoreError> {
@@ -51,7 +55,11 @@ async fn versions_by_pk(c: &mut Conn<'_>, pks: &[i64]) -> Result<Vec<Version>, S
 }
 
 /// The pks of the matches of `req`, one page, in order.
-async fn page_pks(c: &mut Conn<'_>, req: &SearchRequest, limit: usize) -> Result<(Vec<i64>, Option<PageStart>), StoreError> {
+async fn page_pks(
+    c: &mut Conn<'_>,
+    req: &SearchRequest,
+    limit: usize,
+) -> Result<(Vec<i64>, Option<PageStart>), StoreError> {
     let mut b = Builder::new();
     let compiled = b.compile(req.resource_type.as_deref(), &req.filters)?;
     let mut f = Frag::new("SELECT m.pk FROM (");
@@ -88,7 +96,10 @@ async fn page_pks(c: &mut Conn<'_>, req: &SearchRequest, limit: usize) -> Result
             PageStart::Offset(o) => o,
             _ => 0,
         };
-        f.push(" LIMIT ").bind(Bind::I64(limit as i64 + 1)).push(" OFFSET ").bind(Bind::I64(offset as i64));
+        f.push(" LIMIT ")
+            .bind(Bind::I64(limit as i64 + 1))
+            .push(" OFFSET ")
+            .bind(Bind::I64(offset as i64));
         let mut pks = fetch_i64(c, &f).await?;
         let next = if pks.len() > limit {
             pks.truncate(limit);
@@ -206,13 +217,23 @@ async fn includes(
     Ok(out)
 }
 
-async fn include_targets(c: &mut Conn<'_>, inc: &Include, from: &[(i64, String, String)]) -> Result<Vec<i64>, StoreError> {
+async fn include_targets(
+    c: &mut Conn<'_>,
+    inc: &Include,
+    from: &[(i64, String, String)],
+) -> Result<Vec<i64>, StoreError> {
     let Some(param) = &inc.param else { return Ok(Vec::new()) };
-    let sources: Vec<i64> = from.iter().filter(|(_, t, _)| *t == inc.source_type).map(|(pk, _, _)| *pk).collect();
+    let sources: Vec<i64> = from
+        .iter()
+        .filter(|(_, t, _)| *t == inc.source_type)
+        .map(|(pk, _, _)| *pk)
+        .collect();
     if sources.is_empty() {
         return Ok(Vec::new());
     }
-    let mut f = Frag::new("SELECT t.pk FROM idx_reference x JOIN resource t ON t.rtype = x.ttype AND t.id = x.tid AND t.deleted = 0 WHERE x.param = ");
+    let mut f = Frag::new(
+        "SELECT t.pk FROM idx_reference x JOIN resource t ON t.rtype = x.ttype AND t.id = x.tid AND t.deleted = 0 WHERE x.param = ",
+    );
     f.bind(Bind::I64(param_key(&inc.source_type, &param.code)));
     if let Some(tt) = &inc.target_type {
         f.push(" AND x.ttype = ").bind(Bind::Text(tt.clone()));
@@ -223,7 +244,11 @@ async fn include_targets(c: &mut Conn<'_>, inc: &Include, from: &[(i64, String, 
     fetch_i64(c, &f).await
 }
 
-async fn revinclude_sources(c: &mut Conn<'_>, inc: &Include, to: &[(i64, String, String)]) -> Result<Vec<i64>, StoreError> {
+async fn revinclude_sources(
+    c: &mut Conn<'_>,
+    inc: &Include,
+    to: &[(i64, String, String)],
+) -> Result<Vec<i64>, StoreError> {
     let Some(param) = &inc.param else { return Ok(Vec::new()) };
     let mut by_type: HashMap<&str, Vec<&str>> = HashMap::new();
     for (_, t, id) in to {
@@ -256,10 +281,16 @@ fn push_list(f: &mut Frag, items: impl Iterator<Item = Bind>) {
 
 /// Up to `limit` (type, id, version) of the current matches of `req`: the
 /// lookup behind conditional create, update, delete and references.
-pub async fn search_keys(c: &mut Conn<'_>, req: &SearchRequest, limit: usize) -> Result<Vec<(String, String, i64)>, StoreError> {
+pub async fn search_keys(
+    c: &mut Conn<'_>,
+    req: &SearchRequest,
+    limit: usize,
+) -> Result<Vec<(String, String, i64)>, StoreError> {
     let compiled = Builder::new().compile(req.resource_type.as_deref(), &req.filters)?;
     let mut f = Frag::new("SELECT r.version, r.rtype, r.id FROM resource r WHERE r.pk IN (SELECT m.pk FROM (");
-    f.append(compiled.matches).push(") m) ORDER BY r.pk LIMIT ").bind(Bind::I64(limit as i64));
+    f.append(compiled.matches)
+        .push(") m) ORDER BY r.pk LIMIT ")
+        .bind(Bind::I64(limit as i64));
     Ok(fetch_i64_text_text(c, &f)
         .await?
         .into_iter()
@@ -400,11 +431,15 @@ impl IndexRows {
                 Bind::I64(pk),
                 Bind::I64(hash_opt(system.as_deref())),
             ]),
-            IndexValue::String(s) => {
-                self.string
-                    .push([Bind::I64(key), Bind::Text(normalize(s)), Bind::I64(pk), Bind::Text(s.clone())])
-            }
-            IndexValue::Date(r) => self.date.push([Bind::I64(key), Bind::I64(r.lo), Bind::I64(r.hi), Bind::I64(pk)]),
+            IndexValue::String(s) => self.string.push([
+                Bind::I64(key),
+                Bind::Text(normalize(s)),
+                Bind::I64(pk),
+                Bind::Text(s.clone()),
+            ]),
+            IndexValue::Date(r) => self
+                .date
+                .push([Bind::I64(key), Bind::I64(r.lo), Bind::I64(r.hi), Bind::I64(pk)]),
             IndexValue::Number(n) => self.number.push([Bind::I64(key), Bind::F64(*n), Bind::I64(pk)]),
             IndexValue::Quantity {
                 value,
@@ -418,7 +453,11 @@ impl IndexRows {
                 Bind::I64(hash_opt(c.as_deref().or(unit.as_deref()))),
                 Bind::I64(hash_opt(system.as_deref())),
             ]),
-            IndexValue::Reference { rtype: t, id, identifier } => {
+            IndexValue::Reference {
+                rtype: t,
+                id,
+                identifier,
+            } => {
                 if let Some(id) = id {
                     self.reference.push([
                         Bind::I64(key),

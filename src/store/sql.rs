@@ -6,9 +6,7 @@
 //! that `LIMIT` stops early (keyset paging); the others are checks. See
 //! docs/storage.md.
 
-use crate::fhir::search::model::{
-    DateRange, Filter, Modifier, ParamRef, ParamType, Prefix, SearchValue, SortKey,
-};
+use crate::fhir::search::model::{DateRange, Filter, Modifier, ParamRef, ParamType, Prefix, SearchValue, SortKey};
 
 use super::StoreError;
 use super::exec::{Bind, Frag};
@@ -92,9 +90,8 @@ impl Builder {
             }
         }
         sql.push(") d WHERE 1 = 1");
-        let needs_type_check = lead_pred.is_some()
-            && resource_type.is_some()
-            && filters_lead_shared(lead.and_then(|i| filters.get(i)));
+        let needs_type_check =
+            lead_pred.is_some() && resource_type.is_some() && filters_lead_shared(lead.and_then(|i| filters.get(i)));
         if needs_type_check && let Some(t) = resource_type {
             sql.push(" AND EXISTS (SELECT 1 FROM resource z WHERE z.pk = d.pk AND z.rtype = ")
                 .bind(Bind::Text(t.to_string()))
@@ -126,7 +123,9 @@ impl Builder {
                 ));
                 drive
                     .bind(Bind::I64(param_key(&param.resource_type, &param.code)))
-                    .push(&format!(" AND {x}.ttype = t{x}.rtype AND {x}.tid = t{x}.id WHERE t{x}.pk IN ("))
+                    .push(&format!(
+                        " AND {x}.ttype = t{x}.rtype AND {x}.tid = t{x}.id WHERE t{x}.pk IN ("
+                    ))
                     .append(inner_set.matches)
                     .push(")");
                 let mut check = Frag::new("{pk} IN (");
@@ -149,9 +148,14 @@ impl Builder {
                 ));
                 drive.bind(Bind::I64(param_key(source_type, &param.code)));
                 if let Some(t) = resource_type {
-                    drive.push(&format!(" AND {x}.ttype = ")).bind(Bind::Text(t.to_string()));
+                    drive
+                        .push(&format!(" AND {x}.ttype = "))
+                        .bind(Bind::Text(t.to_string()));
                 }
-                drive.push(&format!(" AND {x}.pk IN (")).append(inner_set.matches).push(")");
+                drive
+                    .push(&format!(" AND {x}.pk IN ("))
+                    .append(inner_set.matches)
+                    .push(")");
                 let mut check = Frag::new("{pk} IN (");
                 check.append(drive.clone()).push(")");
                 Ok(Pred {
@@ -190,7 +194,9 @@ impl Builder {
         };
         // :missing
         if let [SearchValue::Missing(missing)] = values {
-            let mut exists = Frag::new(format!("EXISTS (SELECT 1 FROM {tbl} {x} WHERE {x}.pk = {{pk}} AND {x}.param = "));
+            let mut exists = Frag::new(format!(
+                "EXISTS (SELECT 1 FROM {tbl} {x} WHERE {x}.pk = {{pk}} AND {x}.param = "
+            ));
             exists.bind(Bind::I64(key)).push(")");
             if *missing {
                 let mut check = Frag::new("NOT ");
@@ -234,7 +240,9 @@ impl Builder {
         body.bind(Bind::I64(key)).push(" AND ").append(cond);
         if modifier == Some(&Modifier::Not) {
             // :not matches resources with no matching value, including none at all.
-            let mut check = Frag::new(format!("NOT EXISTS (SELECT 1 FROM {tbl} {x} WHERE {x}.pk = {{pk}} AND "));
+            let mut check = Frag::new(format!(
+                "NOT EXISTS (SELECT 1 FROM {tbl} {x} WHERE {x}.pk = {{pk}} AND "
+            ));
             check.append(body).push(")");
             return Ok(Pred {
                 drive: None,
@@ -299,7 +307,9 @@ impl Builder {
                     _ => prefix_range(out, &format!("{x}.norm"), n),
                 }
             }
-            SearchValue::Date { prefix, range } => date_cond(out, &format!("{x}.lo"), &format!("{x}.hi"), *prefix, *range),
+            SearchValue::Date { prefix, range } => {
+                date_cond(out, &format!("{x}.lo"), &format!("{x}.hi"), *prefix, *range)
+            }
             SearchValue::Number { prefix, value, lo, hi } => {
                 number_cond(out, &format!("{x}.value"), *prefix, *value, *lo, *hi);
             }
@@ -385,7 +395,13 @@ impl Builder {
                     cond.push(&format!("{x}.id = ")).bind(Bind::Text(c.clone()));
                 }
                 SearchValue::Date { prefix, range } => {
-                    date_cond(&mut cond, &format!("{x}.updated"), &format!("{x}.updated"), *prefix, *range);
+                    date_cond(
+                        &mut cond,
+                        &format!("{x}.updated"),
+                        &format!("{x}.updated"),
+                        *prefix,
+                        *range,
+                    );
                 }
                 SearchValue::Missing(m) => {
                     cond.push(if *m { "1 = 0" } else { "1 = 1" });
@@ -400,7 +416,9 @@ impl Builder {
             cond.push(")");
         }
         cond.push(")");
-        let mut drive = Frag::new(format!("SELECT {x}.pk AS pk FROM resource {x} WHERE {x}.deleted = 0 AND "));
+        let mut drive = Frag::new(format!(
+            "SELECT {x}.pk AS pk FROM resource {x} WHERE {x}.deleted = 0 AND "
+        ));
         drive.append(cond.clone());
         let mut check = Frag::new(format!("EXISTS (SELECT 1 FROM resource {x} WHERE {x}.pk = {{pk}} AND "));
         check.append(cond).push(")");
@@ -434,9 +452,14 @@ impl Builder {
                     }
                 };
                 let Some(tbl) = table(p.kind) else {
-                    return Err(StoreError::Unsupported(format!("sorting by '{}' is not supported", p.code)));
+                    return Err(StoreError::Unsupported(format!(
+                        "sorting by '{}' is not supported",
+                        p.code
+                    )));
                 };
-                let mut f = Frag::new(format!("(SELECT {agg}(s.{col}) FROM {tbl} s WHERE s.pk = d.pk AND s.param = "));
+                let mut f = Frag::new(format!(
+                    "(SELECT {agg}(s.{col}) FROM {tbl} s WHERE s.pk = d.pk AND s.param = "
+                ));
                 f.bind(Bind::I64(param_key(rtype, &p.code))).push(")");
                 f
             }
@@ -517,7 +540,10 @@ fn date_cond(out: &mut Frag, lo: &str, hi: &str, prefix: Prefix, q: DateRange) {
 fn number_cond(out: &mut Frag, col: &str, prefix: Prefix, value: f64, lo: f64, hi: f64) {
     match prefix {
         Prefix::Eq => {
-            out.push(&format!("{col} >= ")).bind(Bind::F64(lo)).push(&format!(" AND {col} < ")).bind(Bind::F64(hi));
+            out.push(&format!("{col} >= "))
+                .bind(Bind::F64(lo))
+                .push(&format!(" AND {col} < "))
+                .bind(Bind::F64(hi));
         }
         Prefix::Ne => {
             out.push(&format!("NOT ({col} >= "))

@@ -79,7 +79,11 @@ impl WriteTx {
     }
 
     /// Up to `limit` current matches of a search: (type, id, version).
-    pub async fn search_keys(&mut self, req: &SearchRequest, limit: usize) -> Result<Vec<(String, String, i64)>, StoreError> {
+    pub async fn search_keys(
+        &mut self,
+        req: &SearchRequest,
+        limit: usize,
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
         self.prepare_read().await?;
         rows::search_keys(&mut self.conn(), req, limit).await
     }
@@ -237,7 +241,9 @@ async fn run(pool: WPool, mut rx: mpsc::Receiver<Job>) {
                 }
                 let msg = e.to_string();
                 for d in dones {
-                    (d.deliver)(Some(StoreError::Unsupported(format!("the write could not be committed: {msg}"))));
+                    (d.deliver)(Some(StoreError::Unsupported(format!(
+                        "the write could not be committed: {msg}"
+                    ))));
                 }
             }
         }

@@ -25,7 +25,10 @@ use super::create::create_in;
 use super::delete::delete_in;
 use super::patch::{parse_patch, patch_in};
 use super::update::update_in;
-use super::{Planned, Reply, conditional_matches, conditional_query, history, index_of, new_id, parse_etag, read, search, status_line};
+use super::{
+    Planned, Reply, conditional_matches, conditional_query, history, index_of, new_id, parse_etag, read, search,
+    status_line,
+};
 
 pub struct BundleInput<'a> {
     pub base: &'a str,
@@ -35,13 +38,38 @@ pub struct BundleInput<'a> {
 }
 
 enum Op {
-    Create { res: Resource, cond: Option<SearchRequest> },
-    Update { res: Resource, id: String, if_match: Option<i64> },
-    CondUpdate { res: Resource, cond: SearchRequest, if_match: Option<i64> },
-    Delete { rtype: String, id: String, if_match: Option<i64> },
-    CondDelete { rtype: String, cond: SearchRequest },
-    Patch { rtype: String, id: String, ops: json_patch::Patch, if_match: Option<i64> },
-    Get { url: String },
+    Create {
+        res: Resource,
+        cond: Option<SearchRequest>,
+    },
+    Update {
+        res: Resource,
+        id: String,
+        if_match: Option<i64>,
+    },
+    CondUpdate {
+        res: Resource,
+        cond: SearchRequest,
+        if_match: Option<i64>,
+    },
+    Delete {
+        rtype: String,
+        id: String,
+        if_match: Option<i64>,
+    },
+    CondDelete {
+        rtype: String,
+        cond: SearchRequest,
+    },
+    Patch {
+        rtype: String,
+        id: String,
+        ops: json_patch::Patch,
+        if_match: Option<i64>,
+    },
+    Get {
+        url: String,
+    },
 }
 
 struct Entry {
@@ -63,7 +91,12 @@ pub async fn process(store: &Store, caller: &Caller, input: BundleInput<'_>) -> 
         ))
         .at("resourceType"));
     }
-    let kind = bundle.json.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
+    let kind = bundle
+        .json
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     let entries = match bundle.json.get("entry") {
         None => Vec::new(),
         Some(Value::Array(a)) => a.clone(),
@@ -87,7 +120,10 @@ fn in_entry(i: usize, mut e: FhirError) -> FhirError {
         } else {
             for x in &mut issue.expression {
                 if !x.starts_with("Bundle.entry[") {
-                    *x = format!("Bundle.entry[{i}].resource.{}", x.split_once('.').map_or(x.as_str(), |(_, r)| r));
+                    *x = format!(
+                        "Bundle.entry[{i}].resource.{}",
+                        x.split_once('.').map_or(x.as_str(), |(_, r)| r)
+                    );
                 }
             }
         }
@@ -120,7 +156,8 @@ fn parse_entry(base: &str, i: usize, e: &Value) -> Result<Entry, FhirError> {
     let if_match = match request.get("ifMatch").and_then(Value::as_str) {
         None => None,
         Some(s) => Some(parse_etag(s).ok_or_else(|| {
-            FhirError::invalid(format!("ifMatch '{s}' is not a version of this server")).at(format!("{at}.request.ifMatch"))
+            FhirError::invalid(format!("ifMatch '{s}' is not a version of this server"))
+                .at(format!("{at}.request.ifMatch"))
         })?),
     };
     let rtype = segs.first().copied().unwrap_or_default().to_string();
@@ -132,7 +169,8 @@ fn parse_entry(base: &str, i: usize, e: &Value) -> Result<Entry, FhirError> {
             .ok_or_else(|| FhirError::structure("the entry has no resource").at(format!("{at}.resource")))?;
         resource::from_value(v, Some(expected), &format!("{at}.resource"))
     };
-    let bad_url = || FhirError::invalid(format!("'{url}' is not a valid URL for {method}")).at(format!("{at}.request.url"));
+    let bad_url =
+        || FhirError::invalid(format!("'{url}' is not a valid URL for {method}")).at(format!("{at}.request.url"));
     let full_url = e.get("fullUrl").and_then(Value::as_str).map(str::to_string);
     let op = match method {
         "POST" if known_type && segs.len() == 1 && query.is_none() => Op::Create {
@@ -146,8 +184,10 @@ fn parse_entry(base: &str, i: usize, e: &Value) -> Result<Entry, FhirError> {
         "PUT" if known_type && segs.len() == 2 && query.is_none() && valid_id(segs[1]) => {
             let res = resource(&rtype)?;
             if res.id() != Some(segs[1]) {
-                return Err(FhirError::invalid(format!("the resource id must be '{}' as in the request url", segs[1]))
-                    .at(format!("{at}.resource.id")));
+                return Err(
+                    FhirError::invalid(format!("the resource id must be '{}' as in the request url", segs[1]))
+                        .at(format!("{at}.resource.id")),
+                );
             }
             Op::Update {
                 res,
@@ -181,8 +221,10 @@ fn parse_entry(base: &str, i: usize, e: &Value) -> Result<Entry, FhirError> {
         "GET" | "HEAD" => Op::Get { url: url.to_string() },
         "POST" | "PUT" | "DELETE" | "PATCH" => return Err(bad_url()),
         other => {
-            return Err(FhirError::invalid(format!("'{other}' is not a request method of a Bundle entry"))
-                .at(format!("{at}.request.method")));
+            return Err(
+                FhirError::invalid(format!("'{other}' is not a request method of a Bundle entry"))
+                    .at(format!("{at}.request.method")),
+            );
         }
     };
     Ok(Entry {
@@ -196,7 +238,9 @@ fn parse_entry(base: &str, i: usize, e: &Value) -> Result<Entry, FhirError> {
 
 /// A PATCH entry carries its JSON Patch as a Binary resource.
 fn binary_patch(e: &Value) -> Result<json_patch::Patch, FhirError> {
-    let r = e.get("resource").ok_or_else(|| FhirError::structure("a PATCH entry needs a Binary resource"))?;
+    let r = e
+        .get("resource")
+        .ok_or_else(|| FhirError::structure("a PATCH entry needs a Binary resource"))?;
     let is_binary = r.get("resourceType").and_then(Value::as_str) == Some("Binary");
     let content_type = r.get("contentType").and_then(Value::as_str).unwrap_or_default();
     if !is_binary || !content_type.starts_with("application/json-patch+json") {
@@ -254,7 +298,12 @@ fn rewrite_and_index(entries: &mut [Entry], map: &HashMap<String, String>) {
     }
 }
 
-async fn transaction(store: &Store, caller: &Caller, input: &BundleInput<'_>, raw: Vec<Value>) -> Result<Reply, FhirError> {
+async fn transaction(
+    store: &Store,
+    caller: &Caller,
+    input: &BundleInput<'_>,
+    raw: Vec<Value>,
+) -> Result<Reply, FhirError> {
     let mut entries = Vec::with_capacity(raw.len());
     for (i, e) in raw.iter().enumerate() {
         entries.push(parse_entry(input.base, i, e).map_err(|err| in_entry(i, err))?);
@@ -282,7 +331,10 @@ async fn transaction(store: &Store, caller: &Caller, input: &BundleInput<'_>, ra
         };
         if let Some(t) = target {
             if !matches!(e.op, Op::Create { .. }) && !targets.insert(t.clone()) {
-                return Err(in_entry(i, FhirError::invalid(format!("{t} is the target of more than one entry"))));
+                return Err(in_entry(
+                    i,
+                    FhirError::invalid(format!("{t} is the target of more than one entry")),
+                ));
             }
             if let Some(full) = &e.full_url {
                 map.insert(full.clone(), t);
@@ -325,11 +377,19 @@ async fn transaction(store: &Store, caller: &Caller, input: &BundleInput<'_>, ra
 /// Conditional creates, updates, deletes and references are looked up
 /// inside the transaction, so that what they match cannot change before
 /// the commit.
-async fn resolve_conditionals(tx: &mut WriteTx, entries: &mut [Entry], map: &mut HashMap<String, String>) -> Result<(), FhirError> {
+async fn resolve_conditionals(
+    tx: &mut WriteTx,
+    entries: &mut [Entry],
+    map: &mut HashMap<String, String>,
+) -> Result<(), FhirError> {
     for (i, e) in entries.iter_mut().enumerate() {
         match &mut e.op {
             Op::Create { cond: Some(cond), .. } => {
-                match conditional_matches(tx, cond).await.map_err(|err| in_entry(i, err))?.as_slice() {
+                match conditional_matches(tx, cond)
+                    .await
+                    .map_err(|err| in_entry(i, err))?
+                    .as_slice()
+                {
                     [] => {}
                     [(t, id, _)] => {
                         // The existing resource stands for this entry.
@@ -339,24 +399,41 @@ async fn resolve_conditionals(tx: &mut WriteTx, entries: &mut [Entry], map: &mut
                         e.existing = Some(id.clone());
                     }
                     _ => {
-                        return Err(in_entry(i, FhirError::precondition("ifNoneExist matches more than one resource")));
+                        return Err(in_entry(
+                            i,
+                            FhirError::precondition("ifNoneExist matches more than one resource"),
+                        ));
                     }
                 }
             }
             Op::CondUpdate { res, cond, if_match } => {
-                let id = match (conditional_matches(tx, cond).await.map_err(|err| in_entry(i, err))?.as_slice(), res.id()) {
+                let id = match (
+                    conditional_matches(tx, cond)
+                        .await
+                        .map_err(|err| in_entry(i, err))?
+                        .as_slice(),
+                    res.id(),
+                ) {
                     ([], Some(body_id)) => body_id.to_string(),
                     ([], None) => new_id(),
                     ([(_, matched, _)], _) => matched.clone(),
-                    _ => return Err(in_entry(i, FhirError::precondition("the conditional update matches more than one resource"))),
+                    _ => {
+                        return Err(in_entry(
+                            i,
+                            FhirError::precondition("the conditional update matches more than one resource"),
+                        ));
+                    }
                 };
                 if let Some(full) = &e.full_url {
                     map.insert(full.clone(), format!("{}/{id}", res.resource_type));
                 }
-                let res = std::mem::replace(res, Resource {
-                    resource_type: String::new(),
-                    json: Value::Null,
-                });
+                let res = std::mem::replace(
+                    res,
+                    Resource {
+                        resource_type: String::new(),
+                        json: Value::Null,
+                    },
+                );
                 e.op = Op::Update {
                     res,
                     id,
@@ -364,7 +441,11 @@ async fn resolve_conditionals(tx: &mut WriteTx, entries: &mut [Entry], map: &mut
                 };
             }
             Op::CondDelete { rtype, cond } => {
-                match conditional_matches(tx, cond).await.map_err(|err| in_entry(i, err))?.as_slice() {
+                match conditional_matches(tx, cond)
+                    .await
+                    .map_err(|err| in_entry(i, err))?
+                    .as_slice()
+                {
                     [] => e.op = Op::Get { url: String::new() },
                     [(_, id, _)] => {
                         e.op = Op::Delete {
@@ -373,7 +454,12 @@ async fn resolve_conditionals(tx: &mut WriteTx, entries: &mut [Entry], map: &mut
                             if_match: None,
                         };
                     }
-                    _ => return Err(in_entry(i, FhirError::precondition("the conditional delete matches more than one resource"))),
+                    _ => {
+                        return Err(in_entry(
+                            i,
+                            FhirError::precondition("the conditional delete matches more than one resource"),
+                        ));
+                    }
                 }
             }
             _ => {}
@@ -396,7 +482,11 @@ async fn resolve_conditionals(tx: &mut WriteTx, entries: &mut [Entry], map: &mut
         }
         let (t, q) = r.split_once('?').unwrap_or_default();
         let cond = conditional_query(t, q).map_err(|err| in_entry(i, err))?;
-        match conditional_matches(tx, &cond).await.map_err(|err| in_entry(i, err))?.as_slice() {
+        match conditional_matches(tx, &cond)
+            .await
+            .map_err(|err| in_entry(i, err))?
+            .as_slice()
+        {
             [(t, id, _)] => {
                 map.insert(r.clone(), format!("{t}/{id}"));
             }
@@ -433,22 +523,42 @@ async fn plan_and_store(tx: &mut WriteTx, entries: &mut [Entry]) -> Result<Vec<O
         let planned: Option<Planned> = match &e.op {
             Op::Create { res, .. } => match (e.existing.as_deref(), e.new_id.as_deref()) {
                 (Some(id), _) => {
-                    let v = tx.read(&res.resource_type, id).await?.ok_or_else(|| FhirError::internal("a matched resource vanished"))?;
+                    let v = tx
+                        .read(&res.resource_type, id)
+                        .await?
+                        .ok_or_else(|| FhirError::internal("a matched resource vanished"))?;
                     Some(Planned {
                         write: None,
                         reply: Reply::resource(200, v),
                     })
                 }
-                (None, Some(id)) => Some(create_in(tx, res.clone(), id.to_string(), index, None).await.map_err(|err| in_entry(i, err))?),
+                (None, Some(id)) => Some(
+                    create_in(tx, res.clone(), id.to_string(), index, None)
+                        .await
+                        .map_err(|err| in_entry(i, err))?,
+                ),
                 (None, None) => None,
             },
-            Op::Update { res, id, if_match } => {
-                Some(update_in(tx, res.clone(), id, index, *if_match).await.map_err(|err| in_entry(i, err))?)
-            }
-            Op::Delete { rtype, id, if_match } => Some(delete_in(tx, rtype, id, *if_match).await.map_err(|err| in_entry(i, err))?),
-            Op::Patch { rtype, id, ops, if_match } => {
-                Some(patch_in(tx, rtype, id, ops, *if_match).await.map_err(|err| in_entry(i, err))?)
-            }
+            Op::Update { res, id, if_match } => Some(
+                update_in(tx, res.clone(), id, index, *if_match)
+                    .await
+                    .map_err(|err| in_entry(i, err))?,
+            ),
+            Op::Delete { rtype, id, if_match } => Some(
+                delete_in(tx, rtype, id, *if_match)
+                    .await
+                    .map_err(|err| in_entry(i, err))?,
+            ),
+            Op::Patch {
+                rtype,
+                id,
+                ops,
+                if_match,
+            } => Some(
+                patch_in(tx, rtype, id, ops, *if_match)
+                    .await
+                    .map_err(|err| in_entry(i, err))?,
+            ),
             Op::CondUpdate { .. } | Op::CondDelete { .. } | Op::Get { .. } => None,
         };
         if let Some(p) = planned {
@@ -511,18 +621,24 @@ async fn get(store: &Store, caller: &Caller, base: &str, url: &str) -> Result<Re
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match segs.as_slice() {
         [t] if Registry::r4().is_resource_type(t) => {
-            search::search(store, caller, search::SearchInput {
-                base,
-                resource_type: Some(t),
-                params: &params,
-                strict: false,
-            })
+            search::search(
+                store,
+                caller,
+                search::SearchInput {
+                    base,
+                    resource_type: Some(t),
+                    params: &params,
+                    strict: false,
+                },
+            )
             .await
         }
         [t, id] => read::read(store, caller, t, id).await,
         [t, id, "_history"] => history::history(store, caller, base, Some(t), Some(id), &params).await,
         [t, id, "_history", vid] => read::vread(store, caller, t, id, vid).await,
-        _ => Err(FhirError::invalid(format!("'{url}' is not a URL this server can GET in a Bundle"))),
+        _ => Err(FhirError::invalid(format!(
+            "'{url}' is not a URL this server can GET in a Bundle"
+        ))),
     }
 }
 
@@ -551,7 +667,11 @@ fn write_response(w: &mut BundleWriter, base: &str, reply: Result<Reply, FhirErr
             if let Some(b) = reply.body {
                 resource = Some(b);
             }
-            w.entry(full_url.as_deref(), resource.as_deref(), json!({ "response": response }));
+            w.entry(
+                full_url.as_deref(),
+                resource.as_deref(),
+                json!({ "response": response }),
+            );
         }
         Err(e) => {
             w.entry(

@@ -31,7 +31,9 @@ pub fn capability_statement(base: &str, software_version: &str, published: &str)
                 .flat_map(|src| {
                     reg.params_of(src)
                         .into_iter()
-                        .filter(|d| d.kind == ParamType::Reference && d.is_supported() && d.targets.iter().any(|x| x == t))
+                        .filter(|d| {
+                            d.kind == ParamType::Reference && d.is_supported() && d.targets.iter().any(|x| x == t)
+                        })
                         .map(move |d| json!(format!("{src}:{}", d.code)))
                 })
                 .collect();

@@ -9,7 +9,13 @@ use crate::store::{Method, Store, Write, WriteTx};
 use super::read::check_id;
 use super::{Planned, Reply, commit_one, conditional_matches, conditional_query};
 
-pub async fn delete(store: &Store, _caller: &Caller, resource_type: &str, id: &str, if_match: Option<i64>) -> Result<Reply, FhirError> {
+pub async fn delete(
+    store: &Store,
+    _caller: &Caller,
+    resource_type: &str,
+    id: &str,
+    if_match: Option<i64>,
+) -> Result<Reply, FhirError> {
     check_id(id)?;
     let (rtype, id) = (resource_type.to_string(), id.to_string());
     store
@@ -59,7 +65,12 @@ pub async fn delete_in(tx: &mut WriteTx, rtype: &str, id: &str, if_match: Option
 
 /// `DELETE [type]?criteria`: deletes the one match; several are refused
 /// (412) rather than deleting more than the client may have meant.
-pub async fn conditional_delete(store: &Store, _caller: &Caller, resource_type: &str, query: &str) -> Result<Reply, FhirError> {
+pub async fn conditional_delete(
+    store: &Store,
+    _caller: &Caller,
+    resource_type: &str,
+    query: &str,
+) -> Result<Reply, FhirError> {
     let cond = conditional_query(resource_type, query)?;
     store
         .write(move |tx| {
@@ -71,7 +82,9 @@ pub async fn conditional_delete(store: &Store, _caller: &Caller, resource_type: 
                         let planned = delete_in(tx, t, id, None).await?;
                         commit_one(tx, planned).await
                     }
-                    _ => Err(FhirError::precondition("the conditional delete matches more than one resource")),
+                    _ => Err(FhirError::precondition(
+                        "the conditional delete matches more than one resource",
+                    )),
                 }
             })
         })

@@ -34,9 +34,9 @@ pub async fn history(
     for (k, v) in params {
         match k.as_str() {
             "_count" => {
-                let n: usize = v
-                    .parse()
-                    .map_err(|_| FhirError::invalid(format!("_count must be a whole number, not '{v}'")).at("_count"))?;
+                let n: usize = v.parse().map_err(|_| {
+                    FhirError::invalid(format!("_count must be a whole number, not '{v}'")).at("_count")
+                })?;
                 q.count = n.clamp(1, 1000);
                 kept.push((k.clone(), q.count.to_string()));
             }

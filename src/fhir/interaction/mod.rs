@@ -104,14 +104,19 @@ pub fn conditional_query(resource_type: &str, query: &str) -> Result<SearchReque
     };
     let req = parse_search(Registry::r4(), Some(resource_type), &pairs, &opts)?;
     if req.filters.is_empty() {
-        return Err(FhirError::invalid("a conditional request needs at least one search parameter that filters"));
+        return Err(FhirError::invalid(
+            "a conditional request needs at least one search parameter that filters",
+        ));
     }
     Ok(req)
 }
 
 /// The current matches of a conditional request (at most two are needed to
 /// tell none, one and several apart).
-pub async fn conditional_matches(tx: &mut WriteTx, req: &SearchRequest) -> Result<Vec<(String, String, i64)>, FhirError> {
+pub async fn conditional_matches(
+    tx: &mut WriteTx,
+    req: &SearchRequest,
+) -> Result<Vec<(String, String, i64)>, FhirError> {
     Ok(tx.search_keys(req, 2).await?)
 }
 

@@ -10,7 +10,7 @@ use crate::store::{Store, WriteTx};
 
 use super::read::check_id;
 use super::update::update_in;
-use super::{Planned, commit_one, index_of, Reply};
+use super::{Planned, Reply, commit_one, index_of};
 
 pub async fn patch(
     store: &Store,
@@ -63,7 +63,8 @@ pub async fn patch_in(
     }
     let mut doc: Value = serde_json::from_slice(current.body.as_deref().unwrap_or_default())
         .map_err(|_| FhirError::internal("the stored resource could not be read"))?;
-    json_patch::patch(&mut doc, ops).map_err(|e| FhirError::unprocessable(format!("the patch cannot be applied: {e}")))?;
+    json_patch::patch(&mut doc, ops)
+        .map_err(|e| FhirError::unprocessable(format!("the patch cannot be applied: {e}")))?;
     let patched = resource::from_value(doc, Some(rtype), "").map_err(|mut e| {
         e.status = 422;
         e

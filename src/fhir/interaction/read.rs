@@ -19,15 +19,23 @@ pub async fn read(store: &Store, _caller: &Caller, resource_type: &str, id: &str
     }
 }
 
-pub async fn vread(store: &Store, _caller: &Caller, resource_type: &str, id: &str, vid: &str) -> Result<Reply, FhirError> {
+pub async fn vread(
+    store: &Store,
+    _caller: &Caller,
+    resource_type: &str,
+    id: &str,
+    vid: &str,
+) -> Result<Reply, FhirError> {
     check_id(id)?;
-    let version: i64 = vid
-        .parse()
-        .ok()
-        .filter(|v| *v > 0)
-        .ok_or_else(|| FhirError::invalid(format!("'{vid}' is not a version id of this server (a positive integer)")))?;
+    let version: i64 = vid.parse().ok().filter(|v| *v > 0).ok_or_else(|| {
+        FhirError::invalid(format!(
+            "'{vid}' is not a version id of this server (a positive integer)"
+        ))
+    })?;
     match store.vread(resource_type, id, version).await? {
-        None => Err(FhirError::not_found(format!("{resource_type}/{id} has no version {version}"))),
+        None => Err(FhirError::not_found(format!(
+            "{resource_type}/{id} has no version {version}"
+        ))),
         Some(v) if v.deleted() => Err(FhirError::gone(format!(
             "version {version} of {resource_type}/{id} is its deletion"
         ))),

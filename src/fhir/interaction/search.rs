@@ -5,17 +5,13 @@ use serde_json::json;
 use crate::fhir::bundle_writer::BundleWriter;
 use crate::fhir::error::FhirError;
 use crate::fhir::search::model::{Include, PageStart, ParamRef, ParamType, SearchRequest, Summary};
-use crate::fhir::search::parse::{ParseOptions, parse_search};
+use crate::fhir::search::parse::{PAGE_AFTER, PAGE_OFFSET, ParseOptions, parse_search};
 use crate::fhir::search::registry::Registry;
 use crate::fhir::summary::subset;
 use crate::security::Caller;
 use crate::store::Store;
 
 use super::{Reply, link};
-
-/// The names of the paging tokens the server writes into its own links.
-pub const PAGE_AFTER: &str = "_page_after";
-pub const PAGE_OFFSET: &str = "_offset";
 
 pub struct SearchInput<'a> {
     pub base: &'a str,
@@ -106,9 +102,14 @@ fn expand_wildcards(includes: &mut Vec<Include>) {
 
 /// For conditional interactions and tests: parse without executing.
 pub fn parse_only(resource_type: &str, params: &[(String, String)]) -> Result<SearchRequest, FhirError> {
-    Ok(parse_search(Registry::r4(), Some(resource_type), params, &ParseOptions {
-        strict: true,
-        default_count: 20,
-        max_count: 1000,
-    })?)
+    Ok(parse_search(
+        Registry::r4(),
+        Some(resource_type),
+        params,
+        &ParseOptions {
+            strict: true,
+            default_count: 20,
+            max_count: 1000,
+        },
+    )?)
 }

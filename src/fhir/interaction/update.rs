@@ -22,12 +22,16 @@ pub async fn update(
     let res = resource::parse(body, Some(resource_type))?;
     match res.id() {
         None => {
-            return Err(FhirError::invalid(format!("the resource has no id; it must be '{id}' as in the URL"))
-                .at(format!("{resource_type}.id")));
+            return Err(
+                FhirError::invalid(format!("the resource has no id; it must be '{id}' as in the URL"))
+                    .at(format!("{resource_type}.id")),
+            );
         }
         Some(body_id) if body_id != id => {
-            return Err(FhirError::invalid(format!("the resource id '{body_id}' differs from the URL id '{id}'"))
-                .at(format!("{resource_type}.id")));
+            return Err(
+                FhirError::invalid(format!("the resource id '{body_id}' differs from the URL id '{id}'"))
+                    .at(format!("{resource_type}.id")),
+            );
         }
         Some(_) => {}
     }
@@ -98,7 +102,11 @@ pub async fn update_in(
     };
     Ok(Planned {
         write: Some(write),
-        reply: if status == 201 { Reply::created(v) } else { Reply::resource(200, v) },
+        reply: if status == 201 {
+            Reply::created(v)
+        } else {
+            Reply::resource(200, v)
+        },
     })
 }
 

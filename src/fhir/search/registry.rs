@@ -50,7 +50,10 @@ impl SearchParamDef {
         }
         !matches!(self.kind, ParamType::Composite | ParamType::Special)
             && self.expression.is_some()
-            && !matches!(self.code.as_str(), "_text" | "_content" | "_list" | "_query" | "_filter")
+            && !matches!(
+                self.code.as_str(),
+                "_text" | "_content" | "_list" | "_query" | "_filter"
+            )
     }
 }
 
@@ -72,8 +75,7 @@ impl Registry {
         static R4: OnceLock<Registry> = OnceLock::new();
         R4.get_or_init(|| {
             #[allow(clippy::expect_used)] // embedded data, checked by tests
-            Registry::from_json(SEARCH_PARAMETERS, RESOURCE_TYPES)
-                .expect("embedded R4 definitions are valid")
+            Registry::from_json(SEARCH_PARAMETERS, RESOURCE_TYPES).expect("embedded R4 definitions are valid")
         })
     }
 
@@ -120,10 +122,7 @@ impl Registry {
             })
             .collect();
         for b in bases {
-            self.by_type
-                .entry(b)
-                .or_default()
-                .insert(def.code.clone(), def.clone());
+            self.by_type.entry(b).or_default().insert(def.code.clone(), def.clone());
         }
         self.by_url.insert(def.url.clone(), def);
     }

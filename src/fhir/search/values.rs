@@ -132,10 +132,7 @@ pub fn date_range(s: &str) -> Option<DateRange> {
         None => 60 * MICROS_PER_SEC,
         Some(n) => 10_i64.pow(6 - n),
     };
-    Some(DateRange {
-        lo,
-        hi: lo + width - 1,
-    })
+    Some(DateRange { lo, hi: lo + width - 1 })
 }
 
 fn span(from_day: i64, to_day: i64) -> DateRange {
@@ -196,10 +193,11 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 
 /// Parses a FHIR decimal as written and returns it with the interval its
 /// precision implies: `100` → (100, 99.5, 100.5), `1.50` → (1.5, 1.495, 1.505),
-/// `1e2` → (100, 95, 105).
+/// `1e2` → (100, 50, 150): one significant figure.
 pub fn decimal_with_precision(s: &str) -> Option<(f64, f64, f64)> {
     let valid = !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'));
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'));
     if !valid {
         return None;
     }
@@ -239,8 +237,15 @@ mod tests {
     #[test]
     fn invalid_dates_are_refused() {
         for bad in [
-            "24", "2024-13", "2024-02-30", "2024-3-05", "2024-03-05T25:00:00Z", "2024-03-05T10:00:00+15:00",
-            "2024-03-05T10", "abc", "2024-03-05T10:00:00.Z",
+            "24",
+            "2024-13",
+            "2024-02-30",
+            "2024-3-05",
+            "2024-03-05T25:00:00Z",
+            "2024-03-05T10:00:00+15:00",
+            "2024-03-05T10",
+            "abc",
+            "2024-03-05T10:00:00.Z",
         ] {
             assert_eq!(date_range(bad), None, "{bad}");
         }
@@ -256,7 +261,11 @@ mod tests {
         assert_eq!(decimal_with_precision("100"), Some((100.0, 99.5, 100.5)));
         let (v, lo, hi) = decimal_with_precision("1.50").unwrap();
         assert!((v - 1.5).abs() < 1e-12 && (lo - 1.495).abs() < 1e-12 && (hi - 1.505).abs() < 1e-12);
-        assert_eq!(decimal_with_precision("1e2"), Some((100.0, 95.0, 105.0)));
+        assert_eq!(
+            decimal_with_precision("1e2"),
+            Some((100.0, 50.0, 150.0)),
+            "one significant figure"
+        );
         assert_eq!(decimal_with_precision("abc"), None);
         assert_eq!(decimal_with_precision("NaN"), None);
     }
