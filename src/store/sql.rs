@@ -116,6 +116,8 @@ impl Builder {
                 target_type,
                 inner,
             } => {
+                // A chain is about as selective as what it chains to.
+                let rank = self.filter(Some(target_type), inner)?.rank.saturating_sub(1).max(1);
                 let inner_set = self.compile(Some(target_type), std::slice::from_ref(inner))?;
                 let x = self.alias();
                 let mut drive = Frag::new(format!(
@@ -132,7 +134,7 @@ impl Builder {
                 check.append(drive.clone()).push(")");
                 Ok(Pred {
                     drive: Some(drive),
-                    rank: 6,
+                    rank,
                     check,
                 })
             }
@@ -141,6 +143,7 @@ impl Builder {
                 param,
                 inner,
             } => {
+                let rank = self.filter(Some(source_type), inner)?.rank.saturating_sub(2).max(1);
                 let inner_set = self.compile(Some(source_type), std::slice::from_ref(inner))?;
                 let x = self.alias();
                 let mut drive = Frag::new(format!(
@@ -160,7 +163,7 @@ impl Builder {
                 check.append(drive.clone()).push(")");
                 Ok(Pred {
                     drive: Some(drive),
-                    rank: 5,
+                    rank,
                     check,
                 })
             }
@@ -225,11 +228,17 @@ impl Builder {
             cond.push(")");
         }
         cond.push(")");
+        // Without statistics, the kind of parameter tells how selective it
+        // usually is: identifiers and references name one resource or one
+        // patient's; codes and statuses match many.
         let rank = match (param.kind, modifier) {
             (_, Some(Modifier::Not)) => 0,
-            (ParamType::Token, _) if param.code.starts_with('_') => 7,
-            (ParamType::Token | ParamType::Reference | ParamType::Uri, _) => 9,
+            (ParamType::Token, _) if param.code.contains("identifier") => 9,
+            (ParamType::Token, _) if param.code.starts_with('_') => 5,
+            (ParamType::Reference | ParamType::Uri, _) => 9,
+            (_, Some(Modifier::Identifier)) => 9,
             (ParamType::String, Some(Modifier::Exact)) => 8,
+            (ParamType::Token, _) => 7,
             (ParamType::String, Some(Modifier::Contains)) => 2,
             (ParamType::String, _) => 7,
             (ParamType::Number | ParamType::Quantity, _) => 3,
