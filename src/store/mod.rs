@@ -2,6 +2,7 @@
 //! (embedded, default) or PostgreSQL, behind one `Store`. See
 //! docs/storage.md for the table and index design.
 
+mod clients;
 mod exec;
 pub mod keys;
 mod rows;
@@ -17,6 +18,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::fhir::search::model::{PageStart, SearchRequest, Total};
+pub use clients::ClientRecord;
 pub use exec::Dialect;
 use exec::{Bind, Conn, Frag, VersionRow, fetch_i64, fetch_versions};
 pub use writer::{WriteTx, Writer};
@@ -198,11 +200,18 @@ impl Store {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(10))
-                .pragma("cache_size", "-8000")
                 .pragma("temp_store", "memory");
+            // The writer keeps the index B-trees in a larger cache, and lets
+            // the WAL grow to ~40 MB between checkpoints so that a page
+            // written by many commits is copied to the database once.
+            let writer_opts = opts
+                .clone()
+                .pragma("cache_size", "-48000")
+                .pragma("wal_autocheckpoint", "10000")
+                .pragma("journal_size_limit", "67108864");
             let write_pool = SqlitePoolOptions::new()
                 .max_connections(1)
-                .connect_with(opts.clone())
+                .connect_with(writer_opts)
                 .await?;
             {
                 let mut c = write_pool.acquire().await?;
@@ -210,7 +219,7 @@ impl Store {
             }
             let read_pool = SqlitePoolOptions::new()
                 .max_connections(pool_size.max(1))
-                .connect_with(opts.read_only(true))
+                .connect_with(opts.pragma("cache_size", "-4000").read_only(true))
                 .await?;
             Ok(Store {
                 inner: Arc::new(Inner {

@@ -54,6 +54,59 @@ async fn versions_by_pk(c: &mut Conn<'_>, pks: &[i64]) -> Result<Vec<Version>, S
     Ok(pks.iter().filter_map(|pk| by_pk.remove(pk)).collect())
 }
 
+/// Up to `want` distinct pks of `raw` after (or, descending, at and
+/// before) `from`, in pk order. The scan streams; rows naming a resource
+/// twice are skipped here rather than by a GROUP BY that would make the
+/// database read every match first.
+async fn keyset(
+    c: &mut Conn<'_>,
+    raw: &Frag,
+    from: Option<i64>,
+    want: usize,
+    descending: bool,
+) -> Result<Vec<i64>, StoreError> {
+    let mut out: Vec<i64> = Vec::with_capacity(want);
+    let mut cursor = from;
+    loop {
+        let ask = (want - out.len()) * 2 + 1;
+        let mut f = raw.clone();
+        match (cursor, descending) {
+            (Some(c), false) => {
+                f.push(" AND d.pk > ").bind(Bind::I64(c));
+            }
+            (Some(c), true) => {
+                f.push(if out.is_empty() && cursor == from {
+                    " AND d.pk <= "
+                } else {
+                    " AND d.pk < "
+                })
+                .bind(Bind::I64(c));
+            }
+            (None, _) => {}
+        }
+        f.push(if descending {
+            " ORDER BY d.pk DESC LIMIT "
+        } else {
+            " ORDER BY d.pk LIMIT "
+        })
+        .bind(Bind::I64(ask as i64));
+        let rows = fetch_i64(c, &f).await?;
+        let exhausted = rows.len() < ask;
+        for pk in rows {
+            if out.last() != Some(&pk) {
+                out.push(pk);
+            }
+            cursor = Some(pk);
+            if out.len() == want {
+                return Ok(out);
+            }
+        }
+        if exhausted {
+            return Ok(out);
+        }
+    }
+}
+
 /// The pks of the matches of `req`, one page, in order.
 async fn page_pks(
     c: &mut Conn<'_>,
@@ -62,53 +115,50 @@ async fn page_pks(
 ) -> Result<(Vec<i64>, Option<PageStart>), StoreError> {
     let mut b = Builder::new();
     let compiled = b.compile(req.resource_type.as_deref(), &req.filters)?;
-    let mut f = Frag::new("SELECT m.pk FROM (");
-    f.append(compiled.matches).push(") m");
     if req.sort.is_empty() {
-        if let PageStart::After(after) = req.page {
-            f.push(" WHERE m.pk > ").bind(Bind::I64(after));
-        }
-        f.push(" ORDER BY m.pk LIMIT ").bind(Bind::I64(limit as i64 + 1));
-        let mut pks = fetch_i64(c, &f).await?;
+        let after = match req.page {
+            PageStart::After(after) => Some(after),
+            _ => None,
+        };
+        let mut pks = keyset(c, &compiled.raw, after, limit + 1, false).await?;
         let next = if pks.len() > limit {
             pks.truncate(limit);
             pks.last().map(|pk| PageStart::After(*pk))
         } else {
             None
         };
-        Ok((pks, next))
-    } else {
-        // Explicit sort: offset paging (the sort value is computed per match).
-        let mut order = Frag::new(" ORDER BY ");
-        for s in &req.sort {
-            let e = b.sort_expr(req.resource_type.as_deref(), &s.key, s.descending)?;
-            let e = Frag {
-                sql: e.sql.replace("d.pk", "m.pk"),
-                binds: e.binds,
-            };
-            // NULLs (no value) last in both directions and both databases.
-            order.push("(").append(e.clone()).push(" IS NULL), ").append(e);
-            order.push(if s.descending { " DESC, " } else { " ASC, " });
-        }
-        order.push("m.pk");
-        f.append(order);
-        let offset = match req.page {
-            PageStart::Offset(o) => o,
-            _ => 0,
-        };
-        f.push(" LIMIT ")
-            .bind(Bind::I64(limit as i64 + 1))
-            .push(" OFFSET ")
-            .bind(Bind::I64(offset as i64));
-        let mut pks = fetch_i64(c, &f).await?;
-        let next = if pks.len() > limit {
-            pks.truncate(limit);
-            Some(PageStart::Offset(offset + limit as u64))
-        } else {
-            None
-        };
-        Ok((pks, next))
+        return Ok((pks, next));
     }
+    // Explicit sort: offset paging (the sort value is computed per match).
+    let mut f = Frag::new("SELECT m.pk FROM (");
+    f.append(compiled.matches).push(") m ORDER BY ");
+    for s in &req.sort {
+        let e = b.sort_expr(req.resource_type.as_deref(), &s.key, s.descending)?;
+        let e = Frag {
+            sql: e.sql.replace("d.pk", "m.pk"),
+            binds: e.binds,
+        };
+        // NULLs (no value) last in both directions and both databases.
+        f.push("(").append(e.clone()).push(" IS NULL), ").append(e);
+        f.push(if s.descending { " DESC, " } else { " ASC, " });
+    }
+    f.push("m.pk");
+    let offset = match req.page {
+        PageStart::Offset(o) => o,
+        _ => 0,
+    };
+    f.push(" LIMIT ")
+        .bind(Bind::I64(limit as i64 + 1))
+        .push(" OFFSET ")
+        .bind(Bind::I64(offset as i64));
+    let mut pks = fetch_i64(c, &f).await?;
+    let next = if pks.len() > limit {
+        pks.truncate(limit);
+        Some(PageStart::Offset(offset + limit as u64))
+    } else {
+        None
+    };
+    Ok((pks, next))
 }
 
 /// Where the previous page starts, for the `previous` link.
@@ -121,15 +171,9 @@ async fn previous_page(c: &mut Conn<'_>, req: &SearchRequest) -> Result<Option<P
             PageStart::Offset(o - req.count as u64)
         })),
         PageStart::After(after) => {
-            let mut b = Builder::new();
-            let compiled = b.compile(req.resource_type.as_deref(), &req.filters)?;
-            let mut f = Frag::new("SELECT m.pk FROM (");
-            f.append(compiled.matches)
-                .push(") m WHERE m.pk <= ")
-                .bind(Bind::I64(after))
-                .push(" ORDER BY m.pk DESC LIMIT ")
-                .bind(Bind::I64(req.count as i64 + 1));
-            let pks = fetch_i64(c, &f).await?;
+            let compiled = Builder::new().compile(req.resource_type.as_deref(), &req.filters)?;
+            // The previous page holds the `count` matches at or before `after`.
+            let pks = keyset(c, &compiled.raw, Some(after), req.count + 1, true).await?;
             if pks.len() <= req.count {
                 Ok(Some(PageStart::First))
             } else {

@@ -31,7 +31,11 @@ fn substitute(f: &Frag, pk: &str) -> Frag {
 
 /// The SQL pieces of one search, ready to page, count and sort.
 pub struct Compiled {
-    /// `SELECT d.pk FROM (…) d WHERE … GROUP BY d.pk` without ordering.
+    /// `SELECT d.pk FROM (driver) d WHERE checks`: the driver's rows, which
+    /// may name a resource twice. The database flattens it into one index
+    /// scan, so that `ORDER BY d.pk LIMIT n` stops after n rows.
+    pub raw: Frag,
+    /// The same, one row per matching resource.
     pub matches: Frag,
 }
 
@@ -100,8 +104,9 @@ impl Builder {
         for p in &preds {
             sql.push(" AND ").append(substitute(&p.check, "d.pk"));
         }
+        let raw = sql.clone();
         sql.push(" GROUP BY d.pk");
-        Ok(Compiled { matches: sql })
+        Ok(Compiled { raw, matches: sql })
     }
 
     fn filter(&mut self, resource_type: Option<&str>, f: &Filter) -> Result<Pred, StoreError> {
