@@ -30,6 +30,8 @@ pub struct Config {
     pub otlp_endpoint: Option<String>,
     /// `service.name` of the exported traces.
     pub service_name: String,
+    /// Lifetime of the access tokens the token endpoint issues.
+    pub token_lifetime_secs: u64,
 }
 
 impl Default for Config {
@@ -44,6 +46,7 @@ impl Default for Config {
             log_format: "text".into(),
             otlp_endpoint: None,
             service_name: "apa-gateway".into(),
+            token_lifetime_secs: 300,
         }
     }
 }

@@ -1,12 +1,15 @@
 //! The `apa-gateway` command.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use apa_gateway::config::Config;
-use apa_gateway::{server, telemetry};
+use apa_gateway::security::keys::{generate_es384, public_jwks, sign_assertion};
+use apa_gateway::security::scopes::Scopes;
+use apa_gateway::store::{ClientRecord, Store};
+use apa_gateway::{clock, server, telemetry};
 
 #[derive(Parser)]
 #[command(version, about = "Secure FHIR R4 gateway for the French sport-santé sector")]
@@ -21,7 +24,79 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the FHIR API (the default).
-    Serve,
+    Serve {
+        /// Register a demo client and print how to get a token.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Registered clients (SMART backend services).
+    #[command(subcommand)]
+    Clients(ClientsCommand),
+    /// Get an access token for a client, signing its assertion with its
+    /// private key (what a client's software does), and print it.
+    Token {
+        #[arg(long)]
+        client_id: String,
+        /// The client's private key (PEM, EC P-384 or RSA).
+        #[arg(long)]
+        key: PathBuf,
+        /// The key id registered in the client's JWKS.
+        #[arg(long)]
+        kid: Option<String>,
+        #[arg(long, default_value = "system/*.cruds")]
+        scope: String,
+        /// FHIR base URL of the gateway. Default: from the settings.
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientsCommand {
+    /// Register a client (or replace the registration of the same id).
+    Add(AddClient),
+    /// List the registered clients.
+    List,
+    /// Revoke a client: its tokens stop working within seconds.
+    Revoke { id: String },
+}
+
+#[derive(Args)]
+struct AddClient {
+    #[arg(long)]
+    name: String,
+    /// The Organization it acts for (an Organization id or a SIRET).
+    #[arg(long)]
+    organization: Option<String>,
+    /// SMART scopes it may be granted, e.g. "system/ServiceRequest.cruds system/Patient.rs".
+    #[arg(long)]
+    scope: String,
+    /// Its public keys, as a JWKS file.
+    #[arg(long, group = "keys")]
+    jwks_file: Option<PathBuf>,
+    /// Where its public keys are published.
+    #[arg(long, group = "keys")]
+    jwks_url: Option<String>,
+    /// Generate a key pair, write the private key to this file, register the public one.
+    #[arg(long, group = "keys")]
+    generate_key: Option<PathBuf>,
+    /// Client id. Default: a new UUID.
+    #[arg(long)]
+    id: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("{0}")]
+    Msg(String),
+    #[error(transparent)]
+    Store(#[from] apa_gateway::store::StoreError),
+    #[error(transparent)]
+    Server(#[from] server::ServerError),
+    #[error(transparent)]
+    Key(#[from] apa_gateway::security::keys::KeyError),
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
 }
 
 #[tokio::main]
@@ -34,25 +109,210 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _telemetry = match telemetry::init(&cfg) {
-        Ok(t) => t,
+    let command = cli.command.unwrap_or(Command::Serve { demo: false });
+    let _telemetry = if matches!(command, Command::Serve { .. }) {
+        match telemetry::init(&cfg) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
+    let result = match command {
+        Command::Serve { demo } => serve(&cfg, demo).await,
+        Command::Clients(c) => clients(&cfg, c).await,
+        Command::Token {
+            client_id,
+            key,
+            kid,
+            scope,
+            url,
+        } => token(&cfg, &client_id, &key, kid, &scope, url).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
+            eprintln!("apa-gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(cfg: &Config, demo: bool) -> Result<(), CliError> {
+    let running = server::start(cfg).await?;
+    tracing::info!(addr = %running.addr, base = %running.base, "apa-gateway listening");
+    if demo {
+        demo_client(cfg, &running).await?;
+    }
+    running.wait().await;
+    Ok(())
+}
+
+/// The folder that holds the data: the SQLite database's, or ./data.
+fn data_dir(cfg: &Config) -> PathBuf {
+    cfg.database_url
+        .strip_prefix("sqlite://")
+        .and_then(|p| Path::new(p).parent().map(Path::to_path_buf))
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("data"))
+}
+
+const DEMO_CLIENT: &str = "demo";
+
+/// Registers the demo client (a key pair kept under the data folder) and
+/// prints how to get a token. Authentication stays on.
+async fn demo_client(cfg: &Config, running: &server::Running) -> Result<(), CliError> {
+    let dir = data_dir(cfg);
+    let key = dir.join("demo-client.pem");
+    let kid = format!("{DEMO_CLIENT}-key");
+    if !key.exists() {
+        let (pem, _) = generate_es384(&kid)?;
+        write_private(&key, &pem)?;
+    }
+    // Registered again at every start: the database may be new, the key not.
+    let pem = std::fs::read_to_string(&key).map_err(|e| CliError::Io(key.display().to_string(), e))?;
+    running
+        .store
+        .save_client(ClientRecord {
+            id: DEMO_CLIENT.into(),
+            name: "Demo operator".into(),
+            organization: None,
+            scope: "system/*.cruds".into(),
+            jwks: Some(public_jwks(&pem, &kid)?),
+            jwks_url: None,
+            created: clock::now_micros(),
+            revoked: None,
+        })
+        .await?;
+    println!(
+        "\nDemo mode: client '{DEMO_CLIENT}' is registered (scope system/*.cruds), its private key is {key}.\n\
+         Get an access token (valid {life} s) and call the API:\n\n  \
+         TOKEN=$(cargo run --release -q -- token --client-id {DEMO_CLIENT} --key {key})\n  \
+         curl -H \"Authorization: Bearer $TOKEN\" {base}/Patient\n",
+        key = key.display(),
+        life = cfg.token_lifetime_secs,
+        base = running.base,
+    );
+    Ok(())
+}
+
+fn write_private(path: &Path, pem: &str) -> Result<(), CliError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| CliError::Io(dir.display().to_string(), e))?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    use std::io::Write;
+    opts.open(path)
+        .and_then(|mut f| f.write_all(pem.as_bytes()))
+        .map_err(|e| CliError::Io(path.display().to_string(), e))
+}
+
+async fn clients(cfg: &Config, cmd: ClientsCommand) -> Result<(), CliError> {
+    let store = Store::open(&cfg.database_url, 1).await?;
+    let result = match cmd {
+        ClientsCommand::Add(a) => add_client(&store, a).await,
+        ClientsCommand::List => {
+            for c in store.clients().await? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    c.id,
+                    c.name,
+                    c.organization.as_deref().unwrap_or("-"),
+                    c.scope,
+                    if c.revoked.is_some() { "revoked" } else { "active" }
+                );
+            }
+            Ok(())
+        }
+        ClientsCommand::Revoke { id } => {
+            if store.revoke_client(&id, clock::now_micros()).await? {
+                println!("client {id} revoked");
+                Ok(())
+            } else {
+                Err(CliError::Msg(format!("no client {id}")))
+            }
         }
     };
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => match server::start(&cfg).await {
-            Ok(running) => {
-                tracing::info!(addr = %running.addr, base = %running.base, "apa-gateway listening");
-                running.wait().await;
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start");
-                eprintln!("apa-gateway: {e}");
-                ExitCode::FAILURE
-            }
-        },
+    store.close().await;
+    result
+}
+
+async fn add_client(store: &Store, a: AddClient) -> Result<(), CliError> {
+    Scopes::parse(&a.scope).map_err(|e| CliError::Msg(e.to_string()))?;
+    let id = a.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let (jwks, jwks_url) = match (a.jwks_file, a.jwks_url, a.generate_key) {
+        (Some(f), None, None) => {
+            let doc = std::fs::read_to_string(&f).map_err(|e| CliError::Io(f.display().to_string(), e))?;
+            serde_json::from_str::<jsonwebtoken::jwk::JwkSet>(&doc)
+                .map_err(|e| CliError::Msg(format!("{} is not a JWKS: {e}", f.display())))?;
+            (Some(doc), None)
+        }
+        (None, Some(u), None) => (None, Some(u)),
+        (None, None, Some(path)) => {
+            let (pem, jwks) = generate_es384(&format!("{id}-key"))?;
+            write_private(&path, &pem)?;
+            eprintln!("private key written to {} (key id {id}-key)", path.display());
+            (Some(jwks), None)
+        }
+        _ => {
+            return Err(CliError::Msg(
+                "give one of --jwks-file, --jwks-url or --generate-key".into(),
+            ));
+        }
+    };
+    store
+        .save_client(ClientRecord {
+            id: id.clone(),
+            name: a.name,
+            organization: a.organization,
+            scope: a.scope,
+            jwks,
+            jwks_url,
+            created: clock::now_micros(),
+            revoked: None,
+        })
+        .await?;
+    println!("{id}");
+    Ok(())
+}
+
+async fn token(
+    cfg: &Config,
+    client_id: &str,
+    key: &Path,
+    kid: Option<String>,
+    scope: &str,
+    url: Option<String>,
+) -> Result<(), CliError> {
+    let pem = std::fs::read_to_string(key).map_err(|e| CliError::Io(key.display().to_string(), e))?;
+    let base = url.unwrap_or_else(|| cfg.base_url());
+    let endpoint = format!("{}/auth/token", base.trim_end_matches('/').trim_end_matches("/fhir"));
+    let kid = kid.unwrap_or_else(|| format!("{client_id}-key"));
+    let assertion = sign_assertion(client_id, &endpoint, &pem, &kid)?;
+    let r = reqwest::Client::new()
+        .post(&endpoint)
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", apa_gateway::security::auth::ASSERTION_TYPE),
+            ("client_assertion", assertion.as_str()),
+            ("scope", scope),
+        ])
+        .send()
+        .await
+        .map_err(|e| CliError::Msg(format!("{endpoint}: {e}")))?;
+    let status = r.status();
+    let body: serde_json::Value = r.json().await.map_err(|e| CliError::Msg(format!("{endpoint}: {e}")))?;
+    match body.get("access_token").and_then(|t| t.as_str()) {
+        Some(t) if status.is_success() => {
+            println!("{t}");
+            Ok(())
+        }
+        _ => Err(CliError::Msg(format!("token refused ({status}): {body}"))),
     }
 }

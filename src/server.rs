@@ -3,10 +3,16 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::ServiceExt;
 use tokio::net::TcpListener;
+use tower::Layer;
+use tower_http::normalize_path::NormalizePathLayer;
+
+use std::sync::Arc;
 
 use crate::config::Config;
 use crate::http::{AppState, Limits, router};
+use crate::security::auth::Auth;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -54,10 +60,12 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
         Some(u) => u.trim_end_matches('/').to_string(),
         None => format!("http://{addr}/fhir"),
     };
+    let auth = Auth::new(store.clone(), &base, cfg.token_lifetime_secs).await?;
     let state = AppState {
         store: store.clone(),
         base: base.clone().into(),
         metrics: crate::telemetry::metrics(),
+        auth: Arc::new(auth),
     };
     let app = router(
         state,
@@ -75,6 +83,9 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
                 _ = termination() => tracing::info!("termination signal received, finishing in-flight requests"),
             }
         };
+        // `/fhir/` is `/fhir`: normalise before routing.
+        let app = NormalizePathLayer::trim_trailing_slash().layer(app);
+        let app = ServiceExt::<axum::extract::Request>::into_make_service(app);
         if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
             tracing::error!(error = %e, "server error");
         }

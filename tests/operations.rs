@@ -24,7 +24,10 @@ async fn a_stop_loses_no_acknowledged_write() {
     };
     let running = server::start(&cfg).await.unwrap();
     let base = running.base.clone();
-    let client = reqwest::Client::new();
+    let token = common::register_client(&running, "loader", None, "system/*.cruds")
+        .await
+        .token;
+    let client = common::bearer_client(&token);
     let mut writes = Vec::new();
     for i in 0..60 {
         let (client, base) = (client.clone(), base.clone());
@@ -56,6 +59,11 @@ async fn a_stop_loses_no_acknowledged_write() {
         }
     }
     let again = server::start(&cfg).await.unwrap();
+    // A new address is a new audience: a new token.
+    let token = common::register_client(&again, "loader", None, "system/*.cruds")
+        .await
+        .token;
+    let client = common::bearer_client(&token);
     for id in &acknowledged {
         let r = client.get(format!("{}/Patient/{id}", again.base)).send().await.unwrap();
         assert_eq!(r.status(), 200, "acknowledged Patient/{id} survived the stop");

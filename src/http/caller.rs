@@ -10,8 +10,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = FhirError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        // Set by the authentication layer when it runs; until then every
-        // request acts as the gateway's own client.
-        Ok(parts.extensions.get::<Caller>().cloned().unwrap_or_else(Caller::system))
+        // Set by the authentication layer; a route outside it has no caller.
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| FhirError::new(401, "login", "this endpoint needs an access token"))
     }
 }

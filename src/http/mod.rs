@@ -1,5 +1,6 @@
 //! HTTP: the route table, the middleware, thin handlers.
 
+mod auth;
 mod caller;
 pub mod error;
 mod handlers;
@@ -18,6 +19,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 
+use crate::security::auth::Auth;
 use crate::store::Store;
 
 /// What every handler can reach.
@@ -27,6 +29,7 @@ pub struct AppState {
     /// The public base URL of the FHIR endpoint, e.g. `https://host/fhir`.
     pub base: Arc<str>,
     pub metrics: Option<PrometheusHandle>,
+    pub auth: Arc<Auth>,
 }
 
 pub struct Limits {
@@ -39,6 +42,7 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
     use handlers::*;
     let fhir = Router::new()
         .route("/metadata", get(metadata))
+        .route("/.well-known/smart-configuration", get(auth::smart_configuration))
         .route("/", get(search_system).post(bundle))
         .route("/_search", post(search_system_post))
         .route("/_history", get(history_system))
@@ -56,9 +60,11 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .route("/{rtype}/{id}/_history/{vid}", get(vread))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(negotiate::content_negotiation));
+        .layer(middleware::from_fn(negotiate::content_negotiation))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
     Router::new()
         .nest("/fhir", fhir)
+        .route("/auth/token", post(auth::token))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(prometheus))

@@ -1,21 +1,63 @@
-//! Who acts. Every interaction receives the `Caller`; the security issue
-//! (#3) fills it from verified tokens and adds the access rules that use it.
+//! Who acts, and what they may do: SMART backend-services tokens (`auth`),
+//! scopes (`scopes`), and the `Caller` every interaction receives.
+
+pub mod auth;
+pub mod keys;
+pub mod scopes;
+
+use crate::fhir::error::FhirError;
+use scopes::{Perm, Scopes};
 
 /// The authenticated party of a request.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    /// The registered client (or user) the request comes from.
+    /// The registered client the request comes from.
     pub client_id: String,
-    /// The Organization the caller acts for, when known.
+    /// The Organization it acts for, when registered with one.
     pub organization: Option<String>,
+    pub scopes: Scopes,
 }
 
 impl Caller {
-    /// The gateway itself (start-up tasks, tests of the core).
+    /// The gateway itself (start-up tasks, imports run by the operator).
     pub fn system() -> Caller {
         Caller {
             client_id: "apa-gateway".into(),
             organization: None,
+            scopes: Scopes::all(),
         }
     }
+
+    /// Refuses (403) what the caller's scopes do not grant.
+    pub fn require(&self, resource_type: &str, perm: Perm) -> Result<(), FhirError> {
+        if self.scopes.allows(resource_type, perm) {
+            Ok(())
+        } else {
+            Err(forbidden(resource_type, perm))
+        }
+    }
+
+    /// For system-level search and history: the permission on every type.
+    pub fn require_all_types(&self, perm: Perm) -> Result<(), FhirError> {
+        if self.scopes.allows_all_types(perm) {
+            Ok(())
+        } else {
+            Err(forbidden("*", perm))
+        }
+    }
+}
+
+fn forbidden(resource_type: &str, perm: Perm) -> FhirError {
+    let what = match perm {
+        Perm::Create => "create",
+        Perm::Read => "read",
+        Perm::Update => "update",
+        Perm::Delete => "delete",
+        Perm::Search => "search",
+    };
+    FhirError::new(
+        403,
+        "forbidden",
+        format!("the granted scopes do not allow to {what} {resource_type} resources"),
+    )
 }

@@ -27,6 +27,8 @@ pub enum Bind {
     Bytes(Bytes),
     /// A NULL of a BLOB / BYTEA column (the body of a deletion).
     Null,
+    NullText,
+    NullInt,
 }
 
 /// A piece of SQL with the values of its placeholders, in order.
@@ -99,6 +101,8 @@ macro_rules! on_conn {
                         Bind::Text(v) => $q.bind(v.as_str()),
                         Bind::Bytes(v) => $q.bind(v.as_ref()),
                         Bind::Null => $q.bind(Option::<&[u8]>::None),
+                        Bind::NullText => $q.bind(Option::<&str>::None),
+                        Bind::NullInt => $q.bind(Option::<i64>::None),
                     };
                 }
                 let $q = $q;
@@ -115,6 +119,8 @@ macro_rules! on_conn {
                         Bind::Text(v) => $q.bind(v.as_str()),
                         Bind::Bytes(v) => $q.bind(v.as_ref()),
                         Bind::Null => $q.bind(Option::<&[u8]>::None),
+                        Bind::NullText => $q.bind(Option::<&str>::None),
+                        Bind::NullInt => $q.bind(Option::<i64>::None),
                     };
                 }
                 let $q = $q;
@@ -210,6 +216,35 @@ pub async fn fetch_i64x3(conn: &mut Conn<'_>, frag: &Frag) -> Result<Vec<(i64, i
                 ))
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()
+    })?;
+    Ok(rows)
+}
+
+/// Runs a query whose columns are all read as optional text (cast them in
+/// the SQL): for the few small administrative tables.
+pub async fn fetch_texts(
+    conn: &mut Conn<'_>,
+    frag: &Frag,
+    columns: usize,
+) -> Result<Vec<Vec<Option<String>>>, StoreError> {
+    let rows = on_conn!(conn, frag, |q, c| {
+        let rows = q.fetch_all(c).await?;
+        rows.iter()
+            .map(|r| {
+                (0..columns)
+                    .map(|i| r.try_get::<Option<String>, _>(i))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+    })?;
+    Ok(rows)
+}
+
+/// Runs a query returning one optional BLOB / BYTEA.
+pub async fn fetch_bytes(conn: &mut Conn<'_>, frag: &Frag) -> Result<Option<Vec<u8>>, StoreError> {
+    let rows = on_conn!(conn, frag, |q, c| {
+        let rows = q.fetch_all(c).await?;
+        rows.first().map(|r| r.try_get::<Vec<u8>, _>(0)).transpose()
     })?;
     Ok(rows)
 }

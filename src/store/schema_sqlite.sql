@@ -67,3 +67,25 @@ CREATE TABLE IF NOT EXISTS idx_uri (
     PRIMARY KEY (param, value, pk)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idx_uri_pk ON idx_uri (pk, param);
+
+-- Security: registered clients, seen client-assertion ids (replay), server secrets.
+CREATE TABLE IF NOT EXISTS client (
+    id       TEXT PRIMARY KEY,
+    name     TEXT NOT NULL,
+    organization TEXT,
+    scope    TEXT NOT NULL,
+    jwks     TEXT,
+    jwks_url TEXT,
+    created  INTEGER NOT NULL,
+    revoked  INTEGER
+);
+CREATE TABLE IF NOT EXISTS client_jti (
+    client_id TEXT NOT NULL,
+    jti       TEXT NOT NULL,
+    expires   INTEGER NOT NULL,
+    PRIMARY KEY (client_id, jti)
+);
+CREATE TABLE IF NOT EXISTS server_secret (
+    name  TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);

@@ -45,7 +45,7 @@ pub struct WriteTx {
 }
 
 impl WriteTx {
-    fn conn(&mut self) -> Conn<'_> {
+    pub(super) fn conn(&mut self) -> Conn<'_> {
         match &mut self.conn {
             WConn::Sqlite(c) => Conn::Sqlite(c),
             WConn::Pg(c) => Conn::Pg(c),
@@ -54,7 +54,7 @@ impl WriteTx {
 
     /// Before the job reads: send the earlier jobs' rows, open the job's
     /// SAVEPOINT, then send the job's own rows so that it reads them.
-    async fn prepare_read(&mut self) -> Result<(), StoreError> {
+    pub(super) async fn prepare_read(&mut self) -> Result<(), StoreError> {
         if !self.in_savepoint {
             let mine = self.pending.split_off(self.job_start);
             let earlier = std::mem::take(&mut self.pending);

@@ -17,7 +17,10 @@ pub enum Backend {
 
 pub struct TestApp {
     pub base: String,
+    /// Sends the token of a client with every scope (`system/*.cruds`).
     pub client: Client,
+    /// Sends no token at all.
+    pub anonymous: Client,
     pub backend: Backend,
     running: Option<Running>,
     _dir: tempfile::TempDir,
@@ -54,16 +57,91 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
         ..Config::default()
     };
     let running = server::start(&cfg).await.expect("gateway starts");
+    let token = register_client(&running, "operator", None, "system/*.cruds")
+        .await
+        .token;
     TestApp {
         base: running.base.clone(),
-        client: Client::new(),
+        client: bearer_client(&token),
+        anonymous: Client::new(),
         backend,
         running: Some(running),
         _dir: dir,
     }
 }
 
+/// A registered client of a test app: its id, private key, and a token.
+pub struct TestClient {
+    pub id: String,
+    pub pem: String,
+    pub kid: String,
+    pub token: String,
+}
+
+pub fn bearer_client(token: &str) -> Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("header value"),
+    );
+    Client::builder().default_headers(headers).build().expect("client")
+}
+
+pub fn token_endpoint(base: &str) -> String {
+    format!("{}/auth/token", base.trim_end_matches("/fhir"))
+}
+
+/// Registers a client (ES384 key) and obtains a token for `scope` through
+/// the real token endpoint.
+pub async fn register_client(running: &Running, id: &str, organization: Option<&str>, scope: &str) -> TestClient {
+    use apa_gateway::security::keys::{generate_es384, sign_assertion};
+    let kid = format!("{id}-key");
+    let (pem, jwks) = generate_es384(&kid).expect("key pair");
+    running
+        .store
+        .save_client(apa_gateway::store::ClientRecord {
+            id: id.to_string(),
+            name: id.to_string(),
+            organization: organization.map(str::to_string),
+            scope: scope.to_string(),
+            jwks: Some(jwks),
+            jwks_url: None,
+            created: 0,
+            revoked: None,
+        })
+        .await
+        .expect("client registered");
+    let endpoint = token_endpoint(&running.base);
+    let assertion = sign_assertion(id, &endpoint, &pem, &kid).expect("assertion");
+    let r = Client::new()
+        .post(&endpoint)
+        .form(&[
+            ("grant_type", "client_credentials"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", assertion.as_str()),
+            ("scope", scope),
+        ])
+        .send()
+        .await
+        .expect("token request");
+    assert_eq!(r.status(), 200, "token for {id}");
+    let body: Value = r.json().await.expect("token json");
+    TestClient {
+        id: id.to_string(),
+        pem,
+        kid,
+        token: body["access_token"].as_str().expect("access_token").to_string(),
+    }
+}
+
 impl TestApp {
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().expect("running")
+    }
+
     pub fn url(&self, path: &str) -> String {
         if path.starts_with("http") {
             path.to_string()

@@ -19,6 +19,7 @@ use crate::fhir::search::model::{IndexValue, SearchRequest};
 use crate::fhir::search::registry::Registry;
 use crate::fhir::search::values::format_instant;
 use crate::security::Caller;
+use crate::security::scopes::Perm;
 use crate::store::{Store, WriteTx};
 
 use super::create::create_in;
@@ -236,6 +237,18 @@ fn parse_entry(base: &str, i: usize, e: &Value) -> Result<Entry, FhirError> {
     })
 }
 
+/// What the caller's scopes must grant for an entry (GET entries are
+/// checked by the interaction they run).
+fn check_scopes(caller: &Caller, op: &Op) -> Result<(), FhirError> {
+    match op {
+        Op::Create { res, .. } => caller.require(&res.resource_type, Perm::Create),
+        Op::Update { res, .. } | Op::CondUpdate { res, .. } => caller.require(&res.resource_type, Perm::Update),
+        Op::Delete { rtype, .. } | Op::CondDelete { rtype, .. } => caller.require(rtype, Perm::Delete),
+        Op::Patch { rtype, .. } => caller.require(rtype, Perm::Update),
+        Op::Get { .. } => Ok(()),
+    }
+}
+
 /// A PATCH entry carries its JSON Patch as a Binary resource.
 fn binary_patch(e: &Value) -> Result<json_patch::Patch, FhirError> {
     let r = e
@@ -306,7 +319,9 @@ async fn transaction(
 ) -> Result<Reply, FhirError> {
     let mut entries = Vec::with_capacity(raw.len());
     for (i, e) in raw.iter().enumerate() {
-        entries.push(parse_entry(input.base, i, e).map_err(|err| in_entry(i, err))?);
+        let entry = parse_entry(input.base, i, e).map_err(|err| in_entry(i, err))?;
+        check_scopes(caller, &entry.op).map_err(|err| in_entry(i, err))?;
+        entries.push(entry);
     }
     // One resource may be the target of one entry only (R4 3.1.0.11.2).
     let mut targets: HashSet<String> = HashSet::new();
@@ -587,6 +602,7 @@ async fn batch(store: &Store, caller: &Caller, input: &BundleInput<'_>, raw: Vec
 
 /// One batch entry, on its own.
 async fn run_one(store: &Store, caller: &Caller, base: &str, mut entry: Entry) -> Result<Reply, FhirError> {
+    check_scopes(caller, &entry.op)?;
     if let Op::Get { url } = &entry.op {
         return get(store, caller, base, url).await;
     }

@@ -5,17 +5,19 @@ use crate::fhir::error::FhirError;
 use crate::fhir::resource::{self, Resource};
 use crate::fhir::search::model::{IndexValue, SearchRequest};
 use crate::security::Caller;
+use crate::security::scopes::Perm;
 use crate::store::{Method, Store, Version, Write, WriteTx};
 
 use super::{Planned, Reply, commit_one, conditional_matches, conditional_query, index_of, new_id};
 
 pub async fn create(
     store: &Store,
-    _caller: &Caller,
+    caller: &Caller,
     resource_type: &str,
     body: &[u8],
     if_none_exist: Option<&str>,
 ) -> Result<Reply, FhirError> {
+    caller.require(resource_type, Perm::Create)?;
     let res = resource::parse(body, Some(resource_type))?;
     let cond = if_none_exist.map(|q| conditional_query(resource_type, q)).transpose()?;
     // The server assigns the id; one sent by the client is replaced (R4 3.1.0.4.1).

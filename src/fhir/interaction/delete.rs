@@ -4,6 +4,7 @@
 use crate::clock::now_micros;
 use crate::fhir::error::FhirError;
 use crate::security::Caller;
+use crate::security::scopes::Perm;
 use crate::store::{Method, Store, Write, WriteTx};
 
 use super::read::check_id;
@@ -11,11 +12,12 @@ use super::{Planned, Reply, commit_one, conditional_matches, conditional_query};
 
 pub async fn delete(
     store: &Store,
-    _caller: &Caller,
+    caller: &Caller,
     resource_type: &str,
     id: &str,
     if_match: Option<i64>,
 ) -> Result<Reply, FhirError> {
+    caller.require(resource_type, Perm::Delete)?;
     check_id(id)?;
     let (rtype, id) = (resource_type.to_string(), id.to_string());
     store
@@ -67,10 +69,11 @@ pub async fn delete_in(tx: &mut WriteTx, rtype: &str, id: &str, if_match: Option
 /// (412) rather than deleting more than the client may have meant.
 pub async fn conditional_delete(
     store: &Store,
-    _caller: &Caller,
+    caller: &Caller,
     resource_type: &str,
     query: &str,
 ) -> Result<Reply, FhirError> {
+    caller.require(resource_type, Perm::Delete)?;
     let cond = conditional_query(resource_type, query)?;
     store
         .write(move |tx| {

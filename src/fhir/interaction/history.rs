@@ -6,6 +6,7 @@ use crate::fhir::bundle_writer::BundleWriter;
 use crate::fhir::error::FhirError;
 use crate::fhir::search::values::{date_range, format_instant};
 use crate::security::Caller;
+use crate::security::scopes::Perm;
 use crate::store::{HistoryQuery, Method, Store};
 
 use super::read::check_id;
@@ -15,14 +16,19 @@ pub const PAGE_BEFORE: &str = "_page_before";
 
 pub async fn history(
     store: &Store,
-    _caller: &Caller,
+    caller: &Caller,
     base: &str,
     resource_type: Option<&str>,
     id: Option<&str>,
     params: &[(String, String)],
 ) -> Result<Reply, FhirError> {
-    if let Some(id) = id {
-        check_id(id)?;
+    match (resource_type, id) {
+        (Some(t), Some(id)) => {
+            caller.require(t, Perm::Read)?;
+            check_id(id)?;
+        }
+        (Some(t), None) => caller.require(t, Perm::Search)?,
+        _ => caller.require_all_types(Perm::Search)?,
     }
     let mut q = HistoryQuery {
         resource_type: resource_type.map(str::to_string),

@@ -6,6 +6,7 @@ use serde_json::Value;
 use crate::fhir::error::FhirError;
 use crate::fhir::resource;
 use crate::security::Caller;
+use crate::security::scopes::Perm;
 use crate::store::{Store, WriteTx};
 
 use super::read::check_id;
@@ -14,12 +15,13 @@ use super::{Planned, Reply, commit_one, index_of};
 
 pub async fn patch(
     store: &Store,
-    _caller: &Caller,
+    caller: &Caller,
     resource_type: &str,
     id: &str,
     body: &[u8],
     if_match: Option<i64>,
 ) -> Result<Reply, FhirError> {
+    caller.require(resource_type, Perm::Update)?;
     check_id(id)?;
     let ops = parse_patch(body)?;
     let (rtype, id) = (resource_type.to_string(), id.to_string());

@@ -3,11 +3,13 @@
 use crate::fhir::error::FhirError;
 use crate::fhir::resource::valid_id;
 use crate::security::Caller;
+use crate::security::scopes::Perm;
 use crate::store::Store;
 
 use super::Reply;
 
-pub async fn read(store: &Store, _caller: &Caller, resource_type: &str, id: &str) -> Result<Reply, FhirError> {
+pub async fn read(store: &Store, caller: &Caller, resource_type: &str, id: &str) -> Result<Reply, FhirError> {
+    caller.require(resource_type, Perm::Read)?;
     check_id(id)?;
     match store.read(resource_type, id).await? {
         None => Err(FhirError::not_found(format!("{resource_type}/{id} is not known"))),
@@ -21,11 +23,12 @@ pub async fn read(store: &Store, _caller: &Caller, resource_type: &str, id: &str
 
 pub async fn vread(
     store: &Store,
-    _caller: &Caller,
+    caller: &Caller,
     resource_type: &str,
     id: &str,
     vid: &str,
 ) -> Result<Reply, FhirError> {
+    caller.require(resource_type, Perm::Read)?;
     check_id(id)?;
     let version: i64 = vid.parse().ok().filter(|v| *v > 0).ok_or_else(|| {
         FhirError::invalid(format!(

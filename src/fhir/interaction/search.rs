@@ -4,11 +4,12 @@ use serde_json::json;
 
 use crate::fhir::bundle_writer::BundleWriter;
 use crate::fhir::error::FhirError;
-use crate::fhir::search::model::{Include, PageStart, ParamRef, ParamType, SearchRequest, Summary};
+use crate::fhir::search::model::{Filter, Include, PageStart, ParamRef, ParamType, SearchRequest, Summary};
 use crate::fhir::search::parse::{PAGE_AFTER, PAGE_OFFSET, ParseOptions, parse_search};
 use crate::fhir::search::registry::Registry;
 use crate::fhir::summary::subset;
 use crate::security::Caller;
+use crate::security::scopes::Perm;
 use crate::store::Store;
 
 use super::{Reply, link};
@@ -20,13 +21,23 @@ pub struct SearchInput<'a> {
     pub strict: bool,
 }
 
-pub async fn search(store: &Store, _caller: &Caller, input: SearchInput<'_>) -> Result<Reply, FhirError> {
+pub async fn search(store: &Store, caller: &Caller, input: SearchInput<'_>) -> Result<Reply, FhirError> {
+    match input.resource_type {
+        Some(t) => caller.require(t, Perm::Search)?,
+        None => caller.require_all_types(Perm::Search)?,
+    }
     let opts = ParseOptions {
         strict: input.strict,
         default_count: 20,
         max_count: 1000,
     };
     let mut req = parse_search(Registry::r4(), input.resource_type, input.params, &opts)?;
+    // Searching through another type (chain, _has) reveals some of it.
+    for f in &req.filters {
+        for t in searched_types(f) {
+            caller.require(t, Perm::Search)?;
+        }
+    }
     expand_wildcards(&mut req.include);
     expand_wildcards(&mut req.revinclude);
     if req.summary == Some(Summary::Count) {
@@ -65,6 +76,10 @@ pub async fn search(store: &Store, _caller: &Caller, input: SearchInput<'_>) -> 
         .chain(page.included.iter().map(|v| (v, "include")))
     {
         let Some(body) = v.body.as_deref() else { continue };
+        // Included resources of a type the caller may not read are left out.
+        if mode == "include" && !caller.scopes.allows(&v.resource_type, Perm::Read) {
+            continue;
+        }
         let full_url = format!("{}/{}/{}", input.base, v.resource_type, v.id);
         let subsetted = subset(body, &v.resource_type, req.summary, &req.elements);
         w.entry(
@@ -74,6 +89,23 @@ pub async fn search(store: &Store, _caller: &Caller, input: SearchInput<'_>) -> 
         );
     }
     Ok(Reply::bundle(w.finish()))
+}
+
+/// The types a filter searches through, besides the searched type.
+fn searched_types(f: &Filter) -> Vec<&str> {
+    match f {
+        Filter::Values { .. } => Vec::new(),
+        Filter::Chain { target_type, inner, .. } => {
+            let mut v = vec![target_type.as_str()];
+            v.extend(searched_types(inner));
+            v
+        }
+        Filter::Has { source_type, inner, .. } => {
+            let mut v = vec![source_type.as_str()];
+            v.extend(searched_types(inner));
+            v
+        }
+    }
 }
 
 /// `_include=Observation:*` means every reference parameter of the type.

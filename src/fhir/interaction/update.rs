@@ -5,6 +5,7 @@ use crate::fhir::error::FhirError;
 use crate::fhir::resource::{self, Resource};
 use crate::fhir::search::model::IndexValue;
 use crate::security::Caller;
+use crate::security::scopes::Perm;
 use crate::store::{Method, Store, Version, Write, WriteTx};
 
 use super::read::check_id;
@@ -12,12 +13,13 @@ use super::{Planned, Reply, commit_one, conditional_matches, conditional_query, 
 
 pub async fn update(
     store: &Store,
-    _caller: &Caller,
+    caller: &Caller,
     resource_type: &str,
     id: &str,
     body: &[u8],
     if_match: Option<i64>,
 ) -> Result<Reply, FhirError> {
+    caller.require(resource_type, Perm::Update)?;
     check_id(id)?;
     let res = resource::parse(body, Some(resource_type))?;
     match res.id() {
@@ -114,12 +116,13 @@ pub async fn update_in(
 /// are refused (412).
 pub async fn conditional_update(
     store: &Store,
-    _caller: &Caller,
+    caller: &Caller,
     resource_type: &str,
     query: &str,
     body: &[u8],
     if_match: Option<i64>,
 ) -> Result<Reply, FhirError> {
+    caller.require(resource_type, Perm::Update)?;
     let cond = conditional_query(resource_type, query)?;
     let res = resource::parse(body, Some(resource_type))?;
     let index = index_of(&res);

@@ -1,0 +1,350 @@
+//! SMART on FHIR Backend Services: clients authenticate at the token
+//! endpoint with a signed JWT (RS384 or ES384, `private_key_jwt`) and get a
+//! short-lived access token, which every FHIR request then carries.
+//!
+//! Access tokens are JWTs signed (HS256) with a secret kept in the database,
+//! so that every gateway replica accepts the tokens of the others; they
+//! carry the client, its organisation and the granted scopes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use super::Caller;
+use super::scopes::Scopes;
+use crate::store::{ClientRecord, Store, StoreError};
+
+/// Client assertions may not live longer than this (SMART: 5 minutes).
+const MAX_ASSERTION_LIFETIME: u64 = 300;
+/// Clock skew tolerated between a client and the gateway.
+const LEEWAY: u64 = 30;
+const CLIENT_CACHE_TTL: Duration = Duration::from_secs(10);
+const JWKS_CACHE_TTL: Duration = Duration::from_secs(300);
+
+pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// An OAuth 2.0 error of the token endpoint (RFC 6749 §5.2).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{error}: {description}")]
+pub struct OAuthError {
+    pub status: u16,
+    pub error: &'static str,
+    pub description: String,
+}
+
+impl OAuthError {
+    fn client(description: impl Into<String>) -> Self {
+        OAuthError {
+            status: 401,
+            error: "invalid_client",
+            description: description.into(),
+        }
+    }
+    fn request(error: &'static str, description: impl Into<String>) -> Self {
+        OAuthError {
+            status: 400,
+            error,
+            description: description.into(),
+        }
+    }
+}
+
+impl From<StoreError> for OAuthError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "token endpoint storage failure");
+        OAuthError {
+            status: 500,
+            error: "server_error",
+            description: "the token could not be issued".into(),
+        }
+    }
+}
+
+/// Why a request's bearer token was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuthError {
+    #[error("this endpoint needs an access token (Authorization: Bearer …); get one at {0}")]
+    Missing(String),
+    #[error("the access token is invalid or expired")]
+    Invalid,
+    #[error("the client of this access token has been revoked")]
+    Revoked,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TokenRequest {
+    pub grant_type: Option<String>,
+    pub client_assertion_type: Option<String>,
+    pub client_assertion: Option<String>,
+    pub scope: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: u64,
+    pub scope: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct AccessClaims {
+    iss: String,
+    sub: String,
+    aud: String,
+    exp: u64,
+    iat: u64,
+    jti: String,
+    scope: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    org: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AssertionClaims {
+    iss: String,
+    exp: u64,
+    jti: String,
+}
+
+/// A value and when it was fetched.
+type Cached<T> = (Instant, T);
+
+pub struct Auth {
+    store: Store,
+    secret: Vec<u8>,
+    issuer: String,
+    token_endpoint: String,
+    audience: String,
+    lifetime: u64,
+    http: reqwest::Client,
+    clients: Mutex<HashMap<String, Cached<Option<Arc<ClientRecord>>>>>,
+    jwks: Mutex<HashMap<String, Cached<Arc<JwkSet>>>>,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Auth {
+    /// `base` is the FHIR base URL (`https://host/fhir`): the audience of
+    /// access tokens. The token endpoint is `<root>/auth/token`.
+    pub async fn new(store: Store, base: &str, lifetime_secs: u64) -> Result<Auth, StoreError> {
+        let fresh: Vec<u8> = (0..4).flat_map(|_| *uuid::Uuid::new_v4().as_bytes()).collect();
+        let secret = store.server_secret("access-token-hs256", fresh).await?;
+        let root = base.trim_end_matches('/').trim_end_matches("/fhir").to_string();
+        Ok(Auth {
+            store,
+            secret,
+            token_endpoint: format!("{root}/auth/token"),
+            issuer: root,
+            audience: base.trim_end_matches('/').to_string(),
+            lifetime: lifetime_secs,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
+            clients: Mutex::new(HashMap::new()),
+            jwks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn token_endpoint(&self) -> &str {
+        &self.token_endpoint
+    }
+
+    async fn client(&self, id: &str) -> Result<Option<Arc<ClientRecord>>, StoreError> {
+        if let Some((at, c)) = self.clients.lock().await.get(id)
+            && at.elapsed() < CLIENT_CACHE_TTL
+        {
+            return Ok(c.clone());
+        }
+        let c = self.store.client(id).await?.map(Arc::new);
+        self.clients
+            .lock()
+            .await
+            .insert(id.to_string(), (Instant::now(), c.clone()));
+        Ok(c)
+    }
+
+    async fn keys_of(&self, client: &ClientRecord) -> Result<Arc<JwkSet>, OAuthError> {
+        if let Some(doc) = &client.jwks {
+            let set: JwkSet = serde_json::from_str(doc)
+                .map_err(|_| OAuthError::client("the client's registered JWKS is not valid"))?;
+            return Ok(Arc::new(set));
+        }
+        let Some(url) = &client.jwks_url else {
+            return Err(OAuthError::client("the client has no registered keys"));
+        };
+        if let Some((at, set)) = self.jwks.lock().await.get(url)
+            && at.elapsed() < JWKS_CACHE_TTL
+        {
+            return Ok(set.clone());
+        }
+        let set: JwkSet = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|_| OAuthError::client("the client's JWKS URL could not be fetched"))?
+            .json()
+            .await
+            .map_err(|_| OAuthError::client("the client's JWKS URL did not return a JWKS"))?;
+        let set = Arc::new(set);
+        self.jwks
+            .lock()
+            .await
+            .insert(url.clone(), (Instant::now(), set.clone()));
+        Ok(set)
+    }
+
+    /// The token endpoint: `client_credentials` with a client assertion.
+    pub async fn token(&self, req: TokenRequest) -> Result<TokenResponse, OAuthError> {
+        if req.grant_type.as_deref() != Some("client_credentials") {
+            return Err(OAuthError::request(
+                "unsupported_grant_type",
+                "grant_type must be client_credentials",
+            ));
+        }
+        if req.client_assertion_type.as_deref() != Some(ASSERTION_TYPE) {
+            return Err(OAuthError::request(
+                "invalid_request",
+                format!("client_assertion_type must be {ASSERTION_TYPE}"),
+            ));
+        }
+        let assertion = req
+            .client_assertion
+            .as_deref()
+            .ok_or_else(|| OAuthError::request("invalid_request", "client_assertion is missing"))?;
+        let header =
+            decode_header(assertion).map_err(|_| OAuthError::client("the client assertion is not a signed JWT"))?;
+        if !matches!(header.alg, Algorithm::RS384 | Algorithm::ES384) {
+            return Err(OAuthError::client(
+                "client assertions must be signed with RS384 or ES384",
+            ));
+        }
+        let client_id =
+            unverified_issuer(assertion).ok_or_else(|| OAuthError::client("the client assertion has no iss"))?;
+        // Always fresh here: a revocation must stop new tokens at once.
+        let client = self
+            .store
+            .client(&client_id)
+            .await?
+            .filter(|c| c.revoked.is_none())
+            .ok_or_else(|| OAuthError::client("unknown or revoked client"))?;
+        let keys = self.keys_of(&client).await?;
+        let jwk = match &header.kid {
+            Some(kid) => keys.find(kid),
+            None if keys.keys.len() == 1 => keys.keys.first(),
+            None => None,
+        }
+        .ok_or_else(|| OAuthError::client("no registered key of the client matches the assertion's kid"))?;
+        let key =
+            DecodingKey::from_jwk(jwk).map_err(|_| OAuthError::client("the client's registered key is not usable"))?;
+        let mut v = Validation::new(header.alg);
+        v.set_audience(&[&self.token_endpoint]);
+        v.set_issuer(&[&client.id]);
+        v.sub = Some(client.id.clone());
+        v.leeway = LEEWAY;
+        v.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+        let claims = decode::<AssertionClaims>(assertion, &key, &v)
+            .map_err(|e| OAuthError::client(format!("the client assertion was refused: {e}")))?
+            .claims;
+        let now = now();
+        if claims.exp > now + MAX_ASSERTION_LIFETIME + LEEWAY {
+            return Err(OAuthError::client(
+                "the client assertion expires more than 5 minutes from now",
+            ));
+        }
+        if claims.jti.is_empty() || claims.iss != client.id {
+            return Err(OAuthError::client("the client assertion needs a jti"));
+        }
+        if !self
+            .store
+            .claim_jti(&client.id, &claims.jti, claims.exp as i64, now as i64)
+            .await?
+        {
+            return Err(OAuthError::client(
+                "this client assertion was already used (jti replay)",
+            ));
+        }
+        let requested = Scopes::parse(req.scope.as_deref().unwrap_or_default())
+            .map_err(|e| OAuthError::request("invalid_scope", e.to_string()))?;
+        let registered = Scopes::parse(&client.scope).unwrap_or_default();
+        let granted = registered.grant(&requested);
+        if granted.is_empty() {
+            return Err(OAuthError::request(
+                "invalid_scope",
+                "none of the requested scopes is granted to this client",
+            ));
+        }
+        let scope = granted.to_string();
+        let access = AccessClaims {
+            iss: self.issuer.clone(),
+            sub: client.id.clone(),
+            aud: self.audience.clone(),
+            exp: now + self.lifetime,
+            iat: now,
+            jti: uuid::Uuid::new_v4().to_string(),
+            scope: scope.clone(),
+            org: client.organization.clone(),
+        };
+        let token = encode(
+            &Header::new(Algorithm::HS256),
+            &access,
+            &EncodingKey::from_secret(&self.secret),
+        )
+        .map_err(|_| OAuthError::request("server_error", "the token could not be signed"))?;
+        tracing::info!(client = %client.id, "access token issued");
+        Ok(TokenResponse {
+            access_token: token,
+            token_type: "bearer".into(),
+            expires_in: self.lifetime,
+            scope,
+        })
+    }
+
+    /// Checks a bearer token and says who calls.
+    pub async fn authenticate(&self, token: &str) -> Result<Caller, AuthError> {
+        let mut v = Validation::new(Algorithm::HS256);
+        v.set_audience(&[&self.audience]);
+        v.set_issuer(&[&self.issuer]);
+        v.leeway = 5;
+        let claims = decode::<AccessClaims>(token, &DecodingKey::from_secret(&self.secret), &v)
+            .map_err(|_| AuthError::Invalid)?
+            .claims;
+        match self.client(&claims.sub).await {
+            Ok(Some(c)) if c.revoked.is_none() => {}
+            Ok(_) => return Err(AuthError::Revoked),
+            Err(_) => return Err(AuthError::Invalid),
+        }
+        Ok(Caller {
+            client_id: claims.sub,
+            organization: claims.org,
+            scopes: Scopes::parse(&claims.scope).map_err(|_| AuthError::Invalid)?,
+        })
+    }
+
+    pub fn missing(&self) -> AuthError {
+        AuthError::Missing(self.token_endpoint.clone())
+    }
+}
+
+/// The `iss` of a JWT, read before its signature can be checked (it names
+/// the client whose key checks it).
+fn unverified_issuer(jwt: &str) -> Option<String> {
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("iss")?.as_str().map(str::to_string)
+}

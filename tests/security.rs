@@ -1,0 +1,252 @@
+//! Authentication and scopes: who may call, and what they may do.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use base64::Engine;
+use common::{TestApp, bearer_client, json, register_client, token_endpoint};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+async fn ask_token(app: &TestApp, assertion: &str, scope: &str) -> reqwest::Response {
+    Client::new()
+        .post(token_endpoint(&app.base))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", assertion),
+            ("scope", scope),
+        ])
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A client assertion built with the JOSE library directly, as a client's
+/// own software would.
+fn assertion(client: &str, aud: &str, exp: u64, jti: &str, kid: &str, key: &EncodingKey, alg: Algorithm) -> String {
+    let mut h = Header::new(alg);
+    h.kid = Some(kid.to_string());
+    encode(
+        &h,
+        &json!({"iss": client, "sub": client, "aud": aud, "exp": exp, "jti": jti}),
+        key,
+    )
+    .unwrap()
+}
+
+async fn no_token_no_data(app: &TestApp) {
+    let r = app.anonymous.get(app.url("Patient")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+    assert_eq!(json(r).await["resourceType"], "OperationOutcome");
+    for bad in ["garbage", "a.b.c", "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."] {
+        let r = bearer_client(bad).get(app.url("Patient")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{bad}");
+    }
+    // A token signed by someone else than the gateway.
+    let forged = encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"iss": "x", "sub": "operator", "aud": app.base, "exp": now() + 60, "scope": "system/*.cruds"}),
+        &EncodingKey::from_secret(b"not the gateway's secret"),
+    )
+    .unwrap();
+    let r = bearer_client(&forged).get(app.url("Patient")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Discovery stays open.
+    let cfg = json(
+        app.anonymous
+            .get(app.url(".well-known/smart-configuration"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(cfg["token_endpoint"], token_endpoint(&app.base));
+    assert_eq!(
+        app.anonymous.get(app.url("metadata")).send().await.unwrap().status(),
+        200
+    );
+}
+
+async fn the_token_endpoint_refuses_bad_assertions(app: &TestApp) {
+    let c = register_client(
+        app.running(),
+        "mss-bouger",
+        Some("org-mss"),
+        "system/Task.cruds system/Patient.rs",
+    )
+    .await;
+    let key = EncodingKey::from_ec_pem(c.pem.as_bytes()).unwrap();
+    let aud = token_endpoint(&app.base);
+    let good = |jti: &str| assertion(&c.id, &aud, now() + 60, jti, &c.kid, &key, Algorithm::ES384);
+    // Written with the JOSE library, not our code: works end to end.
+    let r = ask_token(app, &good("j-1"), "system/Task.cruds").await;
+    assert_eq!(r.status(), 200);
+    let t: Value = r.json().await.unwrap();
+    assert_eq!(t["token_type"], "bearer");
+    assert_eq!(t["scope"], "system/Task.cruds");
+    let tasks = bearer_client(t["access_token"].as_str().unwrap())
+        .get(app.url("Task"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tasks.status(), 200);
+    // The same assertion again: a replay.
+    assert_eq!(ask_token(app, &good("j-1"), "system/Task.cruds").await.status(), 401);
+    // Expired, too far in the future, wrong audience.
+    let expired = assertion(&c.id, &aud, now() - 120, "j-2", &c.kid, &key, Algorithm::ES384);
+    assert_eq!(ask_token(app, &expired, "system/Task.rs").await.status(), 401);
+    let too_long = assertion(&c.id, &aud, now() + 3600, "j-3", &c.kid, &key, Algorithm::ES384);
+    assert_eq!(ask_token(app, &too_long, "system/Task.rs").await.status(), 401);
+    let elsewhere = assertion(
+        &c.id,
+        "https://other.example/token",
+        now() + 60,
+        "j-4",
+        &c.kid,
+        &key,
+        Algorithm::ES384,
+    );
+    assert_eq!(ask_token(app, &elsewhere, "system/Task.rs").await.status(), 401);
+    // Signed with another key than the registered one.
+    let (other_pem, _) = apa_gateway::security::keys::generate_es384("x").unwrap();
+    let other = EncodingKey::from_ec_pem(other_pem.as_bytes()).unwrap();
+    let wrong_key = assertion(&c.id, &aud, now() + 60, "j-5", &c.kid, &other, Algorithm::ES384);
+    assert_eq!(ask_token(app, &wrong_key, "system/Task.rs").await.status(), 401);
+    // alg none, and HS256 with a guessable secret.
+    let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let none = format!(
+        "{}.{}.",
+        b64(json!({"alg": "none", "kid": c.kid})),
+        b64(json!({"iss": c.id, "sub": c.id, "aud": aud, "exp": now() + 60, "jti": "j-6"}))
+    );
+    assert_eq!(ask_token(app, &none, "system/Task.rs").await.status(), 401);
+    let hs = assertion(
+        &c.id,
+        &aud,
+        now() + 60,
+        "j-7",
+        &c.kid,
+        &EncodingKey::from_secret(b"k"),
+        Algorithm::HS256,
+    );
+    assert_eq!(ask_token(app, &hs, "system/Task.rs").await.status(), 401);
+    // Scopes beyond the registration are not granted.
+    let r = ask_token(app, &good("j-8"), "system/Observation.rs").await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(json(r).await["error"], "invalid_scope");
+    // A revoked client gets no token.
+    app.running().store.revoke_client(&c.id, 1).await.unwrap();
+    assert_eq!(ask_token(app, &good("j-9"), "system/Task.rs").await.status(), 401);
+}
+
+async fn an_rs384_client_gets_a_token(app: &TestApp) {
+    let pem = include_str!("../fixtures/keys/test-client-rsa.pem");
+    let jwks = apa_gateway::security::keys::public_jwks(pem, "rsa-1").unwrap();
+    app.running()
+        .store
+        .save_client(apa_gateway::store::ClientRecord {
+            id: "gp-software".into(),
+            name: "GP software".into(),
+            organization: Some("org-gp".into()),
+            scope: "system/ServiceRequest.cruds".into(),
+            jwks: Some(jwks),
+            jwks_url: None,
+            created: 0,
+            revoked: None,
+        })
+        .await
+        .unwrap();
+    let key = EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
+    let a = assertion(
+        "gp-software",
+        &token_endpoint(&app.base),
+        now() + 60,
+        "r-1",
+        "rsa-1",
+        &key,
+        Algorithm::RS384,
+    );
+    assert_eq!(ask_token(app, &a, "system/ServiceRequest.cruds").await.status(), 200);
+}
+
+async fn scopes_limit_what_a_client_does(app: &TestApp) {
+    // The operator client (all scopes) prepares data.
+    let pid = app.create(&json!({"resourceType": "Patient", "active": true})).await;
+    app.create(&json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{pid}")}}))
+        .await;
+    let reader = register_client(app.running(), "reader", None, "system/Patient.rs").await;
+    let c = bearer_client(&reader.token);
+    assert_eq!(
+        c.get(app.url(&format!("Patient/{pid}"))).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        c.get(app.url("Patient?active=true")).send().await.unwrap().status(),
+        200
+    );
+    let forbidden = [
+        c.get(app.url("Observation")).send().await.unwrap(),
+        c.post(app.url("Patient"))
+            .header("content-type", "application/fhir+json")
+            .body(json!({"resourceType": "Patient"}).to_string())
+            .send()
+            .await
+            .unwrap(),
+        c.delete(app.url(&format!("Patient/{pid}"))).send().await.unwrap(),
+        c.get(app.url("_history")).send().await.unwrap(),
+        c.get(app.url("Patient?_has:Observation:subject:status=final"))
+            .send()
+            .await
+            .unwrap(),
+    ];
+    for r in forbidden {
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert_eq!(json(r).await["issue"][0]["code"], "forbidden");
+    }
+    // A transaction with an entry outside the scopes is refused whole.
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}, "request": {"method": "POST", "url": "Observation"}}
+    ]});
+    let r = c
+        .post(app.url(""))
+        .header("content-type", "application/fhir+json")
+        .body(tx.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // Included resources of a type it may not read are left out.
+    let b = json(
+        c.get(app.url(&format!("Patient?_id={pid}&_revinclude=Observation:subject")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let types: Vec<&str> = b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["resourceType"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["Patient"]);
+}
+
+on_both_backends!(unauthenticated_requests_are_refused, no_token_no_data);
+on_both_backends!(token_endpoint_refusals, the_token_endpoint_refuses_bad_assertions);
+on_both_backends!(rs384_client_assertions, an_rs384_client_gets_a_token);
+on_both_backends!(scopes_are_enforced, scopes_limit_what_a_client_does);
