@@ -46,6 +46,8 @@ async fn a_created_resource_reads_back_byte_for_byte(app: &TestApp) {
     let read = app.get(&format!("Observation/{id}")).await;
     assert_eq!(read.status(), 200);
     assert_eq!(read.headers()["content-type"], "application/fhir+json; charset=utf-8");
+    assert_eq!(read.headers()["cache-control"], "no-store", "health data is not cached");
+    assert_eq!(read.headers()["x-content-type-options"], "nosniff");
     assert_eq!(
         read.text().await.unwrap(),
         created,

@@ -13,10 +13,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware;
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::security::auth::Auth;
@@ -76,5 +78,17 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
             limits.request_timeout,
         ))
         .layer(CatchPanicLayer::custom(handlers::panic_response))
+        // Responses carry health data: never cached, sniffed or framed.
+        .layer(response_header(header::CACHE_CONTROL, "no-store"))
+        .layer(response_header(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .layer(response_header(header::X_FRAME_OPTIONS, "DENY"))
+        .layer(response_header(
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; frame-ancestors 'none'",
+        ))
         .with_state(state)
+}
+
+fn response_header(name: HeaderName, value: &'static str) -> SetResponseHeaderLayer<HeaderValue> {
+    SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value))
 }

@@ -248,3 +248,127 @@ pub async fn fetch_bytes(conn: &mut Conn<'_>, frag: &Frag) -> Result<Option<Vec<
     })?;
     Ok(rows)
 }
+
+/// Rows given column by column, for bulk inserts.
+#[derive(Debug, Clone)]
+pub enum Col {
+    I64(Vec<i64>),
+    F64(Vec<f64>),
+    Text(Vec<String>),
+    Blob(Vec<Option<Bytes>>),
+}
+
+impl Col {
+    fn len(&self) -> usize {
+        match self {
+            Col::I64(v) => v.len(),
+            Col::F64(v) => v.len(),
+            Col::Text(v) => v.len(),
+            Col::Blob(v) => v.len(),
+        }
+    }
+
+    fn pg_type(&self) -> &'static str {
+        match self {
+            Col::I64(_) => "bigint[]",
+            Col::F64(_) => "float8[]",
+            Col::Text(_) => "text[]",
+            Col::Blob(_) => "bytea[]",
+        }
+    }
+
+    fn bind_at(&self, i: usize) -> Bind {
+        match self {
+            Col::I64(v) => Bind::I64(v[i]),
+            Col::F64(v) => Bind::F64(v[i]),
+            Col::Text(v) => Bind::Text(v[i].clone()),
+            Col::Blob(v) => v[i].clone().map_or(Bind::Null, Bind::Bytes),
+        }
+    }
+}
+
+/// Rows per multi-row INSERT on SQLite: well under its 32,766 parameters.
+const CHUNK_ROWS: usize = 400;
+
+/// `INSERT INTO <into> … <suffix>` of rows given as columns. On PostgreSQL
+/// one `SELECT * FROM UNNEST($1::bigint[], …)`: the statement text is the
+/// same whatever the number of rows, so it is parsed and planned once per
+/// connection. On SQLite, multi-row VALUES (preparing is cheap there).
+/// `returning` rows are `(i64, text, text)`.
+pub async fn insert_columns(
+    conn: &mut Conn<'_>,
+    into: &str,
+    cols: &[Col],
+    suffix: &str,
+) -> Result<Vec<(i64, String, String)>, StoreError> {
+    let rows = cols.first().map_or(0, Col::len);
+    if rows == 0 {
+        return Ok(Vec::new());
+    }
+    let returning = suffix.contains("RETURNING");
+    match conn {
+        Conn::Pg(c) => {
+            let args: Vec<String> = cols
+                .iter()
+                .enumerate()
+                .map(|(i, col)| format!("${}::{}", i + 1, col.pg_type()))
+                .collect();
+            let sql = format!("INSERT INTO {into} SELECT * FROM UNNEST({}) {suffix}", args.join(", "));
+            let mut q = sqlx::query::<sqlx::Postgres>(sqlx::AssertSqlSafe(sql));
+            for col in cols {
+                q = match col {
+                    Col::I64(v) => q.bind(v.as_slice()),
+                    Col::F64(v) => q.bind(v.as_slice()),
+                    Col::Text(v) => q.bind(v.as_slice()),
+                    Col::Blob(v) => q.bind(
+                        v.iter()
+                            .map(|b| b.as_ref().map(|b| b.to_vec()))
+                            .collect::<Vec<Option<Vec<u8>>>>(),
+                    ),
+                };
+            }
+            if returning {
+                let out = q.fetch_all(&mut **c).await?;
+                Ok(out
+                    .iter()
+                    .map(|r| {
+                        Ok((
+                            r.try_get::<i64, _>(0)?,
+                            r.try_get::<String, _>(1)?,
+                            r.try_get::<String, _>(2)?,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?)
+            } else {
+                q.execute(&mut **c).await?;
+                Ok(Vec::new())
+            }
+        }
+        Conn::Sqlite(_) => {
+            let mut out = Vec::new();
+            let mut start = 0;
+            while start < rows {
+                let end = (start + CHUNK_ROWS).min(rows);
+                let mut f = Frag::new(format!("INSERT INTO {into} VALUES "));
+                for i in start..end {
+                    f.push(if i == start { "(" } else { ", (" });
+                    for (j, col) in cols.iter().enumerate() {
+                        if j > 0 {
+                            f.push(", ");
+                        }
+                        f.bind(col.bind_at(i));
+                    }
+                    f.push(")");
+                }
+                f.push(" ").push(suffix);
+                if returning {
+                    out.extend(fetch_i64_text_text(conn, &f).await?);
+                } else {
+                    execute(conn, &f).await?;
+                }
+                start = end;
+            }
+            Ok(out)
+        }
+    }
+}

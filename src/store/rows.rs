@@ -5,7 +5,9 @@ use std::collections::{HashMap, HashSet};
 
 use crate::fhir::search::model::{Include, IndexValue, PageStart, SearchRequest};
 
-use super::exec::{Bind, Conn, Frag, execute, fetch_i64, fetch_i64_text_text, fetch_i64x3, fetch_versions};
+use super::exec::{
+    Bind, Col, Conn, Frag, execute, fetch_i64, fetch_i64_text_text, fetch_i64x3, fetch_versions, insert_columns,
+};
 use super::keys::{hash, hash_opt, identifier_key, normalize, param_key};
 use super::sql::Builder;
 use super::{Current, MAX_INCLUDED, Method, SearchPage, StoreError, Version, Write, wants_total};
@@ -342,43 +344,35 @@ pub async fn search_keys(
         .collect())
 }
 
-/// Rows per multi-row INSERT: well under SQLite's 32,766 parameters.
-const CHUNK: usize = 400;
-
 /// Stores versions and replaces the index rows of the resources written.
 pub async fn put_all(c: &mut Conn<'_>, writes: Vec<Write>) -> Result<(), StoreError> {
     if writes.is_empty() {
         return Ok(());
     }
-    let mut pks: Vec<i64> = Vec::with_capacity(writes.len());
+    let deleted = |w: &Write| i64::from(w.method == Method::Delete);
     // New resources first, to learn their pks.
     let new: Vec<&Write> = writes.iter().filter(|w| w.pk.is_none()).collect();
-    let mut assigned: HashMap<(&str, &str), i64> = HashMap::new();
-    for chunk in new.chunks(CHUNK) {
-        let mut f = Frag::new("INSERT INTO resource (rtype, id, version, updated, deleted) VALUES ");
-        for (i, w) in chunk.iter().enumerate() {
-            if i > 0 {
-                f.push(", ");
-            }
-            f.push("(")
-                .bind(Bind::Text(w.resource_type.clone()))
-                .push(", ")
-                .bind(Bind::Text(w.id.clone()))
-                .push(", ")
-                .bind(Bind::I64(w.version))
-                .push(", ")
-                .bind(Bind::I64(w.updated))
-                .push(", ")
-                .bind(Bind::I64((w.method == Method::Delete) as i64))
-                .push(")");
-        }
-        f.push(" RETURNING pk, rtype, id");
-        for (pk, t, id) in fetch_i64_text_text(c, &f).await? {
-            if let Some(w) = chunk.iter().find(|w| w.resource_type == t && w.id == id) {
-                assigned.insert((w.resource_type.as_str(), w.id.as_str()), pk);
-            }
+    let mut assigned: HashMap<(String, String), i64> = HashMap::with_capacity(new.len());
+    if !new.is_empty() {
+        let cols = [
+            Col::Text(new.iter().map(|w| w.resource_type.clone()).collect()),
+            Col::Text(new.iter().map(|w| w.id.clone()).collect()),
+            Col::I64(new.iter().map(|w| w.version).collect()),
+            Col::I64(new.iter().map(|w| w.updated).collect()),
+            Col::I64(new.iter().map(|w| deleted(w)).collect()),
+        ];
+        let rows = insert_columns(
+            c,
+            "resource (rtype, id, version, updated, deleted)",
+            &cols,
+            "RETURNING pk, rtype, id",
+        )
+        .await?;
+        for (pk, t, id) in rows {
+            assigned.insert((t, id), pk);
         }
     }
+    let mut pks: Vec<i64> = Vec::with_capacity(writes.len());
     let mut existing: Vec<i64> = Vec::new();
     for w in &writes {
         let pk = match w.pk {
@@ -388,7 +382,7 @@ pub async fn put_all(c: &mut Conn<'_>, writes: Vec<Write>) -> Result<(), StoreEr
                     .push(", updated = ")
                     .bind(Bind::I64(w.updated))
                     .push(", deleted = ")
-                    .bind(Bind::I64((w.method == Method::Delete) as i64))
+                    .bind(Bind::I64(deleted(w)))
                     .push(" WHERE pk = ")
                     .bind(Bind::I64(pk));
                 execute(c, &f).await?;
@@ -396,36 +390,26 @@ pub async fn put_all(c: &mut Conn<'_>, writes: Vec<Write>) -> Result<(), StoreEr
                 pk
             }
             None => *assigned
-                .get(&(w.resource_type.as_str(), w.id.as_str()))
+                .get(&(w.resource_type.clone(), w.id.clone()))
                 .ok_or_else(|| StoreError::Unsupported("resource row was not created".into()))?,
         };
         pks.push(pk);
     }
-    for chunk in writes.iter().zip(&pks).collect::<Vec<_>>().chunks(CHUNK) {
-        let mut f = Frag::new("INSERT INTO resource_version (pk, version, rtype, updated, method, body) VALUES ");
-        for (i, (w, pk)) in chunk.iter().enumerate() {
-            if i > 0 {
-                f.push(", ");
-            }
-            f.push("(")
-                .bind(Bind::I64(**pk))
-                .push(", ")
-                .bind(Bind::I64(w.version))
-                .push(", ")
-                .bind(Bind::Text(w.resource_type.clone()))
-                .push(", ")
-                .bind(Bind::I64(w.updated))
-                .push(", ")
-                .bind(Bind::I64(w.method as i64))
-                .push(", ")
-                .bind(match &w.body {
-                    Some(b) => Bind::Bytes(b.clone()),
-                    None => Bind::Null,
-                })
-                .push(")");
-        }
-        execute(c, &f).await?;
-    }
+    let versions = [
+        Col::I64(pks.clone()),
+        Col::I64(writes.iter().map(|w| w.version).collect()),
+        Col::Text(writes.iter().map(|w| w.resource_type.clone()).collect()),
+        Col::I64(writes.iter().map(|w| w.updated).collect()),
+        Col::I64(writes.iter().map(|w| w.method as i64).collect()),
+        Col::Blob(writes.iter().map(|w| w.body.clone()).collect()),
+    ];
+    insert_columns(
+        c,
+        "resource_version (pk, version, rtype, updated, method, body)",
+        &versions,
+        "",
+    )
+    .await?;
     if !existing.is_empty() {
         for tbl in INDEX_TABLES {
             let mut f = Frag::new(format!("DELETE FROM {tbl} WHERE pk IN ("));
@@ -453,103 +437,156 @@ const INDEX_TABLES: [&str; 7] = [
     "idx_uri",
 ];
 
-/// Index rows of one write, grouped by table for multi-row inserts.
+/// The index rows of a group of writes, column by column, per table.
 #[derive(Default)]
 struct IndexRows {
-    token: Vec<[Bind; 4]>,
-    string: Vec<[Bind; 4]>,
-    date: Vec<[Bind; 4]>,
-    number: Vec<[Bind; 3]>,
-    quantity: Vec<[Bind; 5]>,
-    reference: Vec<[Bind; 4]>,
-    uri: Vec<[Bind; 3]>,
+    token: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>),
+    string: (Vec<i64>, Vec<String>, Vec<i64>, Vec<String>),
+    date: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>),
+    number: (Vec<i64>, Vec<f64>, Vec<i64>),
+    quantity: (Vec<i64>, Vec<f64>, Vec<i64>, Vec<i64>, Vec<i64>),
+    reference: (Vec<i64>, Vec<String>, Vec<String>, Vec<i64>),
+    uri: (Vec<i64>, Vec<String>, Vec<i64>),
 }
 
 impl IndexRows {
+    fn token(&mut self, key: i64, code: i64, pk: i64, sys: i64) {
+        let t = &mut self.token;
+        t.0.push(key);
+        t.1.push(code);
+        t.2.push(pk);
+        t.3.push(sys);
+    }
+
     fn add(&mut self, rtype: &str, code: &str, value: &IndexValue, pk: i64) {
         let key = param_key(rtype, code);
         match value {
-            IndexValue::Token { system, code: c } => self.token.push([
-                Bind::I64(key),
-                Bind::I64(hash_opt(c.as_deref())),
-                Bind::I64(pk),
-                Bind::I64(hash_opt(system.as_deref())),
-            ]),
-            IndexValue::String(s) => self.string.push([
-                Bind::I64(key),
-                Bind::Text(normalize(s)),
-                Bind::I64(pk),
-                Bind::Text(s.clone()),
-            ]),
-            IndexValue::Date(r) => self
-                .date
-                .push([Bind::I64(key), Bind::I64(r.lo), Bind::I64(r.hi), Bind::I64(pk)]),
-            IndexValue::Number(n) => self.number.push([Bind::I64(key), Bind::F64(*n), Bind::I64(pk)]),
+            IndexValue::Token { system, code: c } => {
+                self.token(key, hash_opt(c.as_deref()), pk, hash_opt(system.as_deref()));
+            }
+            IndexValue::String(s) => {
+                let t = &mut self.string;
+                t.0.push(key);
+                t.1.push(normalize(s));
+                t.2.push(pk);
+                t.3.push(s.clone());
+            }
+            IndexValue::Date(r) => {
+                let t = &mut self.date;
+                t.0.push(key);
+                t.1.push(r.lo);
+                t.2.push(r.hi);
+                t.3.push(pk);
+            }
+            IndexValue::Number(n) => {
+                let t = &mut self.number;
+                t.0.push(key);
+                t.1.push(*n);
+                t.2.push(pk);
+            }
             IndexValue::Quantity {
                 value,
                 system,
                 code: c,
                 unit,
-            } => self.quantity.push([
-                Bind::I64(key),
-                Bind::F64(*value),
-                Bind::I64(pk),
-                Bind::I64(hash_opt(c.as_deref().or(unit.as_deref()))),
-                Bind::I64(hash_opt(system.as_deref())),
-            ]),
+            } => {
+                let t = &mut self.quantity;
+                t.0.push(key);
+                t.1.push(*value);
+                t.2.push(pk);
+                t.3.push(hash_opt(c.as_deref().or(unit.as_deref())));
+                t.4.push(hash_opt(system.as_deref()));
+            }
             IndexValue::Reference {
                 rtype: t,
                 id,
                 identifier,
             } => {
                 if let Some(id) = id {
-                    self.reference.push([
-                        Bind::I64(key),
-                        Bind::Text(t.clone().unwrap_or_default()),
-                        Bind::Text(id.clone()),
-                        Bind::I64(pk),
-                    ]);
+                    let r = &mut self.reference;
+                    r.0.push(key);
+                    r.1.push(t.clone().unwrap_or_default());
+                    r.2.push(id.clone());
+                    r.3.push(pk);
                 }
                 if let Some((sys, val)) = identifier {
-                    self.token.push([
-                        Bind::I64(identifier_key(rtype, code)),
-                        Bind::I64(hash(val)),
-                        Bind::I64(pk),
-                        Bind::I64(hash_opt(sys.as_deref())),
-                    ]);
+                    self.token(identifier_key(rtype, code), hash(val), pk, hash_opt(sys.as_deref()));
                 }
             }
-            IndexValue::Uri(u) => self.uri.push([Bind::I64(key), Bind::Text(u.clone()), Bind::I64(pk)]),
+            IndexValue::Uri(u) => {
+                let t = &mut self.uri;
+                t.0.push(key);
+                t.1.push(u.clone());
+                t.2.push(pk);
+            }
         }
     }
 
     async fn insert(self, c: &mut Conn<'_>) -> Result<(), StoreError> {
-        insert_rows(c, "idx_token (param, code, pk, sys)", self.token).await?;
-        insert_rows(c, "idx_string (param, norm, pk, exact)", self.string).await?;
-        insert_rows(c, "idx_date (param, lo, hi, pk)", self.date).await?;
-        insert_rows(c, "idx_number (param, value, pk)", self.number).await?;
-        insert_rows(c, "idx_quantity (param, value, pk, code, sys)", self.quantity).await?;
-        insert_rows(c, "idx_reference (param, ttype, tid, pk)", self.reference).await?;
-        insert_rows(c, "idx_uri (param, value, pk)", self.uri).await
-    }
-}
-
-async fn insert_rows<const N: usize>(c: &mut Conn<'_>, into: &str, rows: Vec<[Bind; N]>) -> Result<(), StoreError> {
-    for chunk in rows.chunks(CHUNK) {
-        let mut f = Frag::new(format!("INSERT INTO {into} VALUES "));
-        for (i, row) in chunk.iter().enumerate() {
-            f.push(if i == 0 { "(" } else { ", (" });
-            for (j, b) in row.iter().enumerate() {
-                if j > 0 {
-                    f.push(", ");
-                }
-                f.bind(b.clone());
-            }
-            f.push(")");
-        }
         // The same value twice in one resource (two identical codings) is one row.
-        f.push(" ON CONFLICT DO NOTHING");
-        execute(c, &f).await?;
+        const DEDUP: &str = "ON CONFLICT DO NOTHING";
+        let t = self.token;
+        insert_columns(
+            c,
+            "idx_token (param, code, pk, sys)",
+            &[Col::I64(t.0), Col::I64(t.1), Col::I64(t.2), Col::I64(t.3)],
+            DEDUP,
+        )
+        .await?;
+        let t = self.string;
+        insert_columns(
+            c,
+            "idx_string (param, norm, pk, exact)",
+            &[Col::I64(t.0), Col::Text(t.1), Col::I64(t.2), Col::Text(t.3)],
+            DEDUP,
+        )
+        .await?;
+        let t = self.date;
+        insert_columns(
+            c,
+            "idx_date (param, lo, hi, pk)",
+            &[Col::I64(t.0), Col::I64(t.1), Col::I64(t.2), Col::I64(t.3)],
+            DEDUP,
+        )
+        .await?;
+        let t = self.number;
+        insert_columns(
+            c,
+            "idx_number (param, value, pk)",
+            &[Col::I64(t.0), Col::F64(t.1), Col::I64(t.2)],
+            DEDUP,
+        )
+        .await?;
+        let t = self.quantity;
+        insert_columns(
+            c,
+            "idx_quantity (param, value, pk, code, sys)",
+            &[
+                Col::I64(t.0),
+                Col::F64(t.1),
+                Col::I64(t.2),
+                Col::I64(t.3),
+                Col::I64(t.4),
+            ],
+            DEDUP,
+        )
+        .await?;
+        let t = self.reference;
+        insert_columns(
+            c,
+            "idx_reference (param, ttype, tid, pk)",
+            &[Col::I64(t.0), Col::Text(t.1), Col::Text(t.2), Col::I64(t.3)],
+            DEDUP,
+        )
+        .await?;
+        let t = self.uri;
+        insert_columns(
+            c,
+            "idx_uri (param, value, pk)",
+            &[Col::I64(t.0), Col::Text(t.1), Col::I64(t.2)],
+            DEDUP,
+        )
+        .await?;
+        Ok(())
     }
-    Ok(())
 }
