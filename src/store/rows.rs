@@ -437,16 +437,21 @@ const INDEX_TABLES: [&str; 7] = [
     "idx_uri",
 ];
 
-/// The index rows of a group of writes, column by column, per table.
+type Ints = Vec<i64>;
+type Floats = Vec<f64>;
+type Texts = Vec<String>;
+
+/// The index rows of a group of writes, column by column, per table (in
+/// the order of the table's columns).
 #[derive(Default)]
 struct IndexRows {
-    token: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>),
-    string: (Vec<i64>, Vec<String>, Vec<i64>, Vec<String>),
-    date: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>),
-    number: (Vec<i64>, Vec<f64>, Vec<i64>),
-    quantity: (Vec<i64>, Vec<f64>, Vec<i64>, Vec<i64>, Vec<i64>),
-    reference: (Vec<i64>, Vec<String>, Vec<String>, Vec<i64>),
-    uri: (Vec<i64>, Vec<String>, Vec<i64>),
+    token: (Ints, Ints, Ints, Ints),
+    string: (Ints, Texts, Ints, Texts),
+    date: (Ints, Ints, Ints, Ints),
+    number: (Ints, Floats, Ints),
+    quantity: (Ints, Floats, Ints, Ints, Ints),
+    reference: (Ints, Texts, Texts, Ints),
+    uri: (Ints, Texts, Ints),
 }
 
 impl IndexRows {
