@@ -139,7 +139,7 @@ impl From<StoreError> for FhirError {
         match &e {
             StoreError::Unsupported(m) => FhirError::not_supported(400, m.clone()),
             StoreError::Conflict => FhirError::conflict(e.to_string()),
-            StoreError::WriterGone => FhirError::new(
+            StoreError::WriterGone | StoreError::Commit(_) => FhirError::new(
                 503,
                 "transient",
                 "the gateway is shutting down or its database is unavailable; retry",

@@ -33,8 +33,11 @@ pub enum StoreError {
     Conflict,
     #[error("{0}")]
     Unsupported(String),
-    #[error("the storage writer has stopped")]
+    #[error("the write was not made (the gateway is stopping or its database is unavailable)")]
     WriterGone,
+    /// The group commit failed: none of its writes was made.
+    #[error("the database transaction failed: {0}")]
+    Commit(String),
     #[error("invalid database URL: {0}")]
     Config(String),
 }

@@ -14,6 +14,9 @@
 //! SAVEPOINT (opened after the earlier jobs' rows are sent), so a failing job
 //! is rolled back alone: its unsent rows are dropped, its sent ones undone.
 
+use std::panic::AssertUnwindSafe;
+
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres, Sqlite, SqlitePool};
@@ -215,8 +218,10 @@ async fn run(pool: WPool, mut rx: mpsc::Receiver<Job>) {
                 in_savepoint: false,
             },
             Err(e) => {
+                // Dropping the jobs drops their reply senders: each caller
+                // hears that its write was not made (503, retry).
                 tracing::error!(error = %e, "writer cannot reach the database");
-                fail_all(batch, &e.to_string()).await;
+                drop(batch);
                 continue;
             }
         };
@@ -241,9 +246,7 @@ async fn run(pool: WPool, mut rx: mpsc::Receiver<Job>) {
                 }
                 let msg = e.to_string();
                 for d in dones {
-                    (d.deliver)(Some(StoreError::Unsupported(format!(
-                        "the write could not be committed: {msg}"
-                    ))));
+                    (d.deliver)(Some(StoreError::Commit(msg.clone())));
                 }
             }
         }
@@ -259,16 +262,26 @@ async fn commit_batch(wtx: &mut WriteTx, batch: Vec<Job>) -> Result<Vec<Done>, B
     };
     let mut dones = Vec::with_capacity(batch.len());
     if let Err(e) = wtx.run(begin).await {
-        return Err((fail_jobs(batch, wtx).await, e));
+        return Err((dones, e));
     }
-    let mut jobs = batch.into_iter();
-    while let Some(job) = jobs.next() {
+    for job in batch {
         wtx.begin_job();
-        let done = job(wtx).await;
+        // A job that panics fails alone; the writer, which every write of
+        // the gateway needs, goes on.
+        let done = match AssertUnwindSafe(job(wtx)).catch_unwind().await {
+            Ok(done) => done,
+            Err(_) => {
+                tracing::error!("a write job panicked; it was rolled back");
+                Done {
+                    ok: false,
+                    deliver: Box::new(|_| {}),
+                }
+            }
+        };
         let closing = wtx.end_job(done.ok).await;
         dones.push(done);
+        // Jobs not run yet are dropped on return: their callers get 503.
         if let Err(e) = closing {
-            dones.extend(fail_jobs(jobs.collect(), wtx).await);
             return Err((dones, e));
         }
     }
@@ -280,23 +293,4 @@ async fn commit_batch(wtx: &mut WriteTx, batch: Vec<Job>) -> Result<Vec<Done>, B
         Ok(()) => Ok(dones),
         Err(e) => Err((dones, e)),
     }
-}
-
-/// Jobs that cannot run are still answered: they are turned into `Done`s
-/// whose delivery reports the failure (their closures never run).
-async fn fail_jobs(jobs: Vec<Job>, _wtx: &mut WriteTx) -> Vec<Done> {
-    jobs.into_iter()
-        .map(|job| {
-            drop(job);
-            Done {
-                ok: false,
-                deliver: Box::new(|_| {}),
-            }
-        })
-        .collect()
-}
-
-async fn fail_all(jobs: Vec<Job>, _why: &str) {
-    // Dropping a job drops its reply sender: the caller gets WriterGone.
-    drop(jobs);
 }
