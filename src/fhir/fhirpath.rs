@@ -54,7 +54,12 @@ static FALSE: Value = Value::Bool(false);
 impl Expr {
     pub fn parse(src: &str) -> Result<Expr, FhirPathError> {
         let toks = lex(src)?;
-        let mut p = Parser { src, toks, i: 0 };
+        let mut p = Parser {
+            src,
+            toks,
+            i: 0,
+            depth: 0,
+        };
         let ast = p.expr(0)?;
         if let Some(&(ref t, pos)) = p.toks.get(p.i) {
             return Err(p.syntax(pos, format!("unexpected {t:?}")));
@@ -136,7 +141,8 @@ fn literal_reference_type(r: &str) -> Option<&str> {
     if t == "_history" {
         t = segs.nth(1)?;
     }
-    let looks_like_type = t.starts_with(|c: char| c.is_ascii_uppercase()) && t.bytes().all(|b| b.is_ascii_alphanumeric());
+    let looks_like_type =
+        t.starts_with(|c: char| c.is_ascii_uppercase()) && t.bytes().all(|b| b.is_ascii_alphanumeric());
     looks_like_type.then_some(t)
 }
 
@@ -187,8 +193,6 @@ enum Step {
 #[derive(Debug, Clone)]
 struct Name {
     name: Box<str>,
-    /// `_name`, where a primitive keeps its id and extensions.
-    underscore: Box<str>,
     /// Starts with an upper-case letter: a type name (`Patient.name`), which
     /// selects the input when it is a resource of that type.
     type_like: bool,
@@ -244,7 +248,10 @@ enum Lit {
     Str(Box<str>),
     /// `@2024-03-05`: compared as text.
     Date(Box<str>),
-    Num { value: f64, integer: bool },
+    Num {
+        value: f64,
+        integer: bool,
+    },
     Bool(bool),
 }
 
@@ -259,24 +266,44 @@ struct TypeSpec {
 /// The resource type a branch is rooted at (`Observation` in
 /// `Observation.subject.where(…)`), when it has one.
 fn root_type(ast: &Ast) -> Option<&str> {
+    match rooting(ast) {
+        Rooting::Type(t) => Some(t),
+        Rooting::Free | Rooting::Unrooted => None,
+    }
+}
+
+enum Rooting<'e> {
+    /// Every path starts with this type name.
+    Type(&'e str),
+    /// No path at all (literals).
+    Free,
+    /// Some path starts elsewhere (`name | alias`, `%resource.x`).
+    Unrooted,
+}
+
+fn rooting(ast: &Ast) -> Rooting<'_> {
     match ast {
+        Ast::Empty | Ast::Lit(_) => Rooting::Free,
         Ast::Path {
             head: Head::Focus,
             steps,
         } => match steps.first() {
-            Some(Step::Child(n)) if n.type_like => Some(&n.name),
-            _ => None,
+            Some(Step::Child(n)) if n.type_like => Rooting::Type(&n.name),
+            _ => Rooting::Unrooted,
         },
         Ast::Path {
             head: Head::Expr(e), ..
         }
         | Ast::Is(e, _)
-        | Ast::As(e, _) => root_type(e),
+        | Ast::As(e, _) => rooting(e),
+        Ast::Path { head: Head::Root, .. } | Ast::Union(_) => Rooting::Unrooted,
         Ast::Logic(_, l, r) | Ast::Compare(_, l, r) | Ast::In(l, r) | Ast::Equality { l, r, .. } => {
-            let t = root_type(l)?;
-            (root_type(r) == Some(t)).then_some(t)
+            match (rooting(l), rooting(r)) {
+                (Rooting::Free, x) | (x, Rooting::Free) => x,
+                (Rooting::Type(a), Rooting::Type(b)) if a == b => Rooting::Type(a),
+                _ => Rooting::Unrooted,
+            }
         }
-        _ => None,
     }
 }
 
@@ -336,7 +363,10 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, FhirPathError> {
             continue;
         }
         if src[i..].starts_with("/*") {
-            i = src[i + 2..].find("*/").map(|n| i + 2 + n + 2).ok_or_else(|| err(i, "unclosed comment"))?;
+            i = src[i + 2..]
+                .find("*/")
+                .map(|n| i + 2 + n + 2)
+                .ok_or_else(|| err(i, "unclosed comment"))?;
             continue;
         }
         let tok = if c.is_ascii_alphabetic() || c == b'_' {
@@ -356,7 +386,11 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, FhirPathError> {
         } else if c == b'\'' || c == b'`' {
             let (text, end) = quoted(src, i).ok_or_else(|| err(i, "unclosed quote"))?;
             i = end;
-            if c == b'\'' { Tok::Str(text) } else { Tok::Delimited(text) }
+            if c == b'\'' {
+                Tok::Str(text)
+            } else {
+                Tok::Delimited(text)
+            }
         } else if c == b'@' {
             i += 1;
             while i < b.len() && (b[i].is_ascii_alphanumeric() || matches!(b[i], b'-' | b':' | b'.' | b'+')) {
@@ -433,7 +467,12 @@ struct Parser<'s> {
     src: &'s str,
     toks: Vec<(Tok, usize)>,
     i: usize,
+    /// Nesting, bounded so that a hostile custom expression cannot
+    /// exhaust the stack here or in evaluation.
+    depth: u32,
 }
+
+const MAX_DEPTH: u32 = 64;
 
 #[derive(Clone, Copy)]
 enum BinOp {
@@ -558,6 +597,16 @@ impl Parser<'_> {
     }
 
     fn expr(&mut self, min_prec: u8) -> Result<Ast, FhirPathError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(self.unsupported(format!("nesting deeper than {MAX_DEPTH}")));
+        }
+        let ast = self.binary(min_prec);
+        self.depth -= 1;
+        ast
+    }
+
+    fn binary(&mut self, min_prec: u8) -> Result<Ast, FhirPathError> {
         let mut lhs = self.unary()?;
         while let Some((op, prec)) = self.peek_binop()? {
             if prec < min_prec {
@@ -567,7 +616,11 @@ impl Parser<'_> {
             let op = match op {
                 Infix::Type(is) => {
                     let t = self.type_spec()?;
-                    lhs = if is { Ast::Is(Box::new(lhs), t) } else { Ast::As(Box::new(lhs), t) };
+                    lhs = if is {
+                        Ast::Is(Box::new(lhs), t)
+                    } else {
+                        Ast::As(Box::new(lhs), t)
+                    };
                     continue;
                 }
                 Infix::Bin(op) => op,
@@ -617,17 +670,17 @@ impl Parser<'_> {
         let pos = self.pos();
         let (head, mut steps) = match self.next() {
             Some(Tok::Num(n)) => {
-                if matches!(self.peek(), Some(Tok::Str(_) | Tok::Ident(_))) && !matches!(self.peek_binop(), Ok(Some(_))) {
+                if matches!(self.peek(), Some(Tok::Str(_) | Tok::Ident(_))) && !matches!(self.peek_binop(), Ok(Some(_)))
+                {
                     return Err(self.unsupported("quantity literals"));
                 }
                 (Head::Expr(Box::new(Ast::Lit(self.number(&n)?))), Vec::new())
             }
             Some(Tok::Str(s)) => (Head::Expr(Box::new(Ast::Lit(Lit::Str(s.into())))), Vec::new()),
             Some(Tok::Date(d)) => (Head::Expr(Box::new(Ast::Lit(Lit::Date(d.into())))), Vec::new()),
-            Some(Tok::Ident(w)) if (w == "true" || w == "false") && !matches!(self.peek(), Some(Tok::Sym("("))) => (
-                Head::Expr(Box::new(Ast::Lit(Lit::Bool(w == "true")))),
-                Vec::new(),
-            ),
+            Some(Tok::Ident(w)) if (w == "true" || w == "false") && !matches!(self.peek(), Some(Tok::Sym("("))) => {
+                (Head::Expr(Box::new(Ast::Lit(Lit::Bool(w == "true")))), Vec::new())
+            }
             Some(Tok::Ident(w) | Tok::Delimited(w)) => {
                 let step = self.member(w)?;
                 (Head::Focus, vec![step])
@@ -681,7 +734,6 @@ impl Parser<'_> {
         if !self.eat("(") {
             let type_like = name.starts_with(|c: char| c.is_ascii_uppercase());
             return Ok(Step::Child(Name {
-                underscore: format!("_{name}").into(),
                 name: name.into(),
                 type_like,
             }));
@@ -695,7 +747,7 @@ impl Parser<'_> {
                 let mut args = Vec::new();
                 if !matches!(self.peek(), Some(Tok::Sym(")"))) {
                     loop {
-                        args.push(Box::new(self.expr(0)?));
+                        args.push(self.expr(0)?);
                         if !self.eat(",") {
                             break;
                         }
@@ -708,10 +760,10 @@ impl Parser<'_> {
         Ok(Step::Call(func))
     }
 
-    fn function(&self, name: &str, args: Vec<Box<Ast>>) -> Result<Func, FhirPathError> {
+    fn function(&self, name: &str, args: Vec<Ast>) -> Result<Func, FhirPathError> {
         let arity = args.len();
         let mut args = args.into_iter();
-        let mut one = || args.next();
+        let mut one = || args.next().map(Box::new);
         let bad_arity = || self.syntax(self.pos(), format!("wrong number of arguments to {name}()"));
         let f = match (name, arity) {
             ("where", 1) => Func::Where(one().ok_or_else(bad_arity)?),
@@ -810,23 +862,31 @@ fn eval<'a, 'e>(ast: &'e Ast, root: &'a Value, focus: &[Item<'a, 'e>], out: &mut
         Ast::Empty => {}
         Ast::Lit(l) => out.push(Item::Lit(l)),
         Ast::Path { head, steps } => {
-            let mut cur: Vec<Item<'a, 'e>> = match head {
-                Head::Focus => focus.to_vec(),
-                Head::Root => vec![Item::Json {
+            let mut cur: Vec<Item<'a, 'e>> = Vec::new();
+            let mut steps = &steps[..];
+            match head {
+                Head::Focus => match steps.split_first() {
+                    // Start from the input without copying it: a path that
+                    // finds nothing then allocates nothing.
+                    Some((first, rest)) => {
+                        apply(first, root, focus, &mut cur);
+                        steps = rest;
+                    }
+                    None => cur.extend_from_slice(focus),
+                },
+                Head::Root => cur.push(Item::Json {
                     value: root,
                     hint: None,
                     ext: None,
-                }],
-                Head::Expr(e) => {
-                    let mut v = Vec::new();
-                    eval(e, root, focus, &mut v);
-                    v
-                }
-            };
+                }),
+                Head::Expr(e) => eval(e, root, focus, &mut cur),
+            }
             let mut next = Vec::new();
             for step in steps {
-                if cur.is_empty() {
-                    return;
+                // Navigating from nothing gives nothing; functions still run
+                // (`exists()`, `empty()` and `count()` have an answer).
+                if cur.is_empty() && !matches!(step, Step::Call(_)) {
+                    continue;
                 }
                 next.clear();
                 apply(step, root, &cur, &mut next);
@@ -955,28 +1015,29 @@ fn to_bool(items: &[Item<'_, '_>]) -> Option<bool> {
 /// An integer argument (`skip(2)`, `[0]`).
 fn int_arg<'a, 'e>(ast: &'e Ast, root: &'a Value, focus: &[Item<'a, 'e>]) -> Option<usize> {
     let n = match collect(ast, root, focus)[..] {
-        [Item::Lit(Lit::Num { value, .. })] => value,
+        [Item::Lit(Lit::Num { value, .. })] => *value,
         [Item::Int(i)] => i as f64,
-        [Item::Json {
-            value: Value::Number(ref n),
-            ..
-        }] => n.as_f64()?,
+        [Item::Json { value, .. }] => value.as_f64()?,
         _ => return None,
     };
     (n >= 0.0 && n.fract() == 0.0).then_some(n as usize)
 }
 
+/// A string argument (`extension('http://…')`), from the expression or the
+/// resource.
 fn str_arg<'a, 'e>(ast: &'e Ast, root: &'a Value, focus: &[Item<'a, 'e>]) -> Option<StrRef<'a, 'e>> {
     match collect(ast, root, focus)[..] {
-        [Item::Lit(Lit::Str(ref s))] => Some(StrRef::E(s)),
-        [Item::Json {
-            value: Value::String(s), ..
-        }] => Some(StrRef::A(s)),
+        [Item::Lit(Lit::Str(s))] => Some(StrRef::E(s)),
+        [
+            Item::Json {
+                value: Value::String(s),
+                ..
+            },
+        ] => Some(StrRef::A(s)),
         _ => None,
     }
 }
 
-/// A string from the resource or from the expression.
 enum StrRef<'a, 'e> {
     A(&'a str),
     E(&'e str),
@@ -993,9 +1054,12 @@ impl StrRef<'_, '_> {
 
 fn single_str<'x>(items: &[Item<'x, 'x>]) -> Option<&'x str> {
     match items {
-        [Item::Json {
-            value: Value::String(s), ..
-        }] => Some(s),
+        [
+            Item::Json {
+                value: Value::String(s),
+                ..
+            },
+        ] => Some(s),
         [Item::Lit(Lit::Str(s))] => Some(s),
         _ => None,
     }
@@ -1029,31 +1093,51 @@ fn apply<'a, 'e>(step: &'e Step, root: &'a Value, cur: &[Item<'a, 'e>], out: &mu
 /// object itself when `name` is its resource type.
 fn child<'a, 'e>(map: &'a Map<String, Value>, name: &Name, item: &Item<'a, 'e>, out: &mut Vec<Item<'a, 'e>>) {
     if name.type_like {
-        if let Some(rt) = map.get("resourceType").and_then(Value::as_str)
-            && type_name_matches_resource(&name.name, rt)
-        {
+        // `resourceType` comes first in almost every resource: no hashing.
+        let rt = match map.iter().next() {
+            Some((k, v)) if k == "resourceType" => v.as_str(),
+            _ => map.get("resourceType").and_then(Value::as_str),
+        };
+        if rt.is_some_and(|rt| type_name_matches_resource(&name.name, rt)) {
             out.push(*item);
         }
         // Element names are lower-case: nothing else to find.
         return;
     }
-    if let Some(v) = map.get(&*name.name) {
-        push_flat(v, None, map.get(&*name.underscore), out);
-        return;
-    }
+    // One pass over the (small) object finds the element, its `_element`
+    // and choice elements, cheaper than hashing the name for each.
+    let n = name.name.as_bytes();
+    let (mut found, mut ext) = (None, None);
     for (k, v) in map {
-        if let Some(suffix) = k.strip_prefix(&*name.name)
-            && let Some(t) = choice_type(suffix)
-        {
-            let ext = if v.is_object() || v.is_array() && v.as_array().is_some_and(|a| a.iter().any(Value::is_object))
-            {
-                None
-            } else {
-                map.iter().find(|(k2, _)| k2.strip_prefix('_') == Some(k)).map(|(_, e)| e)
-            };
-            push_flat(v, Some(t), ext, out);
+        let kb = k.as_bytes();
+        if kb.first() == n.first() && kb.starts_with(n) {
+            if kb.len() == n.len() {
+                found = Some(v);
+            } else if let Some(t) = choice_type(&k[n.len()..]) {
+                push_flat(v, Some(t), choice_ext(map, k, v), out);
+            }
+        } else if kb.first() == Some(&b'_') && &kb[1..] == n {
+            ext = Some(v);
         }
     }
+    if let Some(v) = found {
+        push_flat(v, None, ext, out);
+    }
+}
+
+/// The `_valueString` of a primitive choice element `valueString`.
+fn choice_ext<'a>(map: &'a Map<String, Value>, key: &str, v: &Value) -> Option<&'a Value> {
+    let complex = match v {
+        Value::Object(_) => true,
+        Value::Array(a) => a.iter().any(Value::is_object),
+        _ => false,
+    };
+    if complex {
+        return None;
+    }
+    map.iter()
+        .find(|(k, _)| k.strip_prefix('_') == Some(key))
+        .map(|(_, e)| e)
 }
 
 /// Pushes a value, or each item of an array (FHIRPath collections are
@@ -1254,9 +1338,10 @@ fn items_equal(a: &Item<'_, '_>, b: &Item<'_, '_>) -> bool {
 
 fn items_equivalent(a: &Item<'_, '_>, b: &Item<'_, '_>) -> bool {
     match (prim(a), prim(b)) {
-        (Prim::Str(x), Prim::Str(y)) => {
-            x.split_whitespace().map(str::to_lowercase).eq(y.split_whitespace().map(str::to_lowercase))
-        }
+        (Prim::Str(x), Prim::Str(y)) => x
+            .split_whitespace()
+            .map(str::to_lowercase)
+            .eq(y.split_whitespace().map(str::to_lowercase)),
         _ => items_equal(a, b),
     }
 }
@@ -1443,10 +1528,13 @@ mod tests {
         let mut failed = Vec::new();
         let mut count = 0;
         for d in &defs {
-            let exprs = d["expression"]
-                .as_str()
-                .into_iter()
-                .chain(d["component"].as_array().into_iter().flatten().filter_map(|c| c["expression"].as_str()));
+            let exprs = d["expression"].as_str().into_iter().chain(
+                d["component"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c["expression"].as_str()),
+            );
             for e in exprs {
                 count += 1;
                 if let Err(err) = Expr::parse(e) {
@@ -1456,6 +1544,12 @@ mod tests {
         }
         assert!(count > 1400, "{count}");
         assert!(failed.is_empty(), "{failed:#?}");
+    }
+
+    #[test]
+    fn expressions_are_shareable_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Expr>();
     }
 
     #[test]
@@ -1478,8 +1572,14 @@ mod tests {
         assert_eq!(v[0].type_hint, Some("Quantity"));
         assert_eq!(eval_on("Observation.effective", &obs)[0].type_hint, Some("Period"));
         assert_eq!(eval_on("(Observation.component.value as Quantity)", &obs).len(), 1);
-        assert_eq!(eval_on("Observation.component.value.as(string)", &obs)[0].type_hint, Some("string"));
-        assert_eq!(eval_on("Observation.component.value.ofType(CodeableConcept)", &obs).len(), 1);
+        assert_eq!(
+            eval_on("Observation.component.value.as(string)", &obs)[0].type_hint,
+            Some("string")
+        );
+        assert_eq!(
+            eval_on("Observation.component.value.ofType(CodeableConcept)", &obs).len(),
+            1
+        );
         assert_eq!(eval_on("Observation.component.value", &obs).len(), 3);
         assert!(eval_on("Observation.value.as(Period)", &obs).is_empty());
         assert_eq!(eval_on("(Observation.value as Quantity).unit", &obs)[0].value, "kg");
@@ -1502,7 +1602,10 @@ mod tests {
             (json!({"reference": "Patient/1"}), 1),
             (json!({"reference": "https://x.org/fhir/Patient/1/_history/3"}), 1),
             (json!({"reference": "Group/1"}), 0),
-            (json!({"reference": "urn:uuid:9d1b5b0e-2b5a-4b3e-9b55-0f5f0a5c2f1a", "type": "Patient"}), 1),
+            (
+                json!({"reference": "urn:uuid:9d1b5b0e-2b5a-4b3e-9b55-0f5f0a5c2f1a", "type": "Patient"}),
+                1,
+            ),
             (json!({"identifier": {"value": "x"}, "type": "Patient"}), 1),
             (json!({"identifier": {"value": "x"}}), 0),
             (json!({"reference": "#p1"}), 1),
@@ -1517,19 +1620,32 @@ mod tests {
         assert!(matches!(specialised.ast, Ast::Path { .. }));
 
         let p = json!({"resourceType": "Patient", "telecom": [{"system": "phone", "value": "1"}, {"system": "email", "value": "a@b"}]});
-        assert_eq!(values("Patient.telecom.where(system='email').value", &p), [&json!("a@b")]);
-        assert_eq!(values("Patient.telecom.where(system!='email').value", &p), [&json!("1")]);
+        assert_eq!(
+            values("Patient.telecom.where(system='email').value", &p),
+            [&json!("a@b")]
+        );
+        assert_eq!(
+            values("Patient.telecom.where(system!='email').value", &p),
+            [&json!("1")]
+        );
         assert_eq!(
             values("Patient.telecom.where(system='email' or value='1').value", &p).len(),
             2
         );
-        assert_eq!(values("Patient.telecom.value | Patient.telecom.value", &p).len(), 2, "no duplicates");
+        assert_eq!(
+            values("Patient.telecom.value | Patient.telecom.value", &p).len(),
+            2,
+            "no duplicates"
+        );
         assert_eq!(values("Patient.telecom.first().value", &p), [&json!("1")]);
         assert_eq!(values("Patient.telecom[1].value", &p), [&json!("a@b")]);
         assert_eq!(values("Patient.telecom.exists()", &p), [&json!(true)]);
         assert_eq!(values("Patient.name.empty()", &p), [&json!(true)]);
         assert_eq!(values("Patient.name.exists().not()", &p), [&json!(true)]);
-        assert_eq!(values("Patient.telecom.where(value.startsWith('a')).system", &p), [&json!("email")]);
+        assert_eq!(
+            values("Patient.telecom.where(value.startsWith('a')).system", &p),
+            [&json!("email")]
+        );
         assert_eq!(values("Patient.telecom.select(system)", &p).len(), 2);
         assert_eq!(values("Patient.telecom.count() > 1", &p), [&json!(true)]);
         assert_eq!(values("'email' in Patient.telecom.system", &p), [&json!(true)]);
@@ -1542,7 +1658,10 @@ mod tests {
     fn deceased_is_a_boolean_expression() {
         let e = Expr::parse("Patient.deceased.exists() and Patient.deceased != false").unwrap();
         for (p, want) in [
-            (json!({"resourceType": "Patient", "deceasedDateTime": "2020-01-01"}), true),
+            (
+                json!({"resourceType": "Patient", "deceasedDateTime": "2020-01-01"}),
+                true,
+            ),
             (json!({"resourceType": "Patient", "deceasedBoolean": true}), true),
             (json!({"resourceType": "Patient", "deceasedBoolean": false}), false),
             (json!({"resourceType": "Patient"}), false),
@@ -1552,7 +1671,12 @@ mod tests {
             assert_eq!(v[0].value, &Value::Bool(want), "{p}");
             assert_eq!(v[0].type_hint, Some("boolean"));
         }
-        assert!(e.evaluate(&json!({"resourceType": "Person"})).is_empty());
+        // FHIRPath says `false` on another type; extraction never asks.
+        assert_eq!(
+            e.evaluate(&json!({"resourceType": "Person"}))[0].value,
+            &Value::Bool(false)
+        );
+        assert!(e.for_resource_type("Person").is_none());
     }
 
     #[test]
@@ -1563,7 +1687,10 @@ mod tests {
             "extension": [{"url": "http://x/a", "valueCode": "c"}, {"url": "http://x/b", "valueBoolean": true}]});
         assert_eq!(values("Patient.birthDate", &p), [&json!("1960-01-01")]);
         assert_eq!(
-            values("Patient.birthDate.extension('http://hl7.org/fhir/StructureDefinition/patient-birthTime').value", &p),
+            values(
+                "Patient.birthDate.extension('http://hl7.org/fhir/StructureDefinition/patient-birthTime').value",
+                &p
+            ),
             [&json!("1960-01-01T08:00:00+01:00")]
         );
         assert_eq!(values("Patient.name.given", &p).len(), 2);
@@ -1578,9 +1705,19 @@ mod tests {
 
     #[test]
     fn syntax_and_unsupported_features_are_reported() {
-        for bad in ["Patient.", "Patient.name.where(", "Patient..name", "(Patient.name", "'x", "Patient.name +"] {
+        for bad in [
+            "Patient.",
+            "Patient.name.where(",
+            "Patient..name",
+            "(Patient.name",
+            "'x",
+            "Patient.name +",
+        ] {
             assert!(
-                matches!(Expr::parse(bad), Err(FhirPathError::Syntax { .. } | FhirPathError::Unsupported { .. })),
+                matches!(
+                    Expr::parse(bad),
+                    Err(FhirPathError::Syntax { .. } | FhirPathError::Unsupported { .. })
+                ),
                 "{bad}"
             );
         }
@@ -1588,8 +1725,14 @@ mod tests {
             Expr::parse("Patient.name.matches('x')"),
             Err(FhirPathError::Unsupported { .. })
         ));
-        assert!(matches!(Expr::parse("Observation.value + 1"), Err(FhirPathError::Unsupported { .. })));
+        assert!(matches!(
+            Expr::parse("Observation.value + 1"),
+            Err(FhirPathError::Unsupported { .. })
+        ));
         assert!(matches!(Expr::parse("%vs-foo"), Err(FhirPathError::Unsupported { .. })));
+        let deep = format!("{}Patient{}", "(".repeat(500), ")".repeat(500));
+        assert!(matches!(Expr::parse(&deep), Err(FhirPathError::Unsupported { .. })));
+        assert!(Expr::parse(&format!("{}Patient{}", "(".repeat(20), ")".repeat(20))).is_ok());
     }
 
     #[test]
@@ -1600,7 +1743,10 @@ mod tests {
         assert_eq!(values("Observation.value <= -1", &o), [&json!(false)]);
         assert_eq!(values("Observation.issued = @2024-03-05T10:00:00Z", &o), [&json!(true)]);
         assert_eq!(values("Observation.value.is(Integer)", &o), [&json!(true)]);
-        assert_eq!(values("iif(Observation.value > 4, Observation.issued, {})", &o).len(), 1);
+        assert_eq!(
+            values("iif(Observation.value > 4, Observation.issued, {})", &o).len(),
+            1
+        );
         assert_eq!(values("{} | Observation.issued", &o).len(), 1);
         assert_eq!(values("`Observation`.`value` ~ 5", &o), [&json!(true)]);
     }
