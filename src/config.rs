@@ -32,6 +32,11 @@ pub struct Config {
     pub service_name: String,
     /// Lifetime of the access tokens the token endpoint issues.
     pub token_lifetime_secs: u64,
+    /// PEM certificate chain and private key: when both are set the
+    /// gateway serves HTTPS only (`apa-gateway gen-cert` makes a
+    /// self-signed pair for local use).
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -47,6 +52,8 @@ impl Default for Config {
             otlp_endpoint: None,
             service_name: "apa-gateway".into(),
             token_lifetime_secs: 300,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -73,7 +80,11 @@ impl Config {
     pub fn base_url(&self) -> String {
         match &self.public_url {
             Some(u) => u.trim_end_matches('/').to_string(),
-            None => format!("http://{}/fhir", self.listen),
+            None => format!("{}://{}/fhir", self.scheme(), self.listen),
         }
+    }
+
+    pub fn scheme(&self) -> &'static str {
+        if self.tls_cert.is_some() { "https" } else { "http" }
     }
 }

@@ -29,6 +29,16 @@ enum Command {
         #[arg(long)]
         demo: bool,
     },
+    /// Write a self-signed certificate and its key (PEM) for local HTTPS:
+    /// then set `tls_cert` and `tls_key`.
+    GenCert {
+        /// Folder to write cert.pem and key.pem into.
+        #[arg(long, default_value = "data/tls")]
+        out: PathBuf,
+        /// Host names and addresses the certificate is for.
+        #[arg(long = "host", default_values = ["localhost", "127.0.0.1"])]
+        hosts: Vec<String>,
+    },
     /// Registered clients (SMART backend services).
     #[command(subcommand)]
     Clients(ClientsCommand),
@@ -124,6 +134,7 @@ async fn main() -> ExitCode {
     let result = match command {
         Command::Serve { demo } => serve(&cfg, demo).await,
         Command::Clients(c) => clients(&cfg, c).await,
+        Command::GenCert { out, hosts } => gen_cert(&out, hosts),
         Command::Token {
             client_id,
             key,
@@ -211,6 +222,23 @@ fn write_private(path: &Path, pem: &str) -> Result<(), CliError> {
     opts.open(path)
         .and_then(|mut f| f.write_all(pem.as_bytes()))
         .map_err(|e| CliError::Io(path.display().to_string(), e))
+}
+
+fn gen_cert(out: &Path, hosts: Vec<String>) -> Result<(), CliError> {
+    let pair = rcgen::generate_simple_self_signed(hosts).map_err(|e| CliError::Msg(format!("certificate: {e}")))?;
+    std::fs::create_dir_all(out).map_err(|e| CliError::Io(out.display().to_string(), e))?;
+    let cert = out.join("cert.pem");
+    std::fs::write(&cert, pair.cert.pem()).map_err(|e| CliError::Io(cert.display().to_string(), e))?;
+    let key = out.join("key.pem");
+    write_private(&key, &pair.signing_key.serialize_pem())?;
+    println!(
+        "wrote {} and {}\nserve HTTPS with: APA_TLS_CERT={} APA_TLS_KEY={} apa-gateway serve",
+        cert.display(),
+        key.display(),
+        cert.display(),
+        key.display()
+    );
+    Ok(())
 }
 
 async fn clients(cfg: &Config, cmd: ClientsCommand) -> Result<(), CliError> {

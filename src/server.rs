@@ -21,6 +21,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("cannot listen on {0}: {1}")]
     Listen(String, std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// A started gateway.
@@ -58,7 +60,16 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
         .map_err(|e| ServerError::Listen(cfg.listen.clone(), e))?;
     let base = match &cfg.public_url {
         Some(u) => u.trim_end_matches('/').to_string(),
-        None => format!("http://{addr}/fhir"),
+        None => format!("{}://{addr}/fhir", cfg.scheme()),
+    };
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .map_err(|e| ServerError::Tls(format!("{} / {}: {e}", cert.display(), key.display())))?,
+        ),
+        (None, None) => None,
+        _ => return Err(ServerError::Tls("tls_cert and tls_key go together".into())),
     };
     let auth = Auth::new(store.clone(), &base, cfg.token_lifetime_secs).await?;
     let state = AppState {
@@ -86,7 +97,23 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
         // `/fhir/` is `/fhir`: normalise before routing.
         let app = NormalizePathLayer::trim_trailing_slash().layer(app);
         let app = ServiceExt::<axum::extract::Request>::into_make_service(app);
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+        let served = match tls {
+            None => axum::serve(listener, app).with_graceful_shutdown(stop).await,
+            Some(tls) => {
+                // HTTPS: on stop, in-flight requests get up to 30 s.
+                let handle = axum_server::Handle::new();
+                let on_stop = handle.clone();
+                tokio::spawn(async move {
+                    stop.await;
+                    on_stop.graceful_shutdown(Some(Duration::from_secs(30)));
+                });
+                match listener.into_std().and_then(|l| axum_server::from_tcp_rustls(l, tls)) {
+                    Ok(server) => server.handle(handle).serve(app).await,
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        if let Err(e) = served {
             tracing::error!(error = %e, "server error");
         }
         store_for_close.close().await;

@@ -102,3 +102,40 @@ async fn traces_are_exported_by_otlp() {
         "no trace was exported"
     );
 }
+
+/// With a certificate and key configured the gateway speaks HTTPS only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_a_self_signed_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, pair.cert.pem()).unwrap();
+    std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
+    let cfg = Config {
+        listen: "127.0.0.1:0".into(),
+        database_url: format!("sqlite://{}/apa.db", dir.path().display()),
+        tls_cert: Some(cert),
+        tls_key: Some(key),
+        ..Config::default()
+    };
+    let running = server::start(&cfg).await.unwrap();
+    assert!(running.base.starts_with("https://"));
+    let port = running.addr.port();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(pair.cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let r = client
+        .get(format!("https://localhost:{port}/fhir/metadata"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Plain HTTP is not answered.
+    assert!(
+        reqwest::get(format!("http://127.0.0.1:{port}/fhir/metadata"))
+            .await
+            .is_err()
+    );
+    running.stop().await;
+}
