@@ -929,11 +929,36 @@ impl<'a> Ctx<'a> {
             Some(Modifier::Type(t)) => Some(t.as_str()),
             _ => None,
         };
-        if v.contains("://") || v.starts_with("urn:") {
+        if v.starts_with("urn:") {
             return Ok(SearchValue::Reference {
                 rtype: None,
                 id: v,
                 version: None,
+            });
+        }
+        if v.contains("://") {
+            // As extraction indexes them: an absolute URL ending in Type/id
+            // (or Type/id/_history/v) is that resource; any other URL is
+            // matched as written.
+            let path = v.split(['?', '#']).next().unwrap_or(&v);
+            let segs: Vec<&str> = path.rsplit('/').collect();
+            let found = match segs.as_slice() {
+                [vid, "_history", id, t, ..] => Some((*t, *id, Some(vid.to_string()))),
+                [id, t, ..] => Some((*t, *id, None)),
+                _ => None,
+            }
+            .filter(|(t, id, _)| self.registry.is_resource_type(t) && is_fhir_id(id));
+            return Ok(match found {
+                Some((t, id, version)) => SearchValue::Reference {
+                    rtype: Some(t.to_string()),
+                    id: id.to_string(),
+                    version,
+                },
+                None => SearchValue::Reference {
+                    rtype: None,
+                    id: v,
+                    version: None,
+                },
             });
         }
         let segments: Vec<&str> = v.split('/').collect();
@@ -1307,7 +1332,7 @@ mod tests {
         );
         assert_eq!(
             values_of("Observation?subject=https://other.example/fhir/Patient/9"),
-            [reference(None, "https://other.example/fhir/Patient/9", None)]
+            [reference(Some("Patient"), "9", None)]
         );
         for bad in [
             "Observation?subject=Practitioner/1",
