@@ -11,6 +11,7 @@ use tower_http::normalize_path::NormalizePathLayer;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::fhir::interaction::capabilities::capability_statement;
 use crate::http::{AppState, Limits, router};
 use crate::security::auth::Auth;
 use crate::store::{Store, StoreError};
@@ -77,6 +78,13 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
         base: base.clone().into(),
         metrics: crate::telemetry::metrics(),
         auth: Arc::new(auth),
+        capabilities: serde_json::to_vec(&capability_statement(
+            &base,
+            env!("CARGO_PKG_VERSION"),
+            crate::BUILD_DATE,
+        ))
+        .unwrap_or_default()
+        .into(),
     };
     let app = router(
         state,

@@ -11,9 +11,7 @@ use bytes::Bytes;
 use serde_json::json;
 
 use crate::fhir::error::FhirError;
-use crate::fhir::interaction::{
-    self as fi, bundle::BundleInput, capabilities::capability_statement, parse_etag, search::SearchInput,
-};
+use crate::fhir::interaction::{self as fi, bundle::BundleInput, parse_etag, search::SearchInput};
 use crate::fhir::search::registry::Registry;
 use crate::security::Caller;
 
@@ -52,13 +50,11 @@ fn reply(state: &AppState, h: &HeaderMap, r: fi::Reply) -> Response {
 }
 
 pub async fn metadata(State(s): State<AppState>) -> Response {
-    let cs = capability_statement(&s.base, env!("CARGO_PKG_VERSION"), crate::BUILD_DATE);
-    let mut resp = Json(cs).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(super::error::FHIR_JSON),
-    );
-    resp
+    (
+        [(header::CONTENT_TYPE, super::error::FHIR_JSON)],
+        s.capabilities.clone(),
+    )
+        .into_response()
 }
 
 pub async fn read(

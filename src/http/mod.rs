@@ -32,6 +32,8 @@ pub struct AppState {
     pub base: Arc<str>,
     pub metrics: Option<PrometheusHandle>,
     pub auth: Arc<Auth>,
+    /// The CapabilityStatement, built once (it takes tens of ms).
+    pub capabilities: bytes::Bytes,
 }
 
 pub struct Limits {

@@ -30,6 +30,11 @@ use super::{Current, StoreError, Version, Write, rows};
 
 /// Writes gathered into one transaction at most.
 const MAX_BATCH: usize = 512;
+/// Planner statistics are refreshed at start and after this many committed
+/// write jobs (a transaction Bundle is one): the
+/// search plans (stream the leading index in pk order, stop at the page)
+/// rely on them, and a fresh or fast-growing database has none.
+const ANALYZE_EVERY: usize = 5_000;
 
 enum WConn {
     Sqlite(PoolConnection<Sqlite>),
@@ -197,6 +202,8 @@ impl Writer {
 }
 
 async fn run(pool: WPool, mut rx: mpsc::Receiver<Job>) {
+    let mut since_analyze = 0usize;
+    refresh_statistics(&pool).await;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -233,6 +240,11 @@ async fn run(pool: WPool, mut rx: mpsc::Receiver<Job>) {
             Ok(dones) => {
                 for d in dones {
                     (d.deliver)(None);
+                }
+                since_analyze += size;
+                if since_analyze >= ANALYZE_EVERY {
+                    since_analyze = 0;
+                    refresh_statistics(&pool).await;
                 }
             }
             Err((dones, e)) => {
@@ -292,5 +304,30 @@ async fn commit_batch(wtx: &mut WriteTx, batch: Vec<Job>) -> Result<Vec<Done>, B
     match wtx.run("COMMIT").await {
         Ok(()) => Ok(dones),
         Err(e) => Err((dones, e)),
+    }
+}
+
+/// `ANALYZE` on PostgreSQL (in the background: it only reads), `PRAGMA
+/// optimize` on SQLite (here: it writes its statistics tables).
+async fn refresh_statistics(pool: &WPool) {
+    match pool {
+        WPool::Pg(p) => {
+            let p = p.clone();
+            tokio::spawn(async move {
+                // Our tables only (the database may hold other schemas).
+                let sql = "ANALYZE resource, resource_version, idx_token, idx_string, idx_date, idx_number, idx_quantity, idx_reference, idx_uri";
+                if let Err(e) = sqlx::raw_sql(sql).execute(&p).await {
+                    tracing::warn!(error = %e, "ANALYZE failed");
+                }
+            });
+        }
+        WPool::Sqlite(p) => {
+            if let Err(e) = sqlx::raw_sql("PRAGMA analysis_limit = 1000; PRAGMA optimize = 0x10002")
+                .execute(p)
+                .await
+            {
+                tracing::warn!(error = %e, "PRAGMA optimize failed");
+            }
+        }
     }
 }

@@ -17,6 +17,8 @@ pub enum Backend {
 
 pub struct TestApp {
     pub base: String,
+    /// The PostgreSQL schema of this app, dropped when it stops.
+    pg_schema: Option<String>,
     /// Sends the token of a client with every scope (`system/*.cruds`).
     pub client: Client,
     /// Sends no token at all.
@@ -30,7 +32,7 @@ fn pg_url() -> String {
     std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
-async fn fresh_pg_schema() -> String {
+async fn fresh_pg_schema() -> (String, String) {
     use sqlx::Connection;
     let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
     let mut c = sqlx::PgConnection::connect(&pg_url())
@@ -41,14 +43,18 @@ async fn fresh_pg_schema() -> String {
         .await
         .expect("create schema");
     let sep = if pg_url().contains('?') { '&' } else { '?' };
-    format!("{}{sep}options=-c%20search_path%3D{schema}", pg_url())
+    let url = format!("{}{sep}options=-c%20search_path%3D{schema}", pg_url());
+    (schema, url)
 }
 
 pub async fn spawn_app(backend: Backend) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
-    let database_url = match backend {
-        Backend::Sqlite => format!("sqlite://{}/apa.db", dir.path().display()),
-        Backend::Postgres => fresh_pg_schema().await,
+    let (pg_schema, database_url) = match backend {
+        Backend::Sqlite => (None, format!("sqlite://{}/apa.db", dir.path().display())),
+        Backend::Postgres => {
+            let (schema, url) = fresh_pg_schema().await;
+            (Some(schema), url)
+        }
     };
     let cfg = Config {
         listen: "127.0.0.1:0".into(),
@@ -62,6 +68,7 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
         .token;
     TestApp {
         base: running.base.clone(),
+        pg_schema,
         client: bearer_client(&token),
         anonymous: Client::new(),
         backend,
@@ -196,6 +203,14 @@ impl TestApp {
     pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {
             r.stop().await;
+        }
+        if let Some(schema) = self.pg_schema.take() {
+            use sqlx::Connection;
+            if let Ok(mut c) = sqlx::PgConnection::connect(&pg_url()).await {
+                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                    .execute(&mut c)
+                    .await;
+            }
         }
     }
 }
