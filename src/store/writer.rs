@@ -30,8 +30,8 @@ use super::{Current, StoreError, Version, Write, rows};
 
 /// Writes gathered into one transaction at most.
 const MAX_BATCH: usize = 512;
-/// Planner statistics are refreshed at start and after this many committed
-/// write jobs (a transaction Bundle is one): the
+/// PostgreSQL planner statistics are refreshed at start and after this many
+/// committed write jobs (a transaction Bundle is one): the
 /// search plans (stream the leading index in pk order, stop at the page)
 /// rely on them, and a fresh or fast-growing database has none.
 const ANALYZE_EVERY: usize = 5_000;
@@ -242,7 +242,7 @@ async fn run(pool: WPool, mut rx: mpsc::Receiver<Job>) {
                     (d.deliver)(None);
                 }
                 since_analyze += size;
-                if since_analyze >= ANALYZE_EVERY {
+                if since_analyze >= ANALYZE_EVERY && matches!(pool, WPool::Pg(_)) {
                     since_analyze = 0;
                     refresh_statistics(&pool).await;
                 }
@@ -308,7 +308,9 @@ async fn commit_batch(wtx: &mut WriteTx, batch: Vec<Job>) -> Result<Vec<Done>, B
 }
 
 /// `ANALYZE` on PostgreSQL (in the background: it only reads), `PRAGMA
-/// optimize` on SQLite (here: it writes its statistics tables).
+/// optimize` on SQLite, at start only: it takes the write lock, and a run
+/// under load stalled writes for seconds in the benchmark, while SQLite's
+/// plans for our queries do not depend on statistics.
 async fn refresh_statistics(pool: &WPool) {
     match pool {
         WPool::Pg(p) => {
