@@ -852,7 +852,7 @@ fn register_client(binary: &Path, dir: &Path, database_url: &str, env: &[(String
             "--id",
             BENCH_CLIENT,
         ])
-        .args(["--scope", "system/*.cruds", "--generate-key"])
+        .args(["--scope", "system/*.cruds operator", "--generate-key"])
         .arg(&key)
         .stdin(Stdio::null())
         .output()

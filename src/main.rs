@@ -53,7 +53,8 @@ enum Command {
         /// The key id registered in the client's JWKS.
         #[arg(long)]
         kid: Option<String>,
-        #[arg(long, default_value = "system/*.cruds")]
+        /// Scopes to ask for (only those registered for the client are granted).
+        #[arg(long, default_value = "system/*.cruds operator")]
         scope: String,
         /// FHIR base URL of the gateway. Default: from the settings.
         #[arg(long)]
@@ -191,7 +192,7 @@ async fn demo_client(cfg: &Config, running: &server::Running) -> Result<(), CliE
             id: DEMO_CLIENT.into(),
             name: "Demo operator".into(),
             organization: None,
-            scope: "system/*.cruds".into(),
+            scope: "system/*.cruds operator".into(),
             jwks: Some(public_jwks(&pem, &kid)?),
             jwks_url: None,
             created: clock::now_micros(),
@@ -199,7 +200,7 @@ async fn demo_client(cfg: &Config, running: &server::Running) -> Result<(), CliE
         })
         .await?;
     println!(
-        "\nDemo mode: client '{DEMO_CLIENT}' is registered (scope system/*.cruds), its private key is {key}.\n\
+        "\nDemo mode: client '{DEMO_CLIENT}' is registered (scopes system/*.cruds operator: it sees every organisation's data), its private key is {key}.\n\
          Get an access token (valid {life} s) and call the API:\n\n  \
          TOKEN=$(cargo run --release -q -- token --client-id {DEMO_CLIENT} --key {key})\n  \
          curl -H \"Authorization: Bearer $TOKEN\" {base}/Patient\n",

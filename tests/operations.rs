@@ -24,7 +24,7 @@ async fn a_stop_loses_no_acknowledged_write() {
     };
     let running = server::start(&cfg).await.unwrap();
     let base = running.base.clone();
-    let token = common::register_client(&running, "loader", None, "system/*.cruds")
+    let token = common::register_client(&running, "loader", None, "system/*.cruds operator")
         .await
         .token;
     let client = common::bearer_client(&token);
@@ -60,7 +60,7 @@ async fn a_stop_loses_no_acknowledged_write() {
     }
     let again = server::start(&cfg).await.unwrap();
     // A new address is a new audience: a new token.
-    let token = common::register_client(&again, "loader", None, "system/*.cruds")
+    let token = common::register_client(&again, "loader", None, "system/*.cruds operator")
         .await
         .token;
     let client = common::bearer_client(&token);

@@ -188,7 +188,8 @@ async fn scopes_limit_what_a_client_does(app: &TestApp) {
     let pid = app.create(&json!({"resourceType": "Patient", "active": true})).await;
     app.create(&json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{pid}")}}))
         .await;
-    let reader = register_client(app.running(), "reader", None, "system/Patient.rs").await;
+    // An operator (who sees every organisation's data) limited to reading patients.
+    let reader = register_client(app.running(), "reader", None, "system/Patient.rs operator").await;
     let c = bearer_client(&reader.token);
     assert_eq!(
         c.get(app.url(&format!("Patient/{pid}"))).send().await.unwrap().status(),

@@ -289,6 +289,12 @@ impl Auth {
             ));
         }
         let scope = granted.to_string();
+        // The token names the Organization resource the client acts for,
+        // so that its compartment is known without a lookup per request.
+        let org = match &client.organization {
+            Some(registered) => super::compartment::resolve_organization(&self.store, registered).await?,
+            None => None,
+        };
         let access = AccessClaims {
             iss: self.issuer.clone(),
             sub: client.id.clone(),
@@ -297,7 +303,7 @@ impl Auth {
             iat: now,
             jti: uuid::Uuid::new_v4().to_string(),
             scope: scope.clone(),
-            org: client.organization.clone(),
+            org,
         };
         let token = encode(
             &Header::new(Algorithm::HS256),

@@ -118,7 +118,7 @@ impl Scopes {
                 resource_type: "*".into(),
                 perms: 31,
             }],
-            others: Vec::new(),
+            others: vec![super::compartment::OPERATOR_SCOPE.to_string()],
         }
     }
 

@@ -2,7 +2,7 @@
 //! used, and the server's own secrets.
 
 use super::exec::{Bind, Frag, execute, fetch_bytes, fetch_texts};
-use super::{Store, StoreError, WriteTx};
+use super::{Store, StoreError, Visibility, WriteTx};
 
 /// A registered client, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +53,7 @@ impl Store {
 
     /// Registers a client, or replaces the registration of the same id.
     pub async fn save_client(&self, c: ClientRecord) -> Result<(), StoreError> {
-        self.write(move |tx| {
+        self.write(Visibility::All, move |tx| {
             Box::pin(async move {
                 let mut del = Frag::new("DELETE FROM client WHERE id = ");
                 del.bind(Bind::Text(c.id.clone()));
@@ -88,7 +88,7 @@ impl Store {
     /// Marks a client revoked; false when no such client exists.
     pub async fn revoke_client(&self, id: &str, at: i64) -> Result<bool, StoreError> {
         let id = id.to_string();
-        self.write(move |tx| {
+        self.write(Visibility::All, move |tx| {
             Box::pin(async move {
                 let mut f = Frag::new("UPDATE client SET revoked = ");
                 f.bind(Bind::I64(at)).push(" WHERE id = ").bind(Bind::Text(id));
@@ -102,7 +102,7 @@ impl Store {
     /// used (a replay). Ids past their expiry are forgotten.
     pub async fn claim_jti(&self, client_id: &str, jti: &str, expires: i64, now: i64) -> Result<bool, StoreError> {
         let (client_id, jti) = (client_id.to_string(), jti.to_string());
-        self.write(move |tx| {
+        self.write(Visibility::All, move |tx| {
             Box::pin(async move {
                 let mut purge = Frag::new("DELETE FROM client_jti WHERE expires < ");
                 purge.bind(Bind::I64(now));
@@ -124,7 +124,7 @@ impl Store {
     /// created from `fresh` the first time and shared by every replica.
     pub async fn server_secret(&self, name: &str, fresh: Vec<u8>) -> Result<Vec<u8>, StoreError> {
         let name = name.to_string();
-        self.write(move |tx| {
+        self.write(Visibility::All, move |tx| {
             Box::pin(async move {
                 let mut ins = Frag::new("INSERT INTO server_secret (name, value) VALUES (");
                 ins.bind(Bind::Text(name.clone()))

@@ -101,6 +101,18 @@ impl From<VersionRow> for Version {
     }
 }
 
+/// Which resources a reader, or a write job, may see. The store applies
+/// it on every read path; who is granted which patient is decided by
+/// `security::compartment` and stored with the writes (`Write::grants`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Visibility {
+    /// Every resource: the operator, the gateway itself.
+    All,
+    /// Resources that concern no patient, and those whose every patient
+    /// has been granted to this party (`None`: a party with no grants).
+    Party(Option<String>),
+}
+
 /// What a write needs to know of the current state of a resource.
 #[derive(Debug, Clone, Copy)]
 pub struct Current {
@@ -121,6 +133,12 @@ pub struct Write {
     pub index: Vec<(String, crate::fhir::search::model::IndexValue)>,
     /// The row of the resource when it already exists.
     pub pk: Option<i64>,
+    /// The patients this version concerns (its own id for a Patient): the
+    /// resource is visible only to parties granted all of them, forever
+    /// (deleting it does not lift the guard on its history).
+    pub patients: Vec<String>,
+    /// (party, patient) pairs of access this write establishes.
+    pub grants: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -267,12 +285,18 @@ impl Store {
             .await
     }
 
-    pub async fn read(&self, resource_type: &str, id: &str) -> Result<Option<Version>, StoreError> {
-        self.with_conn(async |c| rows::read_current(c, resource_type, id).await)
+    pub async fn read(&self, resource_type: &str, id: &str, vis: &Visibility) -> Result<Option<Version>, StoreError> {
+        self.with_conn(async |c| rows::read_current(c, resource_type, id, vis).await)
             .await
     }
 
-    pub async fn vread(&self, resource_type: &str, id: &str, version: i64) -> Result<Option<Version>, StoreError> {
+    pub async fn vread(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: i64,
+        vis: &Visibility,
+    ) -> Result<Option<Version>, StoreError> {
         let mut f = Frag::new(rows::VERSION_COLUMNS);
         f.push(" FROM resource r JOIN resource_version v ON v.pk = r.pk WHERE r.rtype = ")
             .bind(Bind::Text(resource_type.into()))
@@ -280,12 +304,13 @@ impl Store {
             .bind(Bind::Text(id.into()))
             .push(" AND v.version = ")
             .bind(Bind::I64(version));
+        rows::restrict(&mut f, vis, "r.pk");
         self.with_conn(async |c| Ok(fetch_versions(c, &f).await?.into_iter().next().map(Version::from)))
             .await
     }
 
     /// Newest first.
-    pub async fn history(&self, q: &HistoryQuery) -> Result<HistoryPage, StoreError> {
+    pub async fn history(&self, q: &HistoryQuery, vis: &Visibility) -> Result<HistoryPage, StoreError> {
         let mut f = Frag::new(rows::VERSION_COLUMNS);
         f.push(" FROM resource_version v JOIN resource r ON r.pk = v.pk WHERE 1 = 1");
         if let Some(t) = &q.resource_type {
@@ -300,6 +325,7 @@ impl Store {
         if let Some(b) = q.before {
             f.push(" AND v.vpk < ").bind(Bind::I64(b));
         }
+        rows::restrict(&mut f, vis, "v.pk");
         f.push(" ORDER BY v.vpk DESC LIMIT ")
             .bind(Bind::I64(q.count as i64 + 1));
         let mut rows = self.with_conn(async |c| fetch_versions(c, &f).await).await?;
@@ -315,20 +341,21 @@ impl Store {
         })
     }
 
-    pub async fn search(&self, req: &SearchRequest) -> Result<SearchPage, StoreError> {
-        self.with_conn(async |c| rows::search(c, req).await).await
+    pub async fn search(&self, req: &SearchRequest, vis: &Visibility) -> Result<SearchPage, StoreError> {
+        self.with_conn(async |c| rows::search(c, req, vis).await).await
     }
 
-    /// Runs `f` inside the group-committed write transaction. What `f`
-    /// writes is atomic: all of it is committed, or none of it when `f`
-    /// returns an error. The result is returned once the commit is durable.
-    pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
+    /// Runs `f` inside the group-committed write transaction, seeing what
+    /// `vis` allows. What `f` writes is atomic: all of it is committed, or
+    /// none of it when `f` returns an error. The result is returned once
+    /// the commit is durable.
+    pub async fn write<T, E, F>(&self, vis: Visibility, f: F) -> Result<T, E>
     where
         F: for<'a> FnOnce(&'a mut WriteTx) -> futures_util::future::BoxFuture<'a, Result<T, E>> + Send + 'static,
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
-        self.inner.writer.submit(f).await
+        self.inner.writer.submit(vis, f).await
     }
 
     /// Waits until every accepted write is committed, then stops the writer.

@@ -10,24 +10,78 @@ use super::exec::{
 };
 use super::keys::{hash, hash_opt, identifier_key, normalize, param_key};
 use super::sql::Builder;
-use super::{Current, MAX_INCLUDED, Method, SearchPage, StoreError, Version, Write, wants_total};
+use super::{Current, MAX_INCLUDED, Method, SearchPage, StoreError, Version, Visibility, Write, wants_total};
 
 pub const VERSION_COLUMNS: &str = "SELECT v.pk, v.vpk, v.rtype, r.id, v.version, v.updated, v.method, v.body";
 
-pub async fn read_current(c: &mut Conn<'_>, rtype: &str, id: &str) -> Result<Option<Version>, StoreError> {
+/// The condition under which the resource whose pk is `{pk}` is visible
+/// (none when everything is): every patient it has ever concerned is
+/// granted to the party.
+pub fn visible(vis: &Visibility) -> Option<Frag> {
+    match vis {
+        Visibility::All => None,
+        Visibility::Party(None) => Some(Frag::new(
+            "NOT EXISTS (SELECT 1 FROM resource_patient vp WHERE vp.pk = {pk})",
+        )),
+        Visibility::Party(Some(party)) => {
+            let mut f = Frag::new(
+                "NOT EXISTS (SELECT 1 FROM resource_patient vp WHERE vp.pk = {pk} AND NOT EXISTS \
+                 (SELECT 1 FROM access_grant vg WHERE vg.party = ",
+            );
+            f.bind(Bind::Text(party.clone())).push(" AND vg.patient = vp.patient))");
+            Some(f)
+        }
+    }
+}
+
+/// Appends ` AND <visible>` about the pk column `col` to a WHERE clause.
+pub fn restrict(f: &mut Frag, vis: &Visibility, col: &str) {
+    if let Some(v) = visible(vis) {
+        f.push(" AND ").append(Frag {
+            sql: v.sql.replace("{pk}", col),
+            binds: v.binds,
+        });
+    }
+}
+
+pub async fn read_current(
+    c: &mut Conn<'_>,
+    rtype: &str,
+    id: &str,
+    vis: &Visibility,
+) -> Result<Option<Version>, StoreError> {
     let mut f = Frag::new(VERSION_COLUMNS);
     f.push(" FROM resource r JOIN resource_version v ON v.pk = r.pk AND v.version = r.version WHERE r.rtype = ")
         .bind(Bind::Text(rtype.into()))
         .push(" AND r.id = ")
         .bind(Bind::Text(id.into()));
+    restrict(&mut f, vis, "r.pk");
     Ok(fetch_versions(c, &f).await?.into_iter().next().map(Version::from))
 }
 
-pub async fn current(c: &mut Conn<'_>, rtype: &str, id: &str) -> Result<Option<Current>, StoreError> {
-    let mut f = Frag::new("SELECT pk, version, deleted FROM resource WHERE rtype = ");
+/// Those of `patients` not granted to `party`.
+pub async fn ungranted(c: &mut Conn<'_>, party: Option<&str>, patients: &[String]) -> Result<Vec<String>, StoreError> {
+    let Some(party) = party else {
+        return Ok(patients.to_vec());
+    };
+    let mut f = Frag::new("SELECT CAST(0 AS BIGINT), patient, patient FROM access_grant WHERE party = ");
+    f.bind(Bind::Text(party.to_string())).push(" AND patient IN (");
+    push_list(&mut f, patients.iter().map(|p| Bind::Text(p.clone())));
+    f.push(")");
+    let granted: HashSet<String> = fetch_i64_text_text(c, &f)
+        .await?
+        .into_iter()
+        .map(|(_, p, _)| p)
+        .collect();
+    Ok(patients.iter().filter(|p| !granted.contains(*p)).cloned().collect())
+}
+
+pub async fn current(c: &mut Conn<'_>, rtype: &str, id: &str, vis: &Visibility) -> Result<Option<Current>, StoreError> {
+    let mut f = Frag::new("SELECT r.pk, r.version, r.deleted FROM resource r WHERE r.rtype = ");
     f.bind(Bind::Text(rtype.into()))
-        .push(" AND id = ")
+        .push(" AND r.id = ")
         .bind(Bind::Text(id.into()));
+    restrict(&mut f, vis, "r.pk");
     Ok(fetch_i64x3(c, &f)
         .await?
         .first()
@@ -114,8 +168,9 @@ async fn page_pks(
     c: &mut Conn<'_>,
     req: &SearchRequest,
     limit: usize,
+    vis: &Visibility,
 ) -> Result<(Vec<i64>, Option<PageStart>), StoreError> {
-    let mut b = Builder::new();
+    let mut b = Builder::new(vis);
     let compiled = b.compile(req.resource_type.as_deref(), &req.filters)?;
     if req.sort.is_empty() {
         let after = match req.page {
@@ -164,7 +219,11 @@ async fn page_pks(
 }
 
 /// Where the previous page starts, for the `previous` link.
-async fn previous_page(c: &mut Conn<'_>, req: &SearchRequest) -> Result<Option<PageStart>, StoreError> {
+async fn previous_page(
+    c: &mut Conn<'_>,
+    req: &SearchRequest,
+    vis: &Visibility,
+) -> Result<Option<PageStart>, StoreError> {
     match req.page {
         PageStart::First => Ok(None),
         PageStart::Offset(o) => Ok(Some(if o <= req.count as u64 {
@@ -173,7 +232,7 @@ async fn previous_page(c: &mut Conn<'_>, req: &SearchRequest) -> Result<Option<P
             PageStart::Offset(o - req.count as u64)
         })),
         PageStart::After(after) => {
-            let compiled = Builder::new().compile(req.resource_type.as_deref(), &req.filters)?;
+            let compiled = Builder::new(vis).compile(req.resource_type.as_deref(), &req.filters)?;
             // The previous page holds the `count` matches at or before `after`.
             let pks = keyset(c, &compiled.raw, Some(after), req.count + 1, true).await?;
             if pks.len() <= req.count {
@@ -185,29 +244,29 @@ async fn previous_page(c: &mut Conn<'_>, req: &SearchRequest) -> Result<Option<P
     }
 }
 
-pub async fn count(c: &mut Conn<'_>, req: &SearchRequest) -> Result<u64, StoreError> {
-    let compiled = Builder::new().compile(req.resource_type.as_deref(), &req.filters)?;
+pub async fn count(c: &mut Conn<'_>, req: &SearchRequest, vis: &Visibility) -> Result<u64, StoreError> {
+    let compiled = Builder::new(vis).compile(req.resource_type.as_deref(), &req.filters)?;
     let mut f = Frag::new("SELECT COUNT(*) FROM (");
     f.append(compiled.matches).push(") m");
     Ok(fetch_i64(c, &f).await?.first().copied().unwrap_or(0).max(0) as u64)
 }
 
-pub async fn search(c: &mut Conn<'_>, req: &SearchRequest) -> Result<SearchPage, StoreError> {
+pub async fn search(c: &mut Conn<'_>, req: &SearchRequest, vis: &Visibility) -> Result<SearchPage, StoreError> {
     let (pks, next) = if req.count == 0 {
         (Vec::new(), None)
     } else {
-        page_pks(c, req, req.count).await?
+        page_pks(c, req, req.count, vis).await?
     };
     let total = if wants_total(req) || req.count == 0 {
-        Some(count(c, req).await?)
+        Some(count(c, req, vis).await?)
     } else if req.page == PageStart::First && next.is_none() {
         Some(pks.len() as u64)
     } else {
         None
     };
-    let previous = previous_page(c, req).await?;
+    let previous = previous_page(c, req, vis).await?;
     let matches = versions_by_pk(c, &pks).await?;
-    let included = includes(c, req, &pks, &matches).await?;
+    let included = includes(c, req, &pks, &matches, vis).await?;
     Ok(SearchPage {
         matches,
         included,
@@ -224,6 +283,7 @@ async fn includes(
     req: &SearchRequest,
     pks: &[i64],
     matches: &[Version],
+    vis: &Visibility,
 ) -> Result<Vec<Version>, StoreError> {
     if req.include.is_empty() && req.revinclude.is_empty() {
         return Ok(Vec::new());
@@ -240,10 +300,10 @@ async fn includes(
     while !frontier.is_empty() && (out.len() as i64) < MAX_INCLUDED {
         let mut found: Vec<i64> = Vec::new();
         for inc in req.include.iter().filter(|i| first_round || i.iterate) {
-            found.extend(include_targets(c, inc, &frontier).await?);
+            found.extend(include_targets(c, inc, &frontier, vis).await?);
         }
         for inc in req.revinclude.iter().filter(|i| first_round || i.iterate) {
-            found.extend(revinclude_sources(c, inc, &frontier).await?);
+            found.extend(revinclude_sources(c, inc, &frontier, vis).await?);
         }
         let new: Vec<i64> = found.into_iter().filter(|pk| seen.insert(*pk)).collect();
         let room = (MAX_INCLUDED - out.len() as i64).max(0) as usize;
@@ -267,6 +327,7 @@ async fn include_targets(
     c: &mut Conn<'_>,
     inc: &Include,
     from: &[(i64, String, String)],
+    vis: &Visibility,
 ) -> Result<Vec<i64>, StoreError> {
     let Some(param) = &inc.param else { return Ok(Vec::new()) };
     let sources: Vec<i64> = from
@@ -287,6 +348,7 @@ async fn include_targets(
     f.push(" AND x.pk IN (");
     push_list(&mut f, sources.iter().map(|pk| Bind::I64(*pk)));
     f.push(")");
+    restrict(&mut f, vis, "t.pk");
     fetch_i64(c, &f).await
 }
 
@@ -294,6 +356,7 @@ async fn revinclude_sources(
     c: &mut Conn<'_>,
     inc: &Include,
     to: &[(i64, String, String)],
+    vis: &Visibility,
 ) -> Result<Vec<i64>, StoreError> {
     let Some(param) = &inc.param else { return Ok(Vec::new()) };
     let mut by_type: HashMap<&str, Vec<&str>> = HashMap::new();
@@ -311,6 +374,7 @@ async fn revinclude_sources(
             .push(" AND x.tid IN (");
         push_list(&mut f, ids.iter().map(|id| Bind::Text(id.to_string())));
         f.push(")");
+        restrict(&mut f, vis, "x.pk");
         out.extend(fetch_i64(c, &f).await?);
     }
     Ok(out)
@@ -331,8 +395,9 @@ pub async fn search_keys(
     c: &mut Conn<'_>,
     req: &SearchRequest,
     limit: usize,
+    vis: &Visibility,
 ) -> Result<Vec<(String, String, i64)>, StoreError> {
-    let compiled = Builder::new().compile(req.resource_type.as_deref(), &req.filters)?;
+    let compiled = Builder::new(vis).compile(req.resource_type.as_deref(), &req.filters)?;
     let mut f = Frag::new("SELECT r.version, r.rtype, r.id FROM resource r WHERE r.pk IN (SELECT m.pk FROM (");
     f.append(compiled.matches)
         .push(") m) ORDER BY r.pk LIMIT ")
@@ -424,7 +489,42 @@ pub async fn put_all(c: &mut Conn<'_>, writes: Vec<Write>) -> Result<(), StoreEr
             rows.add(&w.resource_type, code, value, *pk);
         }
     }
-    rows.insert(c).await
+    rows.insert(c).await?;
+    put_compartments(c, &writes, &pks).await
+}
+
+/// The patients of the written versions and the grants they establish.
+/// Both only grow: a grant outlives the Task that gave it (an MSS that
+/// owned a referral keeps seeing it), a patient outlives the version.
+async fn put_compartments(c: &mut Conn<'_>, writes: &[Write], pks: &[i64]) -> Result<(), StoreError> {
+    let mut patients: HashSet<(i64, &str)> = HashSet::new();
+    let mut grants: HashSet<(&str, &str)> = HashSet::new();
+    for (w, pk) in writes.iter().zip(pks) {
+        patients.extend(w.patients.iter().map(|p| (*pk, p.as_str())));
+        grants.extend(w.grants.iter().map(|(party, p)| (party.as_str(), p.as_str())));
+    }
+    if !patients.is_empty() {
+        let (pks, ids): (Vec<i64>, Vec<String>) = patients.into_iter().map(|(pk, p)| (pk, p.to_string())).unzip();
+        insert_columns(
+            c,
+            "resource_patient (pk, patient)",
+            &[Col::I64(pks), Col::Text(ids)],
+            "ON CONFLICT DO NOTHING",
+        )
+        .await?;
+    }
+    if !grants.is_empty() {
+        let (parties, ids): (Vec<String>, Vec<String>) =
+            grants.into_iter().map(|(a, p)| (a.to_string(), p.to_string())).unzip();
+        insert_columns(
+            c,
+            "access_grant (party, patient)",
+            &[Col::Text(parties), Col::Text(ids)],
+            "ON CONFLICT DO NOTHING",
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 const INDEX_TABLES: [&str; 7] = [

@@ -68,6 +68,21 @@ CREATE TABLE IF NOT EXISTS idx_uri (
 );
 CREATE INDEX IF NOT EXISTS idx_uri_pk ON idx_uri (pk, param);
 
+
+-- Organisation compartments (docs/storage.md): the patients each resource
+-- has ever concerned (kept after deletion, so that history stays guarded),
+-- and which party may see which patient.
+CREATE TABLE IF NOT EXISTS resource_patient (
+    pk      BIGINT NOT NULL,
+    patient TEXT   NOT NULL,
+    PRIMARY KEY (pk, patient)
+);
+CREATE TABLE IF NOT EXISTS access_grant (
+    party   TEXT NOT NULL,
+    patient TEXT NOT NULL,
+    PRIMARY KEY (party, patient)
+);
+
 -- Security: registered clients, seen client-assertion ids (replay), server secrets.
 CREATE TABLE IF NOT EXISTS client (
     id       TEXT PRIMARY KEY,

@@ -8,9 +8,9 @@
 
 use crate::fhir::search::model::{DateRange, Filter, Modifier, ParamRef, ParamType, Prefix, SearchValue, SortKey};
 
-use super::StoreError;
 use super::exec::{Bind, Frag};
 use super::keys::{hash, identifier_key, is_resource_level, normalize, param_key};
+use super::{StoreError, Visibility};
 
 /// A filter, compiled.
 struct Pred {
@@ -41,6 +41,9 @@ pub struct Compiled {
 
 pub struct Builder {
     depth: usize,
+    /// The caller's compartment, checked on every set compiled: the
+    /// matches, and the resources a chain or `_has` looks through.
+    visible: Option<Frag>,
 }
 
 fn table(kind: ParamType) -> Option<&'static str> {
@@ -57,8 +60,11 @@ fn table(kind: ParamType) -> Option<&'static str> {
 }
 
 impl Builder {
-    pub fn new() -> Self {
-        Builder { depth: 0 }
+    pub fn new(vis: &Visibility) -> Self {
+        Builder {
+            depth: 0,
+            visible: super::rows::visible(vis),
+        }
     }
 
     fn alias(&mut self) -> String {
@@ -103,6 +109,9 @@ impl Builder {
         }
         for p in &preds {
             sql.push(" AND ").append(substitute(&p.check, "d.pk"));
+        }
+        if let Some(v) = &self.visible {
+            sql.push(" AND ").append(substitute(v, "d.pk"));
         }
         let raw = sql.clone();
         sql.push(" GROUP BY d.pk");

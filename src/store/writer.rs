@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use crate::fhir::search::model::SearchRequest;
 
 use super::exec::{Conn, Frag, execute};
-use super::{Current, StoreError, Version, Write, rows};
+use super::{Current, StoreError, Version, Visibility, Write, rows};
 
 /// Writes gathered into one transaction at most.
 const MAX_BATCH: usize = 512;
@@ -50,6 +50,8 @@ pub struct WriteTx {
     job_start: usize,
     /// Has the current job opened its SAVEPOINT?
     in_savepoint: bool,
+    /// What the current job may see and act on (its caller's compartment).
+    vis: Visibility,
 }
 
 impl WriteTx {
@@ -76,14 +78,45 @@ impl WriteTx {
         rows::put_all(&mut self.conn(), mine).await
     }
 
+    /// The current state of a resource the job may see (`None` when it
+    /// does not exist or is outside the job's compartment).
     pub async fn current(&mut self, resource_type: &str, id: &str) -> Result<Option<Current>, StoreError> {
         self.prepare_read().await?;
-        rows::current(&mut self.conn(), resource_type, id).await
+        let vis = self.vis.clone();
+        rows::current(&mut self.conn(), resource_type, id, &vis).await
+    }
+
+    /// Does `Type/id` exist at all, seen or not? Tells an id that is free
+    /// from one that is taken outside the job's compartment.
+    pub async fn exists(&mut self, resource_type: &str, id: &str) -> Result<bool, StoreError> {
+        self.prepare_read().await?;
+        Ok(rows::current(&mut self.conn(), resource_type, id, &Visibility::All)
+            .await?
+            .is_some())
     }
 
     pub async fn read(&mut self, resource_type: &str, id: &str) -> Result<Option<Version>, StoreError> {
         self.prepare_read().await?;
-        rows::read_current(&mut self.conn(), resource_type, id).await
+        let vis = self.vis.clone();
+        rows::read_current(&mut self.conn(), resource_type, id, &vis).await
+    }
+
+    /// Whom the current job acts for.
+    pub fn visibility(&self) -> &Visibility {
+        &self.vis
+    }
+
+    /// Those of `patients` that the job's party has not been granted.
+    pub async fn ungranted(&mut self, patients: &[String]) -> Result<Vec<String>, StoreError> {
+        let party = match &self.vis {
+            Visibility::All => return Ok(Vec::new()),
+            Visibility::Party(p) => p.clone(),
+        };
+        if patients.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.prepare_read().await?;
+        rows::ungranted(&mut self.conn(), party.as_deref(), patients).await
     }
 
     /// Up to `limit` current matches of a search: (type, id, version).
@@ -93,7 +126,8 @@ impl WriteTx {
         limit: usize,
     ) -> Result<Vec<(String, String, i64)>, StoreError> {
         self.prepare_read().await?;
-        rows::search_keys(&mut self.conn(), req, limit).await
+        let vis = self.vis.clone();
+        rows::search_keys(&mut self.conn(), req, limit, &vis).await
     }
 
     /// Stores resource versions (sent with the batch, see the module doc).
@@ -163,7 +197,7 @@ impl Writer {
         }
     }
 
-    pub async fn submit<T, E, F>(&self, f: F) -> Result<T, E>
+    pub async fn submit<T, E, F>(&self, vis: Visibility, f: F) -> Result<T, E>
     where
         F: for<'a> FnOnce(&'a mut WriteTx) -> BoxFuture<'a, Result<T, E>> + Send + 'static,
         T: Send + 'static,
@@ -173,6 +207,7 @@ impl Writer {
         let (reply, answer) = oneshot::channel::<Result<T, E>>();
         let job: Job = Box::new(move |wtx| {
             Box::pin(async move {
+                wtx.vis = vis;
                 let result = f(wtx).await;
                 Done {
                     ok: result.is_ok(),
@@ -223,6 +258,7 @@ async fn run(pool: WPool, mut rx: mpsc::Receiver<Job>) {
                 pending: Vec::new(),
                 job_start: 0,
                 in_savepoint: false,
+                vis: Visibility::All,
             },
             Err(e) => {
                 // Dropping the jobs drops their reply senders: each caller
@@ -317,7 +353,7 @@ async fn refresh_statistics(pool: &WPool) {
             let p = p.clone();
             tokio::spawn(async move {
                 // Our tables only (the database may hold other schemas).
-                let sql = "ANALYZE resource, resource_version, idx_token, idx_string, idx_date, idx_number, idx_quantity, idx_reference, idx_uri";
+                let sql = "ANALYZE resource, resource_version, idx_token, idx_string, idx_date, idx_number, idx_quantity, idx_reference, idx_uri, resource_patient, access_grant";
                 if let Err(e) = sqlx::raw_sql(sql).execute(&p).await {
                     tracing::warn!(error = %e, "ANALYZE failed");
                 }

@@ -63,7 +63,7 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
         ..Config::default()
     };
     let running = server::start(&cfg).await.expect("gateway starts");
-    let token = register_client(&running, "operator", None, "system/*.cruds")
+    let token = register_client(&running, "operator", None, "system/*.cruds operator")
         .await
         .token;
     TestApp {

@@ -366,7 +366,7 @@ async fn transaction(
     }
     let representation = input.representation;
     let (entries, replies) = store
-        .write(move |tx| {
+        .write(caller.visibility(), move |tx| {
             Box::pin(async move {
                 let mut entries = entries;
                 if conditional {
@@ -581,7 +581,7 @@ async fn plan_and_store(tx: &mut WriteTx, entries: &mut [Entry]) -> Result<Vec<O
             replies[i] = Some(p.reply);
         }
     }
-    tx.put_all(writes).await?;
+    super::store_writes(tx, writes).await?;
     Ok(replies)
 }
 
@@ -613,7 +613,7 @@ async fn run_one(store: &Store, caller: &Caller, base: &str, mut entry: Entry) -
         entry.new_id = Some(new_id());
     }
     store
-        .write(move |tx| {
+        .write(caller.visibility(), move |tx| {
             Box::pin(async move {
                 let mut one = [entry];
                 let mut map = HashMap::new();

@@ -24,7 +24,7 @@ pub async fn create(
     let id = new_id();
     let index = index_of(&res);
     store
-        .write(move |tx| {
+        .write(caller.visibility(), move |tx| {
             Box::pin(async move {
                 let planned = create_in(tx, res, id, index, cond.as_ref()).await?;
                 commit_one(tx, planned).await
@@ -75,6 +75,8 @@ pub async fn create_in(
         body: Some(body.clone()),
         index,
         pk: None,
+        patients: Vec::new(),
+        grants: Vec::new(),
     };
     Ok(Planned {
         write: Some(write),

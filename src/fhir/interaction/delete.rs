@@ -21,7 +21,7 @@ pub async fn delete(
     check_id(id)?;
     let (rtype, id) = (resource_type.to_string(), id.to_string());
     store
-        .write(move |tx| {
+        .write(caller.visibility(), move |tx| {
             Box::pin(async move {
                 let planned = delete_in(tx, &rtype, &id, if_match).await?;
                 commit_one(tx, planned).await
@@ -58,6 +58,8 @@ pub async fn delete_in(tx: &mut WriteTx, rtype: &str, id: &str, if_match: Option
         body: None,
         index: Vec::new(),
         pk: Some(current.pk),
+        patients: Vec::new(),
+        grants: Vec::new(),
     };
     Ok(Planned {
         write: Some(write),
@@ -76,7 +78,7 @@ pub async fn conditional_delete(
     caller.require(resource_type, Perm::Delete)?;
     let cond = conditional_query(resource_type, query)?;
     store
-        .write(move |tx| {
+        .write(caller.visibility(), move |tx| {
             Box::pin(async move {
                 let found = conditional_matches(tx, &cond).await?;
                 match found.as_slice() {

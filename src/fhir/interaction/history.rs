@@ -66,11 +66,11 @@ pub async fn history(
         }
     }
     if let (Some(t), Some(id)) = (resource_type, id)
-        && store.read(t, id).await?.is_none()
+        && store.read(t, id, &caller.visibility()).await?.is_none()
     {
         return Err(FhirError::not_found(format!("{t}/{id} is not known")));
     }
-    let page = store.history(&q).await?;
+    let page = store.history(&q, &caller.visibility()).await?;
     let path = match (resource_type, id) {
         (Some(t), Some(i)) => format!("{t}/{i}/_history"),
         (Some(t), None) => format!("{t}/_history"),

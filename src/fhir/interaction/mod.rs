@@ -148,10 +148,15 @@ pub struct Planned {
 
 /// Stores one planned write.
 pub async fn commit_one(tx: &mut WriteTx, p: Planned) -> Result<Reply, FhirError> {
-    if let Some(w) = p.write {
-        tx.put_all(vec![w]).await?;
-    }
+    store_writes(tx, p.write.into_iter().collect()).await?;
     Ok(p.reply)
+}
+
+/// Stores the writes of a job once the caller's compartment admits them.
+pub async fn store_writes(tx: &mut WriteTx, mut writes: Vec<Write>) -> Result<(), FhirError> {
+    crate::security::compartment::admit(tx, &mut writes).await?;
+    tx.put_all(writes).await?;
+    Ok(())
 }
 
 /// Reads an ETag / If-Match value: `W/"3"`, `"3"` or `3`.

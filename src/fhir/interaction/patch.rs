@@ -26,7 +26,7 @@ pub async fn patch(
     let ops = parse_patch(body)?;
     let (rtype, id) = (resource_type.to_string(), id.to_string());
     store
-        .write(move |tx| {
+        .write(caller.visibility(), move |tx| {
             Box::pin(async move {
                 let planned = patch_in(tx, &rtype, &id, &ops, if_match).await?;
                 commit_one(tx, planned).await

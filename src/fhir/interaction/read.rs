@@ -11,7 +11,7 @@ use super::Reply;
 pub async fn read(store: &Store, caller: &Caller, resource_type: &str, id: &str) -> Result<Reply, FhirError> {
     caller.require(resource_type, Perm::Read)?;
     check_id(id)?;
-    match store.read(resource_type, id).await? {
+    match store.read(resource_type, id, &caller.visibility()).await? {
         None => Err(FhirError::not_found(format!("{resource_type}/{id} is not known"))),
         Some(v) if v.deleted() => Err(FhirError::gone(format!(
             "{resource_type}/{id} was deleted (version {})",
@@ -35,7 +35,7 @@ pub async fn vread(
             "'{vid}' is not a version id of this server (a positive integer)"
         ))
     })?;
-    match store.vread(resource_type, id, version).await? {
+    match store.vread(resource_type, id, version, &caller.visibility()).await? {
         None => Err(FhirError::not_found(format!(
             "{resource_type}/{id} has no version {version}"
         ))),

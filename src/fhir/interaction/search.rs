@@ -43,7 +43,7 @@ pub async fn search(store: &Store, caller: &Caller, input: SearchInput<'_>) -> R
     if req.summary == Some(Summary::Count) {
         req.count = 0;
     }
-    let page = store.search(&req).await?;
+    let page = store.search(&req, &caller.visibility()).await?;
 
     let path = input.resource_type.unwrap_or("");
     let paging_free: Vec<(String, String)> = req

@@ -40,7 +40,7 @@ pub async fn update(
     let index = index_of(&res);
     let id = id.to_string();
     store
-        .write(move |tx| {
+        .write(caller.visibility(), move |tx| {
             Box::pin(async move {
                 let planned = update_in(tx, res, &id, index, if_match).await?;
                 commit_one(tx, planned).await
@@ -93,6 +93,8 @@ pub async fn update_in(
         body: Some(body.clone()),
         index,
         pk: current.map(|c| c.pk),
+        patients: Vec::new(),
+        grants: Vec::new(),
     };
     let v = Version {
         resource_type: rtype,
@@ -127,7 +129,7 @@ pub async fn conditional_update(
     let res = resource::parse(body, Some(resource_type))?;
     let index = index_of(&res);
     store
-        .write(move |tx| {
+        .write(caller.visibility(), move |tx| {
             Box::pin(async move {
                 let found = conditional_matches(tx, &cond).await?;
                 let id = match (found.as_slice(), res.id()) {

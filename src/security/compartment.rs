@@ -1,0 +1,297 @@
+//! Organisation compartments: which organisation sees which patient.
+//!
+//! Access is granted per patient, by the writes that make an organisation
+//! part of that patient's care, following the rules in [`GRANTS`] and
+//! [`AUTHOR_GRANTS`] — the only place they are written down. A resource
+//! that concerns patients (it references them, or is one) is visible to a
+//! caller whose organisation was granted every one of them; a resource that
+//! concerns no patient (Practitioner, Organization, HealthcareService…) to
+//! every authenticated caller its scopes allow. The operator sees
+//! everything. The store applies the result (`Visibility`) on every read
+//! path — read, vread, search and what it looks through (`_include`,
+//! `_revinclude`, chains, `_has`), history, and the reads of write jobs —
+//! so that what lies outside is simply absent.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::Value;
+
+use crate::fhir::error::FhirError;
+use crate::fhir::search::model::IndexValue;
+use crate::fhir::search::parse::{ParseOptions, parse_search};
+use crate::fhir::search::registry::Registry;
+use crate::store::{Store, StoreError, Visibility, Write, WriteTx};
+
+use super::Caller;
+
+/// The scope of the operator of the gateway, who sees every organisation's
+/// data (administration, support, the sector's indicators).
+pub const OPERATOR_SCOPE: &str = "operator";
+
+/// Whom a reference in these search parameters names gains access to the
+/// patients of the resource: `(resource type, reference parameter)`. An
+/// Organization gains it directly, a PractitionerRole for its organization.
+pub const GRANTS: &[(&str, &str)] = &[
+    // The prescriber's organisation, and the performer chosen on the
+    // prescription.
+    ("ServiceRequest", "requester"),
+    ("ServiceRequest", "performer"),
+    // The referral: whoever asks for it and whoever owns (or once owned)
+    // it — an MSS that accepts, refuses or hands over a Task.
+    ("Task", "requester"),
+    ("Task", "owner"),
+    // The programme and its care team.
+    ("EpisodeOfCare", "organization"),
+    ("EpisodeOfCare", "care-manager"),
+    ("CareTeam", "participant"),
+];
+
+/// The organisation that writes one of these gains access to its patients:
+/// whoever registers a patient, and a prescriber who refers one.
+pub const AUTHOR_GRANTS: &[&str] = &["Patient", "ServiceRequest"];
+
+impl Caller {
+    /// What this caller may see.
+    pub fn visibility(&self) -> Visibility {
+        if self.scopes.has(OPERATOR_SCOPE) {
+            Visibility::All
+        } else {
+            Visibility::Party(self.organization.as_deref().map(party))
+        }
+    }
+}
+
+/// The grant key of an organisation: `Organization/<id>`.
+fn party(org: &str) -> String {
+    if org.contains('/') {
+        org.to_string()
+    } else {
+        format!("Organization/{org}")
+    }
+}
+
+/// The Organization a client registered with `--organization` acts for:
+/// an id (`abc` or `Organization/abc`) as it is, a SIRET (14 digits), a
+/// SIREN (9) or a FINESS (9) looked up among the stored Organizations.
+/// `None` when a number matches no Organization (or several): such a
+/// caller sees no patient data until the Organization is registered.
+pub async fn resolve_organization(store: &Store, registered: &str) -> Result<Option<String>, StoreError> {
+    let digits = registered.len() >= 9 && registered.bytes().all(|b| b.is_ascii_digit());
+    if !digits {
+        return Ok(Some(party(registered).trim_start_matches("Organization/").to_string()));
+    }
+    let systems: &[&str] = match registered.len() {
+        14 => &["https://sirene.fr", "http://sirene.fr", "urn:oid:1.2.250.1.71.4.2.2"],
+        9 => &[
+            "https://sirene.fr",
+            "https://finess.esante.gouv.fr",
+            "urn:oid:1.2.250.1.71.4.2.2",
+        ],
+        _ => return Ok(None),
+    };
+    let mut found: HashSet<String> = HashSet::new();
+    for system in systems {
+        // idNatSt prefixes the number: 3 + SIRET, 1 + FINESS, 2 + SIREN.
+        let values: Vec<String> = if system.starts_with("urn:oid") {
+            ["1", "2", "3"].iter().map(|p| format!("{p}{registered}")).collect()
+        } else {
+            vec![registered.to_string()]
+        };
+        for value in values {
+            let pairs = vec![("identifier".to_string(), format!("{system}|{value}"))];
+            let opts = ParseOptions {
+                strict: true,
+                default_count: 2,
+                max_count: 2,
+            };
+            let Ok(req) = parse_search(Registry::r4(), Some("Organization"), &pairs, &opts) else {
+                continue;
+            };
+            let page = store.search(&req, &Visibility::All).await?;
+            found.extend(page.matches.into_iter().map(|v| v.id));
+        }
+    }
+    Ok(match found.len() {
+        1 => found.into_iter().next(),
+        _ => None,
+    })
+}
+
+/// The patients a resource concerns: its own id for a Patient, and every
+/// Patient it references through a search parameter.
+pub fn patients_of(resource_type: &str, id: &str, index: &[(String, IndexValue)]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    if resource_type == "Patient" {
+        out.push(id.to_string());
+    }
+    for (_, v) in index {
+        if let IndexValue::Reference {
+            rtype: Some(t),
+            id: Some(target),
+            ..
+        } = v
+            && t == "Patient"
+            && !out.contains(target)
+        {
+            out.push(target.clone());
+        }
+    }
+    out
+}
+
+/// Records the patients and grants of a job's writes, and refuses the job
+/// when it writes about a patient outside the caller's compartment (403),
+/// or takes an id that exists outside it (409). Called on every write
+/// job, right before its rows are stored.
+pub async fn admit(tx: &mut WriteTx, writes: &mut [Write]) -> Result<(), FhirError> {
+    let vis = tx.visibility().clone();
+    let author = match &vis {
+        Visibility::Party(Some(p)) => Some(p.clone()),
+        _ => None,
+    };
+    // PractitionerRoles written in this job, for the rules that name one.
+    let pending_roles: HashMap<String, Option<String>> = writes
+        .iter()
+        .filter(|w| w.resource_type == "PractitionerRole")
+        .map(|w| (w.id.clone(), w.body.as_deref().and_then(role_organization)))
+        .collect();
+    let mut established: HashSet<(String, String)> = HashSet::new();
+    for w in writes.iter_mut() {
+        if w.body.is_none() {
+            continue;
+        }
+        w.patients = patients_of(&w.resource_type, &w.id, &w.index);
+        if w.patients.is_empty() {
+            continue;
+        }
+        let mut parties: Vec<String> = Vec::new();
+        for (code, v) in &w.index {
+            if !GRANTS.iter().any(|(t, p)| *t == w.resource_type && p == code) {
+                continue;
+            }
+            let IndexValue::Reference {
+                rtype: Some(t),
+                id: Some(target),
+                ..
+            } = v
+            else {
+                continue;
+            };
+            match t.as_str() {
+                "Organization" => parties.push(format!("Organization/{target}")),
+                "PractitionerRole" => {
+                    let org = match pending_roles.get(target) {
+                        Some(org) => org.clone(),
+                        None => stored_role_organization(tx, target).await?,
+                    };
+                    parties.extend(org);
+                }
+                _ => {}
+            }
+        }
+        if AUTHOR_GRANTS.contains(&w.resource_type.as_str()) {
+            parties.extend(author.clone());
+        }
+        parties.sort();
+        parties.dedup();
+        w.grants = parties
+            .iter()
+            .flat_map(|party| w.patients.iter().map(move |p| (party.clone(), p.clone())))
+            .collect();
+        established.extend(w.grants.iter().cloned());
+    }
+    if vis == Visibility::All {
+        return Ok(());
+    }
+    for w in writes.iter() {
+        if w.pk.is_none() && tx.exists(&w.resource_type, &w.id).await? {
+            return Err(FhirError::new(
+                409,
+                "conflict",
+                format!("the id {}/{} is already in use", w.resource_type, w.id),
+            ));
+        }
+        let pending: Vec<String> = w
+            .patients
+            .iter()
+            .filter(|p| {
+                !author
+                    .as_ref()
+                    .is_some_and(|a| established.contains(&(a.clone(), (*p).clone())))
+            })
+            .cloned()
+            .collect();
+        if !tx.ungranted(&pending).await?.is_empty() {
+            return Err(FhirError::new(
+                403,
+                "forbidden",
+                format!(
+                    "this {} concerns a patient outside your organisation's compartment",
+                    w.resource_type
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `PractitionerRole.organization` as `Organization/<id>`.
+fn role_organization(body: &[u8]) -> Option<String> {
+    let json: Value = serde_json::from_slice(body).ok()?;
+    let reference = json.get("organization")?.get("reference")?.as_str()?;
+    let id = reference.rsplit_once("Organization/").map(|(_, id)| id)?;
+    let id = id.split('/').next().filter(|id| !id.is_empty())?;
+    Some(format!("Organization/{id}"))
+}
+
+async fn stored_role_organization(tx: &mut WriteTx, id: &str) -> Result<Option<String>, FhirError> {
+    Ok(tx
+        .read("PractitionerRole", id)
+        .await?
+        .and_then(|v| v.body)
+        .and_then(|b| role_organization(&b)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(t: &str, id: &str) -> IndexValue {
+        IndexValue::Reference {
+            rtype: Some(t.into()),
+            id: Some(id.into()),
+            identifier: None,
+        }
+    }
+
+    #[test]
+    fn a_patient_concerns_itself_and_an_observation_its_subject() {
+        assert_eq!(patients_of("Patient", "p1", &[]), vec!["p1"]);
+        let index = vec![
+            ("subject".to_string(), reference("Patient", "p2")),
+            ("patient".to_string(), reference("Patient", "p2")),
+            ("performer".to_string(), reference("Practitioner", "d1")),
+        ];
+        assert_eq!(patients_of("Observation", "o1", &index), vec!["p2"]);
+        assert!(patients_of("Practitioner", "d1", &[]).is_empty());
+    }
+
+    #[test]
+    fn the_organisation_of_a_practitioner_role() {
+        let body = br#"{"resourceType":"PractitionerRole","organization":{"reference":"Organization/mss-1"}}"#;
+        assert_eq!(role_organization(body).as_deref(), Some("Organization/mss-1"));
+        assert_eq!(role_organization(br#"{"resourceType":"PractitionerRole"}"#), None);
+    }
+
+    #[test]
+    fn the_operator_sees_everything_an_organisation_its_compartment() {
+        let mut caller = Caller::system();
+        assert_eq!(caller.visibility(), Visibility::All);
+        caller.scopes = crate::security::scopes::Scopes::parse("system/*.rs").unwrap_or_default();
+        caller.organization = Some("mss-1".into());
+        assert_eq!(
+            caller.visibility(),
+            Visibility::Party(Some("Organization/mss-1".into()))
+        );
+    }
+}
