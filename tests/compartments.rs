@@ -341,6 +341,71 @@ async fn an_organisation_registered_by_siret_acts_for_its_organization_resource(
     assert_eq!(mss.get(&format!("Patient/{p}")).await.status(), StatusCode::OK);
 }
 
+const RECIPIENT_KIND: &str = "https://apa-gateway.fr/fhir/CodeSystem/recipient-kind";
+
+async fn the_patient_opposes_sharing_with_the_cpts(app: &TestApp) {
+    let t = a_gp_refers_a_patient_to_mss_a(app).await;
+    let r = app
+        .put(
+            "Organization/cpts-est",
+            &json!({"resourceType": "Organization", "id": "cpts-est", "name": "CPTS Est",
+                    "type": [{"coding": [{"system": RECIPIENT_KIND, "code": "CPTS"}]}]}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let cpts = Org::new(app, "cpts-software", "cpts-est").await;
+    let patient = format!("Patient/{}", t.patient);
+    // The GP asks the CPTS to coordinate the pathway.
+    let coordination = json!({"resourceType": "Task", "status": "requested", "intent": "order",
+        "for": {"reference": patient}, "focus": {"reference": format!("ServiceRequest/{}", t.referral)},
+        "requester": {"reference": "Organization/cabinet-dupont"},
+        "owner": {"reference": "Organization/cpts-est"}});
+    assert_eq!(
+        t.gp.send(reqwest::Method::POST, "Task", &coordination).await.status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(cpts.get(&patient).await.status(), StatusCode::OK);
+    // The patient tells the GP they do not want the CPTS to see their data.
+    let opposition = json!({"resourceType": "Consent", "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": patient},
+        "provision": {"type": "deny",
+                      "actor": [{"role": {"coding": [{"system": RECIPIENT_KIND, "code": "CPTS"}]},
+                                 "reference": {"display": "toute CPTS"}}]}});
+    let r = t.gp.send(reqwest::Method::POST, "Consent", &opposition).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let consent = json(r).await;
+    let consent_id = consent["id"].as_str().unwrap();
+    assert_eq!(cpts.get(&patient).await.status(), StatusCode::NOT_FOUND);
+    assert!(cpts.found("Task?owner=Organization/cpts-est", "Task").await.is_empty());
+    // The MSS the patient goes to is not concerned.
+    assert_eq!(t.mss_a.get(&patient).await.status(), StatusCode::OK);
+    // The patient changes their mind: the consent is withdrawn.
+    let mut withdrawn = consent.clone();
+    withdrawn["status"] = json!("inactive");
+    let r =
+        t.gp.send(reqwest::Method::PUT, &format!("Consent/{consent_id}"), &withdrawn)
+            .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(cpts.get(&patient).await.status(), StatusCode::OK);
+    // Opposed again, then the Consent deleted: the opposition goes with it.
+    let r =
+        t.gp.send(reqwest::Method::PUT, &format!("Consent/{consent_id}"), &consent)
+            .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(cpts.get(&patient).await.status(), StatusCode::NOT_FOUND);
+    let r =
+        t.gp.http
+            .delete(format!("{}/Consent/{consent_id}", t.gp.base))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(cpts.get(&patient).await.status(), StatusCode::OK);
+}
+
+on_both_backends!(consent_opposes_cpts, the_patient_opposes_sharing_with_the_cpts);
 on_both_backends!(
     referred_patient_seen_by_gp_and_mss,
     the_referred_patient_is_seen_by_the_gp_and_the_mss_it_is_addressed_to

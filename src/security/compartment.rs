@@ -14,15 +14,18 @@
 
 use std::collections::{HashMap, HashSet};
 
+use bytes::Bytes;
 use serde_json::Value;
 
+use crate::clock::now_micros;
 use crate::fhir::error::FhirError;
 use crate::fhir::search::model::IndexValue;
 use crate::fhir::search::parse::{ParseOptions, parse_search};
 use crate::fhir::search::registry::Registry;
-use crate::store::{Store, StoreError, Visibility, Write, WriteTx};
+use crate::store::{Grant, Store, StoreError, Visibility, Write, WriteTx};
 
 use super::Caller;
+use super::consent::{self, Decision, Kind, Recipient};
 
 /// The scope of the operator of the gateway, who sees every organisation's
 /// data (administration, support, the sector's indicators).
@@ -141,8 +144,10 @@ pub fn patients_of(resource_type: &str, id: &str, index: &[(String, IndexValue)]
 
 /// Records the patients and grants of a job's writes, and refuses the job
 /// when it writes about a patient outside the caller's compartment (403),
-/// or takes an id that exists outside it (409). Called on every write
-/// job, right before its rows are stored.
+/// or takes an id that exists outside it (409). Each grant is decided
+/// against the patient's consent; a Consent written or deleted re-decides
+/// the grants of its patient. Called on every write job, right before its
+/// rows are stored.
 pub async fn admit(tx: &mut WriteTx, writes: &mut [Write]) -> Result<(), FhirError> {
     let vis = tx.visibility().clone();
     let author = match &vis {
@@ -155,8 +160,9 @@ pub async fn admit(tx: &mut WriteTx, writes: &mut [Write]) -> Result<(), FhirErr
         .filter(|w| w.resource_type == "PractitionerRole")
         .map(|w| (w.id.clone(), w.body.as_deref().and_then(role_organization)))
         .collect();
-    let mut established: HashSet<(String, String)> = HashSet::new();
-    for w in writes.iter_mut() {
+    // (write, party, patient) of every grant to decide.
+    let mut wanted: Vec<(usize, String, String)> = Vec::new();
+    for (i, w) in writes.iter_mut().enumerate() {
         if w.body.is_none() {
             continue;
         }
@@ -194,15 +200,58 @@ pub async fn admit(tx: &mut WriteTx, writes: &mut [Write]) -> Result<(), FhirErr
         }
         parties.sort();
         parties.dedup();
-        w.grants = parties
-            .iter()
-            .flat_map(|party| w.patients.iter().map(move |p| (party.clone(), p.clone())))
-            .collect();
-        established.extend(w.grants.iter().cloned());
+        for party in parties {
+            wanted.extend(w.patients.iter().map(|p| (i, party.clone(), p.clone())));
+        }
+    }
+    // A Consent written or deleted re-decides every grant of its patients.
+    for (i, w) in writes.iter().enumerate() {
+        if w.resource_type != "Consent" {
+            continue;
+        }
+        let mut patients = w.patients.clone();
+        if let Some(pk) = w.pk {
+            patients.extend(tx.patients_of(pk).await?);
+        }
+        patients.sort();
+        patients.dedup();
+        for p in patients {
+            for party in tx.grantees(&p).await? {
+                wanted.push((i, party, p.clone()));
+            }
+        }
+    }
+    let mut consents: HashMap<String, Vec<Value>> = HashMap::new();
+    let mut kinds: HashMap<String, Option<Kind>> = HashMap::new();
+    let now = now_micros();
+    for (i, party, patient) in wanted {
+        if !consents.contains_key(&patient) {
+            let list = consents_of(tx, writes, &patient).await?;
+            consents.insert(patient.clone(), list);
+        }
+        if !kinds.contains_key(&party) {
+            let kind = organization_kind(tx, writes, &party).await?;
+            kinds.insert(party.clone(), kind);
+        }
+        let recipient = Recipient {
+            kind: kinds.get(&party).copied().flatten(),
+            organization: Some(&party),
+        };
+        let list = consents.get(&patient).map(Vec::as_slice).unwrap_or_default();
+        let denied = consent::decide(list, recipient, now) == Decision::Deny;
+        if let Some(w) = writes.get_mut(i) {
+            w.grants.push(Grant { party, patient, denied });
+        }
     }
     if vis == Visibility::All {
         return Ok(());
     }
+    let established: HashSet<(&str, &str)> = writes
+        .iter()
+        .flat_map(|w| &w.grants)
+        .filter(|g| !g.denied)
+        .map(|g| (g.party.as_str(), g.patient.as_str()))
+        .collect();
     for w in writes.iter() {
         if w.pk.is_none() && tx.exists(&w.resource_type, &w.id).await? {
             return Err(FhirError::new(
@@ -216,8 +265,8 @@ pub async fn admit(tx: &mut WriteTx, writes: &mut [Write]) -> Result<(), FhirErr
             .iter()
             .filter(|p| {
                 !author
-                    .as_ref()
-                    .is_some_and(|a| established.contains(&(a.clone(), (*p).clone())))
+                    .as_deref()
+                    .is_some_and(|a| established.contains(&(a, p.as_str())))
             })
             .cloned()
             .collect();
@@ -233,6 +282,41 @@ pub async fn admit(tx: &mut WriteTx, writes: &mut [Write]) -> Result<(), FhirErr
         }
     }
     Ok(())
+}
+
+/// The patient's Consents as they will be once the job is stored: the
+/// stored ones, replaced or removed by those the job writes.
+async fn consents_of(tx: &mut WriteTx, writes: &[Write], patient: &str) -> Result<Vec<Value>, FhirError> {
+    let mut by_id: HashMap<String, Option<Bytes>> = tx
+        .of_patient("Consent", patient)
+        .await?
+        .into_iter()
+        .map(|v| (v.id, v.body))
+        .collect();
+    for w in writes.iter().filter(|w| w.resource_type == "Consent") {
+        if w.body.is_none() || w.patients.iter().any(|p| p == patient) {
+            by_id.insert(w.id.clone(), w.body.clone());
+        }
+    }
+    Ok(by_id
+        .into_values()
+        .flatten()
+        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .collect())
+}
+
+/// The kind of recipient an organisation declares (`Organization.type`).
+async fn organization_kind(tx: &mut WriteTx, writes: &[Write], party: &str) -> Result<Option<Kind>, FhirError> {
+    let Some(id) = party.strip_prefix("Organization/") else {
+        return Ok(None);
+    };
+    let body = match writes.iter().find(|w| w.resource_type == "Organization" && w.id == id) {
+        Some(w) => w.body.clone(),
+        None => tx.read("Organization", id).await?.and_then(|v| v.body),
+    };
+    Ok(body
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|org| Kind::of_organization(&org)))
 }
 
 /// `PractitionerRole.organization` as `Organization/<id>`.

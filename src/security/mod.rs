@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod compartment;
+pub mod consent;
 pub mod keys;
 pub mod scopes;
 

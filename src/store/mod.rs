@@ -137,8 +137,17 @@ pub struct Write {
     /// resource is visible only to parties granted all of them, forever
     /// (deleting it does not lift the guard on its history).
     pub patients: Vec<String>,
-    /// (party, patient) pairs of access this write establishes.
-    pub grants: Vec<(String, String)>,
+    /// Access this write establishes, or re-decides (a Consent changed).
+    pub grants: Vec<Grant>,
+}
+
+/// A party's access to a patient's data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub party: String,
+    pub patient: String,
+    /// The patient's consent withholds it (the grant stays, inactive).
+    pub denied: bool,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -10,7 +10,7 @@ use super::exec::{
 };
 use super::keys::{hash, hash_opt, identifier_key, normalize, param_key};
 use super::sql::Builder;
-use super::{Current, MAX_INCLUDED, Method, SearchPage, StoreError, Version, Visibility, Write, wants_total};
+use super::{Current, Grant, MAX_INCLUDED, Method, SearchPage, StoreError, Version, Visibility, Write, wants_total};
 
 pub const VERSION_COLUMNS: &str = "SELECT v.pk, v.vpk, v.rtype, r.id, v.version, v.updated, v.method, v.body";
 
@@ -28,7 +28,8 @@ pub fn visible(vis: &Visibility) -> Option<Frag> {
                 "NOT EXISTS (SELECT 1 FROM resource_patient vp WHERE vp.pk = {pk} AND NOT EXISTS \
                  (SELECT 1 FROM access_grant vg WHERE vg.party = ",
             );
-            f.bind(Bind::Text(party.clone())).push(" AND vg.patient = vp.patient))");
+            f.bind(Bind::Text(party.clone()))
+                .push(" AND vg.patient = vp.patient AND vg.denied = 0))");
             Some(f)
         }
     }
@@ -64,7 +65,7 @@ pub async fn ungranted(c: &mut Conn<'_>, party: Option<&str>, patients: &[String
     let Some(party) = party else {
         return Ok(patients.to_vec());
     };
-    let mut f = Frag::new("SELECT CAST(0 AS BIGINT), patient, patient FROM access_grant WHERE party = ");
+    let mut f = Frag::new("SELECT CAST(0 AS BIGINT), patient, patient FROM access_grant WHERE denied = 0 AND party = ");
     f.bind(Bind::Text(party.to_string())).push(" AND patient IN (");
     push_list(&mut f, patients.iter().map(|p| Bind::Text(p.clone())));
     f.push(")");
@@ -74,6 +75,41 @@ pub async fn ungranted(c: &mut Conn<'_>, party: Option<&str>, patients: &[String
         .map(|(_, p, _)| p)
         .collect();
     Ok(patients.iter().filter(|p| !granted.contains(*p)).cloned().collect())
+}
+
+/// The parties granted access to a patient (consent aside).
+pub async fn grantees(c: &mut Conn<'_>, patient: &str) -> Result<Vec<String>, StoreError> {
+    let mut f = Frag::new("SELECT CAST(0 AS BIGINT), party, party FROM access_grant WHERE patient = ");
+    f.bind(Bind::Text(patient.to_string()));
+    Ok(fetch_i64_text_text(c, &f)
+        .await?
+        .into_iter()
+        .map(|(_, p, _)| p)
+        .collect())
+}
+
+/// The patients a stored resource has concerned.
+pub async fn patients_of(c: &mut Conn<'_>, pk: i64) -> Result<Vec<String>, StoreError> {
+    let mut f = Frag::new("SELECT pk, patient, patient FROM resource_patient WHERE pk = ");
+    f.bind(Bind::I64(pk));
+    Ok(fetch_i64_text_text(c, &f)
+        .await?
+        .into_iter()
+        .map(|(_, p, _)| p)
+        .collect())
+}
+
+/// The current (not deleted) resources of a type that concern a patient.
+pub async fn of_patient(c: &mut Conn<'_>, rtype: &str, patient: &str) -> Result<Vec<Version>, StoreError> {
+    let mut f = Frag::new(VERSION_COLUMNS);
+    f.push(
+        " FROM resource_patient rp JOIN resource r ON r.pk = rp.pk AND r.deleted = 0 \
+         JOIN resource_version v ON v.pk = r.pk AND v.version = r.version WHERE rp.patient = ",
+    )
+    .bind(Bind::Text(patient.to_string()))
+    .push(" AND r.rtype = ")
+    .bind(Bind::Text(rtype.to_string()));
+    Ok(fetch_versions(c, &f).await?.into_iter().map(Version::from).collect())
 }
 
 pub async fn current(c: &mut Conn<'_>, rtype: &str, id: &str, vis: &Visibility) -> Result<Option<Current>, StoreError> {
@@ -498,10 +534,13 @@ pub async fn put_all(c: &mut Conn<'_>, writes: Vec<Write>) -> Result<(), StoreEr
 /// owned a referral keeps seeing it), a patient outlives the version.
 async fn put_compartments(c: &mut Conn<'_>, writes: &[Write], pks: &[i64]) -> Result<(), StoreError> {
     let mut patients: HashSet<(i64, &str)> = HashSet::new();
-    let mut grants: HashSet<(&str, &str)> = HashSet::new();
+    // The last decision on a (party, patient) pair stands.
+    let mut grants: HashMap<(&str, &str), bool> = HashMap::new();
     for (w, pk) in writes.iter().zip(pks) {
         patients.extend(w.patients.iter().map(|p| (*pk, p.as_str())));
-        grants.extend(w.grants.iter().map(|(party, p)| (party.as_str(), p.as_str())));
+        for Grant { party, patient, denied } in &w.grants {
+            grants.insert((party.as_str(), patient.as_str()), *denied);
+        }
     }
     if !patients.is_empty() {
         let (pks, ids): (Vec<i64>, Vec<String>) = patients.into_iter().map(|(pk, p)| (pk, p.to_string())).unzip();
@@ -514,13 +553,19 @@ async fn put_compartments(c: &mut Conn<'_>, writes: &[Write], pks: &[i64]) -> Re
         .await?;
     }
     if !grants.is_empty() {
-        let (parties, ids): (Vec<String>, Vec<String>) =
-            grants.into_iter().map(|(a, p)| (a.to_string(), p.to_string())).unzip();
+        let mut parties = Vec::with_capacity(grants.len());
+        let mut ids = Vec::with_capacity(grants.len());
+        let mut denied = Vec::with_capacity(grants.len());
+        for ((party, patient), d) in grants {
+            parties.push(party.to_string());
+            ids.push(patient.to_string());
+            denied.push(i64::from(d));
+        }
         insert_columns(
             c,
-            "access_grant (party, patient)",
-            &[Col::Text(parties), Col::Text(ids)],
-            "ON CONFLICT DO NOTHING",
+            "access_grant (party, patient, denied)",
+            &[Col::Text(parties), Col::Text(ids), Col::I64(denied)],
+            "ON CONFLICT (party, patient) DO UPDATE SET denied = excluded.denied",
         )
         .await?;
     }

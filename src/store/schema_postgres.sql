@@ -71,7 +71,8 @@ CREATE INDEX IF NOT EXISTS idx_uri_pk ON idx_uri (pk, param);
 
 -- Organisation compartments (docs/storage.md): the patients each resource
 -- has ever concerned (kept after deletion, so that history stays guarded),
--- and which party may see which patient.
+-- and which party may see which patient (`denied`: the patient's consent
+-- withholds it for now, see security/consent.rs).
 CREATE TABLE IF NOT EXISTS resource_patient (
     pk      BIGINT NOT NULL,
     patient TEXT   NOT NULL,
@@ -80,6 +81,7 @@ CREATE TABLE IF NOT EXISTS resource_patient (
 CREATE TABLE IF NOT EXISTS access_grant (
     party   TEXT NOT NULL,
     patient TEXT NOT NULL,
+    denied  BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (party, patient)
 );
 

@@ -70,7 +70,8 @@ CREATE INDEX IF NOT EXISTS idx_uri_pk ON idx_uri (pk, param);
 
 -- Organisation compartments (docs/storage.md): the patients each resource
 -- has ever concerned (kept after deletion, so that history stays guarded),
--- and which party may see which patient.
+-- and which party may see which patient (`denied`: the patient's consent
+-- withholds it for now, see security/consent.rs).
 CREATE TABLE IF NOT EXISTS resource_patient (
     pk      INTEGER NOT NULL,
     patient TEXT    NOT NULL,
@@ -79,6 +80,7 @@ CREATE TABLE IF NOT EXISTS resource_patient (
 CREATE TABLE IF NOT EXISTS access_grant (
     party   TEXT NOT NULL,
     patient TEXT NOT NULL,
+    denied  INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (party, patient)
 ) WITHOUT ROWID;
 

@@ -101,6 +101,26 @@ impl WriteTx {
         rows::read_current(&mut self.conn(), resource_type, id, &vis).await
     }
 
+    /// The parties granted access to a patient, whatever the job's
+    /// compartment (for the security layer to re-decide them).
+    pub async fn grantees(&mut self, patient: &str) -> Result<Vec<String>, StoreError> {
+        self.prepare_read().await?;
+        rows::grantees(&mut self.conn(), patient).await
+    }
+
+    /// The patients a stored resource has concerned.
+    pub async fn patients_of(&mut self, pk: i64) -> Result<Vec<String>, StoreError> {
+        self.prepare_read().await?;
+        rows::patients_of(&mut self.conn(), pk).await
+    }
+
+    /// The current resources of a type that concern a patient, whatever the
+    /// job's compartment (for the security layer: a patient's Consents).
+    pub async fn of_patient(&mut self, resource_type: &str, patient: &str) -> Result<Vec<Version>, StoreError> {
+        self.prepare_read().await?;
+        rows::of_patient(&mut self.conn(), resource_type, patient).await
+    }
+
     /// Whom the current job acts for.
     pub fn visibility(&self) -> &Visibility {
         &self.vis
