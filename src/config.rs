@@ -37,6 +37,16 @@ pub struct Config {
     /// self-signed pair for local use).
     pub tls_cert: Option<std::path::PathBuf>,
     pub tls_key: Option<std::path::PathBuf>,
+    /// Deepest nesting of objects and arrays accepted in a JSON body.
+    pub max_json_depth: usize,
+    /// Requests per second (sustained) and burst allowed to one client;
+    /// `0` per second switches the limit off.
+    pub rate_limit_client_per_sec: u32,
+    pub rate_limit_client_burst: u32,
+    /// The same for one peer IP address, on the token endpoint, the other
+    /// endpoints outside `/fhir` and every request without a valid token.
+    pub rate_limit_peer_per_sec: u32,
+    pub rate_limit_peer_burst: u32,
 }
 
 impl Default for Config {
@@ -54,6 +64,11 @@ impl Default for Config {
             token_lifetime_secs: 300,
             tls_cert: None,
             tls_key: None,
+            max_json_depth: 64,
+            rate_limit_client_per_sec: 200,
+            rate_limit_client_burst: 1000,
+            rate_limit_peer_per_sec: 20,
+            rate_limit_peer_burst: 100,
         }
     }
 }

@@ -85,11 +85,16 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
         ))
         .unwrap_or_default()
         .into(),
+        rate_limits: crate::http::limits::RateLimits::new(
+            (cfg.rate_limit_client_per_sec, cfg.rate_limit_client_burst),
+            (cfg.rate_limit_peer_per_sec, cfg.rate_limit_peer_burst),
+        ),
     };
     let app = router(
         state,
         &Limits {
             max_body_bytes: cfg.max_body_bytes,
+            max_json_depth: cfg.max_json_depth,
             request_timeout: Duration::from_secs(cfg.request_timeout_secs),
         },
     );
@@ -104,7 +109,8 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
         };
         // `/fhir/` is `/fhir`: normalise before routing.
         let app = NormalizePathLayer::trim_trailing_slash().layer(app);
-        let app = ServiceExt::<axum::extract::Request>::into_make_service(app);
+        // The peer address keys the rate limits of unauthenticated requests.
+        let app = ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(app);
         let served = match tls {
             None => axum::serve(listener, app).with_graceful_shutdown(stop).await,
             Some(tls) => {

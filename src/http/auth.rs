@@ -3,6 +3,7 @@
 //! configuration are served without a token.
 
 use axum::Json;
+use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -10,9 +11,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::fhir::error::FhirError;
-use crate::security::auth::{AuthError, TokenRequest};
+use crate::security::auth::{AuthError, OAuthError, TokenRequest};
 
-use super::AppState;
+use super::{AppState, limits};
 
 /// Inside the `/fhir` router the prefix is already stripped.
 fn is_public(path: &str) -> bool {
@@ -32,8 +33,14 @@ fn unauthorized(e: &AuthError) -> Response {
 }
 
 /// Puts the authenticated `Caller` in the request, or answers 401.
+/// Authenticated requests count against their client's rate limit, the
+/// others against their peer address's.
 pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+    let peer = limits::peer_ip(&req);
     if is_public(req.uri().path()) {
+        if let Err(throttled) = s.rate_limits.peer(peer) {
+            return throttled.into_response();
+        }
         return next.run(req).await;
     }
     let bearer = req
@@ -43,14 +50,23 @@ pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Nex
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim);
     let Some(token) = bearer else {
+        if let Err(throttled) = s.rate_limits.peer(peer) {
+            return throttled.into_response();
+        }
         return unauthorized(&s.auth.missing());
     };
     match s.auth.authenticate(token).await {
         Ok(caller) => {
+            if let Err(throttled) = s.rate_limits.client(&caller.client_id) {
+                return throttled.into_response();
+            }
             req.extensions_mut().insert(caller);
             next.run(req).await
         }
         Err(e) => {
+            if let Err(throttled) = s.rate_limits.peer(peer) {
+                return throttled.into_response();
+            }
             tracing::info!(reason = %e, "request refused: authentication");
             unauthorized(&e)
         }
@@ -58,8 +74,16 @@ pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Nex
 }
 
 /// `POST /auth/token` (application/x-www-form-urlencoded).
-pub async fn token(State(s): State<AppState>, Form(req): Form<TokenRequest>) -> Response {
-    let mut resp = match s.auth.token(req).await {
+pub async fn token(State(s): State<AppState>, form: Result<Form<TokenRequest>, FormRejection>) -> Response {
+    let result = match form {
+        Ok(Form(req)) => s.auth.token(req).await,
+        Err(rejection) => Err(OAuthError {
+            status: rejection.status().as_u16(),
+            error: "invalid_request",
+            description: rejection.body_text(),
+        }),
+    };
+    let mut resp = match result {
         Ok(t) => Json(t).into_response(),
         Err(e) => {
             tracing::info!(error = e.error, "token request refused");

@@ -48,6 +48,11 @@ async fn fresh_pg_schema() -> (String, String) {
 }
 
 pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// `spawn_app` with some settings changed.
+pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let (pg_schema, database_url) = match backend {
         Backend::Sqlite => (None, format!("sqlite://{}/apa.db", dir.path().display())),
@@ -56,12 +61,13 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
             (Some(schema), url)
         }
     };
-    let cfg = Config {
+    let mut cfg = Config {
         listen: "127.0.0.1:0".into(),
         database_url,
         db_pool_size: 4,
         ..Config::default()
     };
+    configure(&mut cfg);
     let running = server::start(&cfg).await.expect("gateway starts");
     let token = register_client(&running, "operator", None, "system/*.cruds")
         .await
@@ -235,6 +241,29 @@ macro_rules! on_both_backends {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
                 let app = common::spawn_app(common::Backend::Postgres).await;
+                $scenario(&app).await;
+                app.stop().await;
+            }
+        }
+    };
+}
+
+/// `on_both_backends!` with some settings changed: `$configure` is a
+/// `fn(&mut Config)`.
+#[macro_export]
+macro_rules! on_both_backends_with {
+    ($name:ident, $scenario:path, $configure:expr) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let app = common::spawn_app_with(common::Backend::Sqlite, $configure).await;
+                $scenario(&app).await;
+                app.stop().await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let app = common::spawn_app_with(common::Backend::Postgres, $configure).await;
                 $scenario(&app).await;
                 app.stop().await;
             }
