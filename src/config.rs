@@ -37,6 +37,10 @@ pub struct Config {
     /// self-signed pair for local use).
     pub tls_cert: Option<std::path::PathBuf>,
     pub tls_key: Option<std::path::PathBuf>,
+    /// PEM CA certificate(s): when set (with `tls_cert`/`tls_key`), every
+    /// client must present a certificate signed by one of them (mutual
+    /// TLS), registered to the client it authenticates as.
+    pub tls_client_ca: Option<std::path::PathBuf>,
     /// Deepest nesting of objects and arrays accepted in a JSON body.
     pub max_json_depth: usize,
     /// Requests per second (sustained) and burst allowed to one client;
@@ -64,6 +68,7 @@ impl Default for Config {
             token_lifetime_secs: 300,
             tls_cert: None,
             tls_key: None,
+            tls_client_ca: None,
             max_json_depth: 64,
             rate_limit_client_per_sec: 200,
             rate_limit_client_burst: 1000,

@@ -1,5 +1,7 @@
 //! Starting and stopping the gateway.
 
+mod tls;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -64,11 +66,10 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
         None => format!("{}://{addr}/fhir", cfg.scheme()),
     };
     let tls = match (&cfg.tls_cert, &cfg.tls_key) {
-        (Some(cert), Some(key)) => Some(
-            axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                .await
-                .map_err(|e| ServerError::Tls(format!("{} / {}: {e}", cert.display(), key.display())))?,
-        ),
+        (Some(cert), Some(key)) => Some(tls::rustls_config(cert, key, cfg.tls_client_ca.as_deref())?),
+        (None, None) if cfg.tls_client_ca.is_some() => {
+            return Err(ServerError::Tls("tls_client_ca needs tls_cert and tls_key".into()));
+        }
         (None, None) => None,
         _ => return Err(ServerError::Tls("tls_cert and tls_key go together".into())),
     };
@@ -121,7 +122,11 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
                     stop.await;
                     on_stop.graceful_shutdown(Some(Duration::from_secs(30)));
                 });
-                match listener.into_std().and_then(|l| axum_server::from_tcp_rustls(l, tls)) {
+                let server = listener
+                    .into_std()
+                    .and_then(axum_server::from_tcp)
+                    .map(|s| s.acceptor(tls::ClientCertAcceptor::new(tls)));
+                match server {
                     Ok(server) => server.handle(handle).serve(app).await,
                     Err(e) => Err(e),
                 }

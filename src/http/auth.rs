@@ -2,16 +2,17 @@
 //! SMART discovery document. Only the CapabilityStatement and the SMART
 //! configuration are served without a token.
 
-use axum::Json;
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde_json::json;
 
 use crate::fhir::error::FhirError;
 use crate::security::auth::{AuthError, OAuthError, TokenRequest};
+use crate::security::certs::PeerCertificate;
 
 use super::{AppState, limits};
 
@@ -33,6 +34,11 @@ fn unauthorized(e: &AuthError) -> Response {
 }
 
 /// Puts the authenticated `Caller` in the request, or answers 401.
+/// The TLS client certificate of the request's connection, if any.
+fn peer_certificate(req: &Request) -> Option<PeerCertificate> {
+    req.extensions().get::<Option<PeerCertificate>>().cloned().flatten()
+}
+
 /// Authenticated requests count against their client's rate limit, the
 /// others against their peer address's.
 pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
@@ -55,7 +61,8 @@ pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Nex
         }
         return unauthorized(&s.auth.missing());
     };
-    match s.auth.authenticate(token).await {
+    let cert = peer_certificate(&req);
+    match s.auth.authenticate(token, cert.as_ref()).await {
         Ok(caller) => {
             if let Err(throttled) = s.rate_limits.client(&caller.client_id) {
                 return throttled.into_response();
@@ -74,9 +81,14 @@ pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Nex
 }
 
 /// `POST /auth/token` (application/x-www-form-urlencoded).
-pub async fn token(State(s): State<AppState>, form: Result<Form<TokenRequest>, FormRejection>) -> Response {
+pub async fn token(
+    State(s): State<AppState>,
+    peer: Option<Extension<Option<PeerCertificate>>>,
+    form: Result<Form<TokenRequest>, FormRejection>,
+) -> Response {
+    let peer = peer.and_then(|Extension(p)| p);
     let result = match form {
-        Ok(Form(req)) => s.auth.token(req).await,
+        Ok(Form(req)) => s.auth.token(req, peer.as_ref()).await,
         Err(rejection) => Err(OAuthError {
             status: rejection.status().as_u16(),
             error: "invalid_request",

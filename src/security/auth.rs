@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::Caller;
+use super::certs::{PeerCertificate, same_thumbprint};
 use super::scopes::Scopes;
 use crate::store::{ClientRecord, Store, StoreError};
 
@@ -75,6 +76,8 @@ pub enum AuthError {
     Invalid,
     #[error("the client of this access token has been revoked")]
     Revoked,
+    #[error("the access token is bound to another TLS client certificate than the one presented")]
+    CertificateMismatch,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +107,15 @@ struct AccessClaims {
     scope: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     org: Option<String>,
+    /// RFC 8705: the token is bound to this client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cnf: Option<Confirmation>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Confirmation {
+    #[serde(rename = "x5t#S256")]
+    x5t_s256: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -208,8 +220,9 @@ impl Auth {
         Ok(set)
     }
 
-    /// The token endpoint: `client_credentials` with a client assertion.
-    pub async fn token(&self, req: TokenRequest) -> Result<TokenResponse, OAuthError> {
+    /// The token endpoint: `client_credentials` with a client assertion;
+    /// `peer` is the TLS client certificate of the connection, if any.
+    pub async fn token(&self, req: TokenRequest, peer: Option<&PeerCertificate>) -> Result<TokenResponse, OAuthError> {
         if req.grant_type.as_deref() != Some("client_credentials") {
             return Err(OAuthError::request(
                 "unsupported_grant_type",
@@ -242,6 +255,7 @@ impl Auth {
             .await?
             .filter(|c| c.revoked.is_none())
             .ok_or_else(|| OAuthError::client("unknown or revoked client"))?;
+        check_certificate(&client, peer)?;
         let keys = self.keys_of(&client).await?;
         let jwk = match &header.kid {
             Some(kid) => keys.find(kid),
@@ -298,6 +312,9 @@ impl Auth {
             jti: uuid::Uuid::new_v4().to_string(),
             scope: scope.clone(),
             org: client.organization.clone(),
+            cnf: peer.map(|p| Confirmation {
+                x5t_s256: p.thumbprint.clone(),
+            }),
         };
         let token = encode(
             &Header::new(Algorithm::HS256),
@@ -314,8 +331,9 @@ impl Auth {
         })
     }
 
-    /// Checks a bearer token and says who calls.
-    pub async fn authenticate(&self, token: &str) -> Result<Caller, AuthError> {
+    /// Checks a bearer token, and that it is bound to the TLS client
+    /// certificate of the connection if either has one, and says who calls.
+    pub async fn authenticate(&self, token: &str, peer: Option<&PeerCertificate>) -> Result<Caller, AuthError> {
         let mut v = Validation::new(Algorithm::HS256);
         v.set_audience(&[&self.audience]);
         v.set_issuer(&[&self.issuer]);
@@ -323,6 +341,12 @@ impl Auth {
         let claims = decode::<AccessClaims>(token, &DecodingKey::from_secret(&self.secret), &v)
             .map_err(|_| AuthError::Invalid)?
             .claims;
+        let bound = claims.cnf.as_ref().map(|c| c.x5t_s256.as_str());
+        match (bound, peer) {
+            (None, None) => {}
+            (Some(b), Some(p)) if same_thumbprint(b, &p.thumbprint) => {}
+            _ => return Err(AuthError::CertificateMismatch),
+        }
         match self.client(&claims.sub).await {
             Ok(Some(c)) if c.revoked.is_none() => {}
             Ok(_) => return Err(AuthError::Revoked),
@@ -340,6 +364,21 @@ impl Auth {
     }
 }
 
+/// A client registered with a certificate must present it; a certificate
+/// presented must be the one registered to the client (mutual TLS).
+fn check_certificate(client: &ClientRecord, peer: Option<&PeerCertificate>) -> Result<(), OAuthError> {
+    match (client.tls_cert_sha256.as_deref(), peer) {
+        (None, None) => Ok(()),
+        (Some(registered), Some(p)) if same_thumbprint(registered, &p.thumbprint) => Ok(()),
+        (Some(_), None) => Err(OAuthError::client(
+            "this client must present its registered TLS client certificate",
+        )),
+        (_, Some(_)) => Err(OAuthError::client(
+            "the TLS client certificate presented is not registered to this client",
+        )),
+    }
+}
+
 /// The `iss` of a JWT, read before its signature can be checked (it names
 /// the client whose key checks it).
 fn unverified_issuer(jwt: &str) -> Option<String> {
@@ -347,4 +386,38 @@ fn unverified_issuer(jwt: &str) -> Option<String> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     v.get("iss")?.as_str().map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(cert: Option<&str>) -> ClientRecord {
+        ClientRecord {
+            id: "c".into(),
+            name: "c".into(),
+            organization: None,
+            scope: "system/*.rs".into(),
+            jwks: None,
+            jwks_url: None,
+            tls_cert_sha256: cert.map(str::to_string),
+            created: 0,
+            revoked: None,
+        }
+    }
+
+    fn peer(t: &str) -> PeerCertificate {
+        PeerCertificate { thumbprint: t.into() }
+    }
+
+    #[test]
+    fn a_registered_certificate_must_be_presented_and_match() {
+        assert!(check_certificate(&client(None), None).is_ok());
+        assert!(check_certificate(&client(Some("t1")), Some(&peer("t1"))).is_ok());
+        // Registered with a certificate, none presented (a listener without mutual TLS).
+        assert!(check_certificate(&client(Some("t1")), None).is_err());
+        assert!(check_certificate(&client(Some("t1")), Some(&peer("t2"))).is_err());
+        // A certificate presented for a client registered without one.
+        assert!(check_certificate(&client(None), Some(&peer("t1"))).is_err());
+    }
 }

@@ -2,6 +2,7 @@
 //! scopes (`scopes`), and the `Caller` every interaction receives.
 
 pub mod auth;
+pub mod certs;
 pub mod keys;
 pub mod scopes;
 
