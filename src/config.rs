@@ -51,6 +51,15 @@ pub struct Config {
     /// endpoints outside `/fhir` and every request without a valid token.
     pub rate_limit_peer_per_sec: u32,
     pub rate_limit_peer_burst: u32,
+    /// An external OpenID Connect issuer of professionals' tokens (Pro
+    /// Santé Connect): its `iss`, the URL of its keys (JWKS), the audience
+    /// its tokens must carry, the `acr` they must carry (empty: any), and
+    /// the scopes professionals get.
+    pub oidc_issuer: Option<String>,
+    pub oidc_jwks_url: Option<String>,
+    pub oidc_audience: Option<String>,
+    pub oidc_required_acr: String,
+    pub oidc_scope: String,
 }
 
 impl Default for Config {
@@ -74,6 +83,11 @@ impl Default for Config {
             rate_limit_client_burst: 1000,
             rate_limit_peer_per_sec: 20,
             rate_limit_peer_burst: 100,
+            oidc_issuer: None,
+            oidc_jwks_url: None,
+            oidc_audience: None,
+            oidc_required_acr: "eidas1".into(),
+            oidc_scope: "user/*.rs".into(),
         }
     }
 }

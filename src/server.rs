@@ -16,6 +16,8 @@ use crate::config::Config;
 use crate::fhir::interaction::capabilities::capability_statement;
 use crate::http::{AppState, Limits, router};
 use crate::security::auth::Auth;
+use crate::security::oidc::OidcSettings;
+use crate::security::scopes::Scopes;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +28,8 @@ pub enum ServerError {
     Listen(String, std::io::Error),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 /// A started gateway.
@@ -73,7 +77,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
         (None, None) => None,
         _ => return Err(ServerError::Tls("tls_cert and tls_key go together".into())),
     };
-    let auth = Auth::new(store.clone(), &base, cfg.token_lifetime_secs).await?;
+    let auth = Auth::new(store.clone(), &base, cfg.token_lifetime_secs, oidc_settings(cfg)?).await?;
     let state = AppState {
         store: store.clone(),
         base: base.clone().into(),
@@ -145,6 +149,24 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
         shutdown: tx,
         task,
     })
+}
+
+/// The external OpenID Connect issuer, when `oidc_issuer` is set.
+fn oidc_settings(cfg: &Config) -> Result<Option<OidcSettings>, ServerError> {
+    let Some(issuer) = &cfg.oidc_issuer else {
+        return Ok(None);
+    };
+    let needed = |v: &Option<String>, name: &str| {
+        v.clone()
+            .ok_or_else(|| ServerError::Config(format!("oidc_issuer needs {name}")))
+    };
+    Ok(Some(OidcSettings {
+        issuer: issuer.clone(),
+        jwks_url: needed(&cfg.oidc_jwks_url, "oidc_jwks_url")?,
+        audience: needed(&cfg.oidc_audience, "oidc_audience")?,
+        required_acr: Some(cfg.oidc_required_acr.clone()).filter(|a| !a.is_empty()),
+        scopes: Scopes::parse(&cfg.oidc_scope).map_err(|e| ServerError::Config(format!("oidc_scope: {e}")))?,
+    }))
 }
 
 async fn termination() {

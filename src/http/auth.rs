@@ -23,6 +23,9 @@ fn is_public(path: &str) -> bool {
 }
 
 fn unauthorized(e: &AuthError) -> Response {
+    if matches!(e, AuthError::NoOrganisation) {
+        return FhirError::new(403, "forbidden", e.to_string()).into_response();
+    }
     let mut resp = FhirError::new(401, "login", e.to_string()).into_response();
     let challenge = match e {
         AuthError::Missing(_) => r#"Bearer realm="apa-gateway""#,
@@ -64,7 +67,12 @@ pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Nex
     let cert = peer_certificate(&req);
     match s.auth.authenticate(token, cert.as_ref()).await {
         Ok(caller) => {
-            if let Err(throttled) = s.rate_limits.client(&caller.client_id) {
+            // Professionals have a limit each, clients one for all their requests.
+            let key = match &caller.professional {
+                Some(p) => format!("professional:{p}"),
+                None => caller.client_id.clone(),
+            };
+            if let Err(throttled) = s.rate_limits.client(&key) {
                 return throttled.into_response();
             }
             req.extensions_mut().insert(caller);

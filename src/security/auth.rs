@@ -18,6 +18,7 @@ use tokio::sync::Mutex;
 
 use super::Caller;
 use super::certs::{PeerCertificate, same_thumbprint};
+use super::oidc::{Oidc, OidcSettings};
 use super::scopes::Scopes;
 use crate::store::{ClientRecord, Store, StoreError};
 
@@ -78,6 +79,8 @@ pub enum AuthError {
     Revoked,
     #[error("the access token is bound to another TLS client certificate than the one presented")]
     CertificateMismatch,
+    #[error("the professional practises at no organisation registered with this gateway")]
+    NoOrganisation,
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,6 +141,10 @@ pub struct Auth {
     http: reqwest::Client,
     clients: Mutex<HashMap<String, Cached<Option<Arc<ClientRecord>>>>>,
     jwks: Mutex<HashMap<String, Cached<Arc<JwkSet>>>>,
+    /// The external issuer of professionals' tokens, if configured.
+    oidc: Option<Oidc>,
+    /// The client registered for an organisation (SIRET, FINESS or id).
+    organisations: Mutex<HashMap<String, Cached<Option<Arc<ClientRecord>>>>>,
 }
 
 fn now() -> u64 {
@@ -150,10 +157,19 @@ fn now() -> u64 {
 impl Auth {
     /// `base` is the FHIR base URL (`https://host/fhir`): the audience of
     /// access tokens. The token endpoint is `<root>/auth/token`.
-    pub async fn new(store: Store, base: &str, lifetime_secs: u64) -> Result<Auth, StoreError> {
+    pub async fn new(
+        store: Store,
+        base: &str,
+        lifetime_secs: u64,
+        oidc: Option<OidcSettings>,
+    ) -> Result<Auth, StoreError> {
         let fresh: Vec<u8> = (0..4).flat_map(|_| *uuid::Uuid::new_v4().as_bytes()).collect();
         let secret = store.server_secret("access-token-hs256", fresh).await?;
         let root = base.trim_end_matches('/').trim_end_matches("/fhir").to_string();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
         Ok(Auth {
             store,
             secret,
@@ -161,12 +177,11 @@ impl Auth {
             issuer: root,
             audience: base.trim_end_matches('/').to_string(),
             lifetime: lifetime_secs,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap_or_default(),
+            oidc: oidc.map(|o| Oidc::new(o, http.clone())),
+            http,
             clients: Mutex::new(HashMap::new()),
             jwks: Mutex::new(HashMap::new()),
+            organisations: Mutex::new(HashMap::new()),
         })
     }
 
@@ -334,6 +349,11 @@ impl Auth {
     /// Checks a bearer token, and that it is bound to the TLS client
     /// certificate of the connection if either has one, and says who calls.
     pub async fn authenticate(&self, token: &str, peer: Option<&PeerCertificate>) -> Result<Caller, AuthError> {
+        if let Some(oidc) = &self.oidc
+            && unverified_issuer(token).is_some_and(|iss| oidc.is_from_issuer(&iss))
+        {
+            return self.authenticate_professional(oidc, token).await;
+        }
         let mut v = Validation::new(Algorithm::HS256);
         v.set_audience(&[&self.audience]);
         v.set_issuer(&[&self.issuer]);
@@ -356,7 +376,49 @@ impl Auth {
             client_id: claims.sub,
             organization: claims.org,
             scopes: Scopes::parse(&claims.scope).map_err(|_| AuthError::Invalid)?,
+            professional: None,
         })
+    }
+
+    /// A professional's token of the external issuer: they act for the
+    /// first organisation of their activities registered here, with the
+    /// scopes configured for professionals.
+    async fn authenticate_professional(&self, oidc: &Oidc, token: &str) -> Result<Caller, AuthError> {
+        let pro = oidc.verify(token).await.map_err(|e| {
+            tracing::info!(reason = %e, "professional's token refused");
+            AuthError::Invalid
+        })?;
+        for site in &pro.sites {
+            if let Some(client) = self.organisation(site).await.map_err(|_| AuthError::Invalid)? {
+                return Ok(Caller {
+                    client_id: client.id.clone(),
+                    organization: client.organization.clone(),
+                    scopes: oidc.settings().scopes.clone(),
+                    professional: Some(pro.id),
+                });
+            }
+        }
+        Err(AuthError::NoOrganisation)
+    }
+
+    async fn organisation(&self, site: &str) -> Result<Option<Arc<ClientRecord>>, StoreError> {
+        if let Some((at, c)) = self.organisations.lock().await.get(site)
+            && at.elapsed() < CLIENT_CACHE_TTL
+        {
+            return Ok(c.clone());
+        }
+        let c = self
+            .store
+            .clients_of_organization(site)
+            .await?
+            .into_iter()
+            .next()
+            .map(Arc::new);
+        self.organisations
+            .lock()
+            .await
+            .insert(site.to_string(), (Instant::now(), c.clone()));
+        Ok(c)
     }
 
     pub fn missing(&self) -> AuthError {

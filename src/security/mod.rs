@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod certs;
 pub mod keys;
+pub mod oidc;
 pub mod scopes;
 
 use crate::fhir::error::FhirError;
@@ -17,6 +18,9 @@ pub struct Caller {
     /// The Organization it acts for, when registered with one.
     pub organization: Option<String>,
     pub scopes: Scopes,
+    /// The health professional acting, when the token is one of the
+    /// external OpenID Connect issuer (their idNatPs).
+    pub professional: Option<String>,
 }
 
 impl Caller {
@@ -26,6 +30,7 @@ impl Caller {
             client_id: "apa-gateway".into(),
             organization: None,
             scopes: Scopes::all(),
+            professional: None,
         }
     }
 

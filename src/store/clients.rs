@@ -48,6 +48,16 @@ impl Store {
         Ok(rows.into_iter().next().and_then(record))
     }
 
+    /// The active clients registered for an organisation, oldest first.
+    pub async fn clients_of_organization(&self, organization: &str) -> Result<Vec<ClientRecord>, StoreError> {
+        let mut f = Frag::new(COLUMNS);
+        f.push(" WHERE organization = ")
+            .bind(Bind::Text(organization.to_string()))
+            .push(" AND revoked IS NULL ORDER BY created, id");
+        let rows = self.with_conn(async |c| fetch_texts(c, &f, 9).await).await?;
+        Ok(rows.into_iter().filter_map(record).collect())
+    }
+
     pub async fn clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
         let f = Frag::new(format!("{COLUMNS} ORDER BY created, id"));
         let rows = self.with_conn(async |c| fetch_texts(c, &f, 9).await).await?;
