@@ -140,6 +140,18 @@ async fn deep_json_is_refused_before_parsing(app: &TestApp) {
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_outcome(&json(r).await, "structure");
+    // A token request is small: a huge one is refused before parsing.
+    let r = Client::new()
+        .post(token_endpoint(&app.base))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_assertion", &"a".repeat(100_000)),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(json(r).await["error"], "invalid_request");
     // Brackets inside strings are text, not nesting.
     let text = json!({"resourceType": "Patient", "name": [{"text": "[".repeat(500)}]});
     assert_eq!(app.post("Patient", &text).await.status(), 201);

@@ -247,6 +247,30 @@ async fn professionals_of_registered_organisations(app: &TestApp, issuer: &MockS
     assert_eq!(app.get("Patient").await.status(), 200);
 }
 
+async fn an_unreachable_issuer_is_not_asked_at_every_request(app: &TestApp, issuer: &MockServer) {
+    let k1 = IssuerKey::es256("k1");
+    register_client(app.running(), "cabinet-martin", Some(SIRET_GP), "system/*.cruds").await;
+    Mock::given(method("GET"))
+        .and(path("/certs"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(issuer)
+        .await;
+    let token = k1.sign(&professional(SIRET_GP));
+    for _ in 0..3 {
+        assert_eq!(status(app, &token).await, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(issuer.received_requests().await.unwrap().len(), 1);
+    // Back up: asked again after a few seconds.
+    Mock::given(method("GET"))
+        .and(path("/certs"))
+        .respond_with(jwks(&[&k1]))
+        .with_priority(1)
+        .mount(issuer)
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(5200)).await;
+    assert_eq!(status(app, &token).await, 200);
+}
+
 fn psc(issuer_uri: &str) -> impl FnOnce(&mut Config) + use<> {
     let jwks_url = format!("{issuer_uri}/certs");
     move |c: &mut Config| {
@@ -269,5 +293,21 @@ async fn professionals_postgres() {
     let issuer = MockServer::start().await;
     let app = common::spawn_app_with(common::Backend::Postgres, psc(&issuer.uri())).await;
     professionals_of_registered_organisations(&app, &issuer).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_issuer_sqlite() {
+    let issuer = MockServer::start().await;
+    let app = common::spawn_app_with(common::Backend::Sqlite, psc(&issuer.uri())).await;
+    an_unreachable_issuer_is_not_asked_at_every_request(&app, &issuer).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_issuer_postgres() {
+    let issuer = MockServer::start().await;
+    let app = common::spawn_app_with(common::Backend::Postgres, psc(&issuer.uri())).await;
+    an_unreachable_issuer_is_not_asked_at_every_request(&app, &issuer).await;
     app.stop().await;
 }

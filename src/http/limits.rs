@@ -49,6 +49,9 @@ impl RateLimits {
                     tick.tick().await;
                     let Some(l) = weak.upgrade() else { break };
                     l.forget_idle();
+                    let (clients, peers) = l.tracked();
+                    metrics::gauge!("apa_rate_limit_keys", "by" => "client").set(clients as f64);
+                    metrics::gauge!("apa_rate_limit_keys", "by" => "address").set(peers as f64);
                 }
             });
         }

@@ -37,6 +37,9 @@ pub struct AppState {
     pub rate_limits: Arc<limits::RateLimits>,
 }
 
+/// Largest body of a token request (its client assertion is a JWT).
+const TOKEN_REQUEST_LIMIT: usize = 64 * 1024;
+
 pub struct Limits {
     pub max_body_bytes: usize,
     pub max_json_depth: usize,
@@ -77,7 +80,11 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .layer(middleware::from_fn(negotiate::content_negotiation))
         .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
     Router::new()
-        .route("/auth/token", post(auth::token))
+        // A token request is a few kB: no reason to read megabytes.
+        .route(
+            "/auth/token",
+            post(auth::token).layer(DefaultBodyLimit::max(limits.max_body_bytes.min(TOKEN_REQUEST_LIMIT))),
+        )
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(prometheus))

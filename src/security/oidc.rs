@@ -19,6 +19,8 @@ use super::scopes::Scopes;
 /// key id (the issuer rotated its keys), at most once per `MIN_REFETCH`.
 const JWKS_TTL: Duration = Duration::from_secs(600);
 const MIN_REFETCH: Duration = Duration::from_secs(30);
+/// After a failed fetch, requests are not held up by another one for this long.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 const LEEWAY: u64 = 30;
 
 /// The settings of the external issuer.
@@ -94,6 +96,8 @@ struct KeyCache {
     keys: Option<(Instant, Arc<JwkSet>)>,
     /// When keys were last fetched because of an unknown key id.
     last_miss: Option<Instant>,
+    /// When a fetch last failed.
+    last_failure: Option<Instant>,
 }
 
 pub struct Oidc {
@@ -155,17 +159,9 @@ impl Oidc {
             None => None,
         };
         let mut cache = self.cache.lock().await;
-        let fresh = match &cache.keys {
-            Some((at, set)) if at.elapsed() < JWKS_TTL => Some(set.clone()),
-            _ => None,
-        };
-        let set = match fresh {
-            Some(set) => set,
-            None => {
-                let set = self.fetch().await?;
-                cache.keys = Some((Instant::now(), set.clone()));
-                set
-            }
+        let set = match &cache.keys {
+            Some((at, set)) if at.elapsed() < JWKS_TTL => set.clone(),
+            _ => self.refresh(&mut cache).await?,
         };
         if let Some(k) = find(&set) {
             return Ok(k);
@@ -175,9 +171,29 @@ impl Oidc {
             return Err(OidcError::UnknownKey);
         }
         cache.last_miss = Some(Instant::now());
-        let set = self.fetch().await?;
-        cache.keys = Some((Instant::now(), set.clone()));
+        let set = self.refresh(&mut cache).await?;
         find(&set).ok_or(OidcError::UnknownKey)
+    }
+
+    /// Fetches the keys. While the issuer cannot be reached, the keys
+    /// fetched before still serve, and it is asked again only every
+    /// `RETRY_AFTER_FAILURE`.
+    async fn refresh(&self, cache: &mut KeyCache) -> Result<Arc<JwkSet>, OidcError> {
+        let stale = cache.keys.as_ref().map(|(_, set)| set.clone());
+        if cache.last_failure.is_some_and(|at| at.elapsed() < RETRY_AFTER_FAILURE) {
+            return stale.ok_or(OidcError::Jwks);
+        }
+        match self.fetch().await {
+            Ok(set) => {
+                cache.keys = Some((Instant::now(), set.clone()));
+                cache.last_failure = None;
+                Ok(set)
+            }
+            Err(e) => {
+                cache.last_failure = Some(Instant::now());
+                stale.ok_or(e)
+            }
+        }
     }
 
     /// Checks a token of the issuer and says which professional it is for.
