@@ -36,12 +36,12 @@ fn unauthorized(e: &AuthError) -> Response {
     resp
 }
 
-/// Puts the authenticated `Caller` in the request, or answers 401.
 /// The TLS client certificate of the request's connection, if any.
 fn peer_certificate(req: &Request) -> Option<PeerCertificate> {
     req.extensions().get::<Option<PeerCertificate>>().cloned().flatten()
 }
 
+/// Puts the authenticated `Caller` in the request, or answers 401.
 /// Authenticated requests count against their client's rate limit, the
 /// others against their peer address's.
 pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
