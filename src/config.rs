@@ -37,6 +37,29 @@ pub struct Config {
     /// self-signed pair for local use).
     pub tls_cert: Option<std::path::PathBuf>,
     pub tls_key: Option<std::path::PathBuf>,
+    /// PEM CA certificate(s): when set (with `tls_cert`/`tls_key`), every
+    /// client must present a certificate signed by one of them (mutual
+    /// TLS), registered to the client it authenticates as.
+    pub tls_client_ca: Option<std::path::PathBuf>,
+    /// Deepest nesting of objects and arrays accepted in a JSON body.
+    pub max_json_depth: usize,
+    /// Requests per second (sustained) and burst allowed to one client;
+    /// `0` per second switches the limit off.
+    pub rate_limit_client_per_sec: u32,
+    pub rate_limit_client_burst: u32,
+    /// The same for one peer IP address, on the token endpoint, the other
+    /// endpoints outside `/fhir` and every request without a valid token.
+    pub rate_limit_peer_per_sec: u32,
+    pub rate_limit_peer_burst: u32,
+    /// An external OpenID Connect issuer of professionals' tokens (Pro
+    /// Santé Connect): its `iss`, the URL of its keys (JWKS), the audience
+    /// its tokens must carry, the `acr` they must carry (empty: any), and
+    /// the scopes professionals get.
+    pub oidc_issuer: Option<String>,
+    pub oidc_jwks_url: Option<String>,
+    pub oidc_audience: Option<String>,
+    pub oidc_required_acr: String,
+    pub oidc_scope: String,
 }
 
 impl Default for Config {
@@ -54,6 +77,17 @@ impl Default for Config {
             token_lifetime_secs: 300,
             tls_cert: None,
             tls_key: None,
+            tls_client_ca: None,
+            max_json_depth: 64,
+            rate_limit_client_per_sec: 200,
+            rate_limit_client_burst: 1000,
+            rate_limit_peer_per_sec: 20,
+            rate_limit_peer_burst: 100,
+            oidc_issuer: None,
+            oidc_jwks_url: None,
+            oidc_audience: None,
+            oidc_required_acr: "eidas1".into(),
+            oidc_scope: "user/*.rs".into(),
         }
     }
 }

@@ -59,6 +59,15 @@ enum Command {
         /// FHIR base URL of the gateway. Default: from the settings.
         #[arg(long)]
         url: Option<String>,
+        /// With mutual TLS: the client's certificate and its key (PEM).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// The CA the gateway's certificate is checked against (PEM),
+        /// instead of the system's.
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
     },
 }
 
@@ -94,6 +103,10 @@ struct AddClient {
     /// Client id. Default: a new UUID.
     #[arg(long)]
     id: Option<String>,
+    /// Its TLS client certificate (PEM): with mutual TLS, the client must
+    /// present it, and its tokens are bound to it.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +155,13 @@ async fn main() -> ExitCode {
             kid,
             scope,
             url,
-        } => token(&cfg, &client_id, &key, kid, &scope, url).await,
+            tls_cert,
+            tls_key,
+            tls_ca,
+        } => match token_http(tls_cert.zip(tls_key), tls_ca) {
+            Ok(http) => token(&cfg, &http, &client_id, &key, kid, &scope, url).await,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -195,6 +214,7 @@ async fn demo_client(cfg: &Config, running: &server::Running) -> Result<(), CliE
             scope: "system/*.cruds operator".into(),
             jwks: Some(public_jwks(&pem, &kid)?),
             jwks_url: None,
+            tls_cert_sha256: None,
             created: clock::now_micros(),
             revoked: None,
         })
@@ -249,11 +269,14 @@ async fn clients(cfg: &Config, cmd: ClientsCommand) -> Result<(), CliError> {
         ClientsCommand::List => {
             for c in store.clients().await? {
                 println!(
-                    "{}\t{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}\t{}",
                     c.id,
                     c.name,
                     c.organization.as_deref().unwrap_or("-"),
                     c.scope,
+                    c.tls_cert_sha256
+                        .as_deref()
+                        .map_or("-".to_string(), |t| format!("x5t#S256={t}")),
                     if c.revoked.is_some() { "revoked" } else { "active" }
                 );
             }
@@ -295,6 +318,16 @@ async fn add_client(store: &Store, a: AddClient) -> Result<(), CliError> {
             ));
         }
     };
+    let tls_cert_sha256 = match &a.tls_cert {
+        None => None,
+        Some(f) => {
+            let pem = std::fs::read(f).map_err(|e| CliError::Io(f.display().to_string(), e))?;
+            Some(
+                apa_gateway::security::certs::thumbprint_of_pem(&pem)
+                    .map_err(|e| CliError::Msg(format!("{}: {e}", f.display())))?,
+            )
+        }
+    };
     store
         .save_client(ClientRecord {
             id: id.clone(),
@@ -303,6 +336,7 @@ async fn add_client(store: &Store, a: AddClient) -> Result<(), CliError> {
             scope: a.scope,
             jwks,
             jwks_url,
+            tls_cert_sha256,
             created: clock::now_micros(),
             revoked: None,
         })
@@ -311,8 +345,28 @@ async fn add_client(store: &Store, a: AddClient) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The HTTP client of the `token` command: with a client certificate for
+/// mutual TLS, trusting a given CA.
+fn token_http(identity: Option<(PathBuf, PathBuf)>, ca: Option<PathBuf>) -> Result<reqwest::Client, CliError> {
+    let read = |p: &Path| std::fs::read(p).map_err(|e| CliError::Io(p.display().to_string(), e));
+    let mut b = reqwest::Client::builder();
+    if let Some((cert, key)) = identity {
+        let mut pem = read(&cert)?;
+        pem.extend(read(&key)?);
+        let id = reqwest::Identity::from_pem(&pem).map_err(|e| CliError::Msg(format!("{}: {e}", cert.display())))?;
+        b = b.identity(id);
+    }
+    if let Some(ca) = ca {
+        let certs = reqwest::Certificate::from_pem_bundle(&read(&ca)?)
+            .map_err(|e| CliError::Msg(format!("{}: {e}", ca.display())))?;
+        b = b.tls_certs_only(certs);
+    }
+    b.build().map_err(|e| CliError::Msg(e.to_string()))
+}
+
 async fn token(
     cfg: &Config,
+    http: &reqwest::Client,
     client_id: &str,
     key: &Path,
     kid: Option<String>,
@@ -324,7 +378,7 @@ async fn token(
     let endpoint = format!("{}/auth/token", base.trim_end_matches('/').trim_end_matches("/fhir"));
     let kid = kid.unwrap_or_else(|| format!("{client_id}-key"));
     let assertion = sign_assertion(client_id, &endpoint, &pem, &kid)?;
-    let r = reqwest::Client::new()
+    let r = http
         .post(&endpoint)
         .form(&[
             ("grant_type", "client_credentials"),

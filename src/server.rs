@@ -1,5 +1,7 @@
 //! Starting and stopping the gateway.
 
+mod tls;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -14,6 +16,8 @@ use crate::config::Config;
 use crate::fhir::interaction::capabilities::capability_statement;
 use crate::http::{AppState, Limits, router};
 use crate::security::auth::Auth;
+use crate::security::oidc::OidcSettings;
+use crate::security::scopes::Scopes;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +28,8 @@ pub enum ServerError {
     Listen(String, std::io::Error),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 /// A started gateway.
@@ -64,15 +70,14 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
         None => format!("{}://{addr}/fhir", cfg.scheme()),
     };
     let tls = match (&cfg.tls_cert, &cfg.tls_key) {
-        (Some(cert), Some(key)) => Some(
-            axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                .await
-                .map_err(|e| ServerError::Tls(format!("{} / {}: {e}", cert.display(), key.display())))?,
-        ),
+        (Some(cert), Some(key)) => Some(tls::rustls_config(cert, key, cfg.tls_client_ca.as_deref())?),
+        (None, None) if cfg.tls_client_ca.is_some() => {
+            return Err(ServerError::Tls("tls_client_ca needs tls_cert and tls_key".into()));
+        }
         (None, None) => None,
         _ => return Err(ServerError::Tls("tls_cert and tls_key go together".into())),
     };
-    let auth = Auth::new(store.clone(), &base, cfg.token_lifetime_secs).await?;
+    let auth = Auth::new(store.clone(), &base, cfg.token_lifetime_secs, oidc_settings(cfg)?).await?;
     let state = AppState {
         store: store.clone(),
         base: base.clone().into(),
@@ -85,11 +90,16 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
         ))
         .unwrap_or_default()
         .into(),
+        rate_limits: crate::http::limits::RateLimits::new(
+            (cfg.rate_limit_client_per_sec, cfg.rate_limit_client_burst),
+            (cfg.rate_limit_peer_per_sec, cfg.rate_limit_peer_burst),
+        ),
     };
     let app = router(
         state,
         &Limits {
             max_body_bytes: cfg.max_body_bytes,
+            max_json_depth: cfg.max_json_depth,
             request_timeout: Duration::from_secs(cfg.request_timeout_secs),
         },
     );
@@ -104,7 +114,8 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
         };
         // `/fhir/` is `/fhir`: normalise before routing.
         let app = NormalizePathLayer::trim_trailing_slash().layer(app);
-        let app = ServiceExt::<axum::extract::Request>::into_make_service(app);
+        // The peer address keys the rate limits of unauthenticated requests.
+        let app = ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(app);
         let served = match tls {
             None => axum::serve(listener, app).with_graceful_shutdown(stop).await,
             Some(tls) => {
@@ -115,7 +126,11 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
                     stop.await;
                     on_stop.graceful_shutdown(Some(Duration::from_secs(30)));
                 });
-                match listener.into_std().and_then(|l| axum_server::from_tcp_rustls(l, tls)) {
+                let server = listener
+                    .into_std()
+                    .and_then(axum_server::from_tcp)
+                    .map(|s| s.acceptor(tls::ClientCertAcceptor::new(tls)));
+                match server {
                     Ok(server) => server.handle(handle).serve(app).await,
                     Err(e) => Err(e),
                 }
@@ -134,6 +149,24 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
         shutdown: tx,
         task,
     })
+}
+
+/// The external OpenID Connect issuer, when `oidc_issuer` is set.
+fn oidc_settings(cfg: &Config) -> Result<Option<OidcSettings>, ServerError> {
+    let Some(issuer) = &cfg.oidc_issuer else {
+        return Ok(None);
+    };
+    let needed = |v: &Option<String>, name: &str| {
+        v.clone()
+            .ok_or_else(|| ServerError::Config(format!("oidc_issuer needs {name}")))
+    };
+    Ok(Some(OidcSettings {
+        issuer: issuer.clone(),
+        jwks_url: needed(&cfg.oidc_jwks_url, "oidc_jwks_url")?,
+        audience: needed(&cfg.oidc_audience, "oidc_audience")?,
+        required_acr: Some(cfg.oidc_required_acr.clone()).filter(|a| !a.is_empty()),
+        scopes: Scopes::parse(&cfg.oidc_scope).map_err(|e| ServerError::Config(format!("oidc_scope: {e}")))?,
+    }))
 }
 
 async fn termination() {

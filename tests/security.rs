@@ -165,6 +165,7 @@ async fn an_rs384_client_gets_a_token(app: &TestApp) {
             scope: "system/ServiceRequest.cruds".into(),
             jwks: Some(jwks),
             jwks_url: None,
+            tls_cert_sha256: None,
             created: 0,
             revoked: None,
         })

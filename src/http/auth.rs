@@ -2,17 +2,19 @@
 //! SMART discovery document. Only the CapabilityStatement and the SMART
 //! configuration are served without a token.
 
-use axum::Json;
+use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde_json::json;
 
 use crate::fhir::error::FhirError;
-use crate::security::auth::{AuthError, TokenRequest};
+use crate::security::auth::{AuthError, OAuthError, TokenRequest};
+use crate::security::certs::PeerCertificate;
 
-use super::AppState;
+use super::{AppState, limits};
 
 /// Inside the `/fhir` router the prefix is already stripped.
 fn is_public(path: &str) -> bool {
@@ -21,6 +23,9 @@ fn is_public(path: &str) -> bool {
 }
 
 fn unauthorized(e: &AuthError) -> Response {
+    if matches!(e, AuthError::NoOrganisation) {
+        return FhirError::new(403, "forbidden", e.to_string()).into_response();
+    }
     let mut resp = FhirError::new(401, "login", e.to_string()).into_response();
     let challenge = match e {
         AuthError::Missing(_) => r#"Bearer realm="apa-gateway""#,
@@ -31,9 +36,20 @@ fn unauthorized(e: &AuthError) -> Response {
     resp
 }
 
+/// The TLS client certificate of the request's connection, if any.
+fn peer_certificate(req: &Request) -> Option<PeerCertificate> {
+    req.extensions().get::<Option<PeerCertificate>>().cloned().flatten()
+}
+
 /// Puts the authenticated `Caller` in the request, or answers 401.
+/// Authenticated requests count against their client's rate limit, the
+/// others against their peer address's.
 pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+    let peer = limits::peer_ip(&req);
     if is_public(req.uri().path()) {
+        if let Err(throttled) = s.rate_limits.peer(peer) {
+            return throttled.into_response();
+        }
         return next.run(req).await;
     }
     let bearer = req
@@ -43,14 +59,29 @@ pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Nex
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim);
     let Some(token) = bearer else {
+        if let Err(throttled) = s.rate_limits.peer(peer) {
+            return throttled.into_response();
+        }
         return unauthorized(&s.auth.missing());
     };
-    match s.auth.authenticate(token).await {
+    let cert = peer_certificate(&req);
+    match s.auth.authenticate(token, cert.as_ref()).await {
         Ok(caller) => {
+            // Professionals have a limit each, clients one for all their requests.
+            let key = match &caller.professional {
+                Some(p) => format!("professional:{p}"),
+                None => caller.client_id.clone(),
+            };
+            if let Err(throttled) = s.rate_limits.client(&key) {
+                return throttled.into_response();
+            }
             req.extensions_mut().insert(caller);
             next.run(req).await
         }
         Err(e) => {
+            if let Err(throttled) = s.rate_limits.peer(peer) {
+                return throttled.into_response();
+            }
             tracing::info!(reason = %e, "request refused: authentication");
             unauthorized(&e)
         }
@@ -58,8 +89,21 @@ pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Nex
 }
 
 /// `POST /auth/token` (application/x-www-form-urlencoded).
-pub async fn token(State(s): State<AppState>, Form(req): Form<TokenRequest>) -> Response {
-    let mut resp = match s.auth.token(req).await {
+pub async fn token(
+    State(s): State<AppState>,
+    peer: Option<Extension<Option<PeerCertificate>>>,
+    form: Result<Form<TokenRequest>, FormRejection>,
+) -> Response {
+    let peer = peer.and_then(|Extension(p)| p);
+    let result = match form {
+        Ok(Form(req)) => s.auth.token(req, peer.as_ref()).await,
+        Err(rejection) => Err(OAuthError {
+            status: rejection.status().as_u16(),
+            error: "invalid_request",
+            description: rejection.body_text(),
+        }),
+    };
+    let mut resp = match result {
         Ok(t) => Json(t).into_response(),
         Err(e) => {
             tracing::info!(error = e.error, "token request refused");

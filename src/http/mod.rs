@@ -4,6 +4,7 @@ mod auth;
 mod caller;
 pub mod error;
 mod handlers;
+pub mod limits;
 mod negotiate;
 mod observe;
 mod respond;
@@ -19,7 +20,6 @@ use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::timeout::TimeoutLayer;
 
 use crate::security::auth::Auth;
 use crate::store::Store;
@@ -34,10 +34,15 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// The CapabilityStatement, built once (it takes tens of ms).
     pub capabilities: bytes::Bytes,
+    pub rate_limits: Arc<limits::RateLimits>,
 }
+
+/// Largest body of a token request (its client assertion is a JWT).
+const TOKEN_REQUEST_LIMIT: usize = 64 * 1024;
 
 pub struct Limits {
     pub max_body_bytes: usize,
+    pub max_json_depth: usize,
     pub request_timeout: Duration,
 }
 
@@ -64,21 +69,35 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .route("/{rtype}/{id}/_history/{vid}", get(vread))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Bodies are read only once the caller is authenticated.
+        .layer(middleware::from_fn_with_state(
+            limits::BodyLimits {
+                max_bytes: limits.max_body_bytes,
+                max_json_depth: limits.max_json_depth,
+            },
+            limits::guard_body,
+        ))
         .layer(middleware::from_fn(negotiate::content_negotiation))
         .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
     Router::new()
-        .nest("/fhir", fhir)
-        .route("/auth/token", post(auth::token))
+        // A token request is a few kB: no reason to read megabytes.
+        .route(
+            "/auth/token",
+            post(auth::token).layer(DefaultBodyLimit::max(limits.max_body_bytes.min(TOKEN_REQUEST_LIMIT))),
+        )
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(prometheus))
+        // Outside /fhir nobody is authenticated: limited per peer address.
+        .route_layer(middleware::from_fn_with_state(
+            state.rate_limits.clone(),
+            limits::per_peer,
+        ))
+        .nest("/fhir", fhir)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(middleware::from_fn(observe::observe))
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            limits.request_timeout,
-        ))
+        .layer(middleware::from_fn_with_state(limits.request_timeout, limits::timeout))
         .layer(CatchPanicLayer::custom(handlers::panic_response))
         // Responses carry health data: never cached, sniffed or framed.
         .layer(response_header(header::CACHE_CONTROL, "no-store"))

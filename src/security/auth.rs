@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::Caller;
+use super::certs::{PeerCertificate, same_thumbprint};
+use super::oidc::{Oidc, OidcSettings};
 use super::scopes::Scopes;
 use crate::store::{ClientRecord, Store, StoreError};
 
@@ -75,6 +77,10 @@ pub enum AuthError {
     Invalid,
     #[error("the client of this access token has been revoked")]
     Revoked,
+    #[error("the access token is bound to another TLS client certificate than the one presented")]
+    CertificateMismatch,
+    #[error("the professional practises at no organisation registered with this gateway")]
+    NoOrganisation,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +110,15 @@ struct AccessClaims {
     scope: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     org: Option<String>,
+    /// RFC 8705: the token is bound to this client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cnf: Option<Confirmation>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Confirmation {
+    #[serde(rename = "x5t#S256")]
+    x5t_s256: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +141,12 @@ pub struct Auth {
     http: reqwest::Client,
     clients: Mutex<HashMap<String, Cached<Option<Arc<ClientRecord>>>>>,
     jwks: Mutex<HashMap<String, Cached<Arc<JwkSet>>>>,
+    /// The external issuer of professionals' tokens, if configured.
+    oidc: Option<Oidc>,
+    /// The client registered for an organisation (SIRET, FINESS or id).
+    organisations: Mutex<HashMap<String, Cached<Option<Arc<ClientRecord>>>>>,
+    /// Registered organisation (id, SIRET…) → Organization id.
+    resolved: Mutex<HashMap<String, Cached<Option<String>>>>,
 }
 
 fn now() -> u64 {
@@ -138,10 +159,19 @@ fn now() -> u64 {
 impl Auth {
     /// `base` is the FHIR base URL (`https://host/fhir`): the audience of
     /// access tokens. The token endpoint is `<root>/auth/token`.
-    pub async fn new(store: Store, base: &str, lifetime_secs: u64) -> Result<Auth, StoreError> {
+    pub async fn new(
+        store: Store,
+        base: &str,
+        lifetime_secs: u64,
+        oidc: Option<OidcSettings>,
+    ) -> Result<Auth, StoreError> {
         let fresh: Vec<u8> = (0..4).flat_map(|_| *uuid::Uuid::new_v4().as_bytes()).collect();
         let secret = store.server_secret("access-token-hs256", fresh).await?;
         let root = base.trim_end_matches('/').trim_end_matches("/fhir").to_string();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
         Ok(Auth {
             store,
             secret,
@@ -149,12 +179,12 @@ impl Auth {
             issuer: root,
             audience: base.trim_end_matches('/').to_string(),
             lifetime: lifetime_secs,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap_or_default(),
+            oidc: oidc.map(|o| Oidc::new(o, http.clone())),
+            http,
             clients: Mutex::new(HashMap::new()),
             jwks: Mutex::new(HashMap::new()),
+            organisations: Mutex::new(HashMap::new()),
+            resolved: Mutex::new(HashMap::new()),
         })
     }
 
@@ -208,8 +238,9 @@ impl Auth {
         Ok(set)
     }
 
-    /// The token endpoint: `client_credentials` with a client assertion.
-    pub async fn token(&self, req: TokenRequest) -> Result<TokenResponse, OAuthError> {
+    /// The token endpoint: `client_credentials` with a client assertion;
+    /// `peer` is the TLS client certificate of the connection, if any.
+    pub async fn token(&self, req: TokenRequest, peer: Option<&PeerCertificate>) -> Result<TokenResponse, OAuthError> {
         if req.grant_type.as_deref() != Some("client_credentials") {
             return Err(OAuthError::request(
                 "unsupported_grant_type",
@@ -242,6 +273,7 @@ impl Auth {
             .await?
             .filter(|c| c.revoked.is_none())
             .ok_or_else(|| OAuthError::client("unknown or revoked client"))?;
+        check_certificate(&client, peer)?;
         let keys = self.keys_of(&client).await?;
         let jwk = match &header.kid {
             Some(kid) => keys.find(kid),
@@ -291,10 +323,7 @@ impl Auth {
         let scope = granted.to_string();
         // The token names the Organization resource the client acts for,
         // so that its compartment is known without a lookup per request.
-        let org = match &client.organization {
-            Some(registered) => super::compartment::resolve_organization(&self.store, registered).await?,
-            None => None,
-        };
+        let org = self.organization_of(&client).await?;
         let access = AccessClaims {
             iss: self.issuer.clone(),
             sub: client.id.clone(),
@@ -304,6 +333,9 @@ impl Auth {
             jti: uuid::Uuid::new_v4().to_string(),
             scope: scope.clone(),
             org,
+            cnf: peer.map(|p| Confirmation {
+                x5t_s256: p.thumbprint.clone(),
+            }),
         };
         let token = encode(
             &Header::new(Algorithm::HS256),
@@ -320,8 +352,14 @@ impl Auth {
         })
     }
 
-    /// Checks a bearer token and says who calls.
-    pub async fn authenticate(&self, token: &str) -> Result<Caller, AuthError> {
+    /// Checks a bearer token, and that it is bound to the TLS client
+    /// certificate of the connection if either has one, and says who calls.
+    pub async fn authenticate(&self, token: &str, peer: Option<&PeerCertificate>) -> Result<Caller, AuthError> {
+        if let Some(oidc) = &self.oidc
+            && unverified_issuer(token).is_some_and(|iss| oidc.is_from_issuer(&iss))
+        {
+            return self.authenticate_professional(oidc, token).await;
+        }
         let mut v = Validation::new(Algorithm::HS256);
         v.set_audience(&[&self.audience]);
         v.set_issuer(&[&self.issuer]);
@@ -329,6 +367,12 @@ impl Auth {
         let claims = decode::<AccessClaims>(token, &DecodingKey::from_secret(&self.secret), &v)
             .map_err(|_| AuthError::Invalid)?
             .claims;
+        let bound = claims.cnf.as_ref().map(|c| c.x5t_s256.as_str());
+        match (bound, peer) {
+            (None, None) => {}
+            (Some(b), Some(p)) if same_thumbprint(b, &p.thumbprint) => {}
+            _ => return Err(AuthError::CertificateMismatch),
+        }
         match self.client(&claims.sub).await {
             Ok(Some(c)) if c.revoked.is_none() => {}
             Ok(_) => return Err(AuthError::Revoked),
@@ -338,11 +382,87 @@ impl Auth {
             client_id: claims.sub,
             organization: claims.org,
             scopes: Scopes::parse(&claims.scope).map_err(|_| AuthError::Invalid)?,
+            professional: None,
         })
+    }
+
+    /// A professional's token of the external issuer: they act for the
+    /// first organisation of their activities registered here, with the
+    /// scopes configured for professionals.
+    async fn authenticate_professional(&self, oidc: &Oidc, token: &str) -> Result<Caller, AuthError> {
+        let pro = oidc.verify(token).await.map_err(|e| {
+            tracing::info!(reason = %e, "professional's token refused");
+            AuthError::Invalid
+        })?;
+        for site in &pro.sites {
+            if let Some(client) = self.organisation(site).await.map_err(|_| AuthError::Invalid)? {
+                return Ok(Caller {
+                    client_id: client.id.clone(),
+                    organization: self.organization_of(&client).await.map_err(|_| AuthError::Invalid)?,
+                    scopes: oidc.settings().scopes.clone(),
+                    professional: Some(pro.id),
+                });
+            }
+        }
+        Err(AuthError::NoOrganisation)
+    }
+
+    /// The Organization resource a client acts for (see
+    /// `compartment::resolve_organization`), cached briefly.
+    async fn organization_of(&self, client: &ClientRecord) -> Result<Option<String>, StoreError> {
+        let Some(registered) = client.organization.as_deref() else {
+            return Ok(None);
+        };
+        if let Some((at, org)) = self.resolved.lock().await.get(registered)
+            && at.elapsed() < CLIENT_CACHE_TTL
+        {
+            return Ok(org.clone());
+        }
+        let org = super::compartment::resolve_organization(&self.store, registered).await?;
+        self.resolved
+            .lock()
+            .await
+            .insert(registered.to_string(), (Instant::now(), org.clone()));
+        Ok(org)
+    }
+
+    async fn organisation(&self, site: &str) -> Result<Option<Arc<ClientRecord>>, StoreError> {
+        if let Some((at, c)) = self.organisations.lock().await.get(site)
+            && at.elapsed() < CLIENT_CACHE_TTL
+        {
+            return Ok(c.clone());
+        }
+        let c = self
+            .store
+            .clients_of_organization(site)
+            .await?
+            .into_iter()
+            .next()
+            .map(Arc::new);
+        self.organisations
+            .lock()
+            .await
+            .insert(site.to_string(), (Instant::now(), c.clone()));
+        Ok(c)
     }
 
     pub fn missing(&self) -> AuthError {
         AuthError::Missing(self.token_endpoint.clone())
+    }
+}
+
+/// A client registered with a certificate must present it; a certificate
+/// presented must be the one registered to the client (mutual TLS).
+fn check_certificate(client: &ClientRecord, peer: Option<&PeerCertificate>) -> Result<(), OAuthError> {
+    match (client.tls_cert_sha256.as_deref(), peer) {
+        (None, None) => Ok(()),
+        (Some(registered), Some(p)) if same_thumbprint(registered, &p.thumbprint) => Ok(()),
+        (Some(_), None) => Err(OAuthError::client(
+            "this client must present its registered TLS client certificate",
+        )),
+        (_, Some(_)) => Err(OAuthError::client(
+            "the TLS client certificate presented is not registered to this client",
+        )),
     }
 }
 
@@ -353,4 +473,38 @@ fn unverified_issuer(jwt: &str) -> Option<String> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     v.get("iss")?.as_str().map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(cert: Option<&str>) -> ClientRecord {
+        ClientRecord {
+            id: "c".into(),
+            name: "c".into(),
+            organization: None,
+            scope: "system/*.rs".into(),
+            jwks: None,
+            jwks_url: None,
+            tls_cert_sha256: cert.map(str::to_string),
+            created: 0,
+            revoked: None,
+        }
+    }
+
+    fn peer(t: &str) -> PeerCertificate {
+        PeerCertificate { thumbprint: t.into() }
+    }
+
+    #[test]
+    fn a_registered_certificate_must_be_presented_and_match() {
+        assert!(check_certificate(&client(None), None).is_ok());
+        assert!(check_certificate(&client(Some("t1")), Some(&peer("t1"))).is_ok());
+        // Registered with a certificate, none presented (a listener without mutual TLS).
+        assert!(check_certificate(&client(Some("t1")), None).is_err());
+        assert!(check_certificate(&client(Some("t1")), Some(&peer("t2"))).is_err());
+        // A certificate presented for a client registered without one.
+        assert!(check_certificate(&client(None), Some(&peer("t1"))).is_err());
+    }
 }

@@ -2,9 +2,11 @@
 //! scopes (`scopes`), and the `Caller` every interaction receives.
 
 pub mod auth;
+pub mod certs;
 pub mod compartment;
 pub mod consent;
 pub mod keys;
+pub mod oidc;
 pub mod scopes;
 
 use crate::fhir::error::FhirError;
@@ -18,6 +20,9 @@ pub struct Caller {
     /// The Organization it acts for, when registered with one.
     pub organization: Option<String>,
     pub scopes: Scopes,
+    /// The health professional acting, when the token is one of the
+    /// external OpenID Connect issuer (their idNatPs).
+    pub professional: Option<String>,
 }
 
 impl Caller {
@@ -27,6 +32,7 @@ impl Caller {
             client_id: "apa-gateway".into(),
             organization: None,
             scopes: Scopes::all(),
+            professional: None,
         }
     }
 

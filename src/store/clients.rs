@@ -16,12 +16,14 @@ pub struct ClientRecord {
     /// Its public keys (a JWKS document), or where to fetch them.
     pub jwks: Option<String>,
     pub jwks_url: Option<String>,
+    /// `x5t#S256` of its TLS client certificate, when it must present one.
+    pub tls_cert_sha256: Option<String>,
     pub created: i64,
     pub revoked: Option<i64>,
 }
 
-const COLUMNS: &str =
-    "SELECT id, name, organization, scope, jwks, jwks_url, CAST(created AS TEXT), CAST(revoked AS TEXT) FROM client";
+const COLUMNS: &str = "SELECT id, name, organization, scope, jwks, jwks_url, tls_cert_sha256, CAST(created AS TEXT), \
+     CAST(revoked AS TEXT) FROM client";
 
 fn record(row: Vec<Option<String>>) -> Option<ClientRecord> {
     let mut it = row.into_iter();
@@ -32,6 +34,7 @@ fn record(row: Vec<Option<String>>) -> Option<ClientRecord> {
         scope: it.next()??,
         jwks: it.next()?,
         jwks_url: it.next()?,
+        tls_cert_sha256: it.next()?,
         created: it.next()??.parse().ok()?,
         revoked: it.next()?.and_then(|r| r.parse().ok()),
     })
@@ -41,13 +44,23 @@ impl Store {
     pub async fn client(&self, id: &str) -> Result<Option<ClientRecord>, StoreError> {
         let mut f = Frag::new(COLUMNS);
         f.push(" WHERE id = ").bind(Bind::Text(id.to_string()));
-        let rows = self.with_conn(async |c| fetch_texts(c, &f, 8).await).await?;
+        let rows = self.with_conn(async |c| fetch_texts(c, &f, 9).await).await?;
         Ok(rows.into_iter().next().and_then(record))
+    }
+
+    /// The active clients registered for an organisation, oldest first.
+    pub async fn clients_of_organization(&self, organization: &str) -> Result<Vec<ClientRecord>, StoreError> {
+        let mut f = Frag::new(COLUMNS);
+        f.push(" WHERE organization = ")
+            .bind(Bind::Text(organization.to_string()))
+            .push(" AND revoked IS NULL ORDER BY created, id");
+        let rows = self.with_conn(async |c| fetch_texts(c, &f, 9).await).await?;
+        Ok(rows.into_iter().filter_map(record).collect())
     }
 
     pub async fn clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
         let f = Frag::new(format!("{COLUMNS} ORDER BY created, id"));
-        let rows = self.with_conn(async |c| fetch_texts(c, &f, 8).await).await?;
+        let rows = self.with_conn(async |c| fetch_texts(c, &f, 9).await).await?;
         Ok(rows.into_iter().filter_map(record).collect())
     }
 
@@ -59,7 +72,8 @@ impl Store {
                 del.bind(Bind::Text(c.id.clone()));
                 tx.execute(&del).await?;
                 let mut f = Frag::new(
-                    "INSERT INTO client (id, name, organization, scope, jwks, jwks_url, created, revoked) VALUES (",
+                    "INSERT INTO client (id, name, organization, scope, jwks, jwks_url, tls_cert_sha256, created, revoked) \
+                     VALUES (",
                 );
                 let opt = |v: Option<String>| v.map_or(Bind::NullText, Bind::Text);
                 f.bind(Bind::Text(c.id))
@@ -73,6 +87,8 @@ impl Store {
                     .bind(opt(c.jwks))
                     .push(", ")
                     .bind(opt(c.jwks_url))
+                    .push(", ")
+                    .bind(opt(c.tls_cert_sha256))
                     .push(", ")
                     .bind(Bind::I64(c.created))
                     .push(", ")

@@ -246,6 +246,7 @@ impl Store {
             {
                 let mut c = write_pool.acquire().await?;
                 sqlx::raw_sql(SQLITE_SCHEMA).execute(&mut *c).await?;
+                add_missing_columns_sqlite(&mut c).await?;
             }
             let read_pool = SqlitePoolOptions::new()
                 .max_connections(pool_size.max(1))
@@ -375,6 +376,28 @@ impl Store {
             Pool::Pg(p) => p.close().await,
         }
     }
+}
+
+/// Columns added to a table after its first release (table, column, type):
+/// SQLite has no `ADD COLUMN IF NOT EXISTS`, PostgreSQL's schema file uses it.
+const SQLITE_ADDED_COLUMNS: &[(&str, &str, &str)] = &[("client", "tls_cert_sha256", "TEXT")];
+
+async fn add_missing_columns_sqlite(c: &mut sqlx::SqliteConnection) -> Result<(), StoreError> {
+    for (table, column, decl) in SQLITE_ADDED_COLUMNS {
+        let present: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = ?")
+            .bind(*table)
+            .bind(*column)
+            .fetch_one(&mut *c)
+            .await?;
+        if present == 0 {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "ALTER TABLE {table} ADD COLUMN {column} {decl}"
+            )))
+            .execute(&mut *c)
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 async fn apply_schema_pg(pool: &PgPool) -> Result<(), StoreError> {

@@ -93,9 +93,12 @@ CREATE TABLE IF NOT EXISTS client (
     scope    TEXT NOT NULL,
     jwks     TEXT,
     jwks_url TEXT,
+    tls_cert_sha256 TEXT,
     created  BIGINT NOT NULL,
     revoked  BIGINT
 );
+-- Added after the first release: databases created before get it here.
+ALTER TABLE client ADD COLUMN IF NOT EXISTS tls_cert_sha256 TEXT;
 CREATE TABLE IF NOT EXISTS client_jti (
     client_id TEXT NOT NULL,
     jti       TEXT NOT NULL,

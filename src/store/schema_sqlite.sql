@@ -92,6 +92,7 @@ CREATE TABLE IF NOT EXISTS client (
     scope    TEXT NOT NULL,
     jwks     TEXT,
     jwks_url TEXT,
+    tls_cert_sha256 TEXT,
     created  INTEGER NOT NULL,
     revoked  INTEGER
 );

@@ -28,11 +28,11 @@ pub struct TestApp {
     _dir: tempfile::TempDir,
 }
 
-fn pg_url() -> String {
+pub fn pg_url() -> String {
     std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
-async fn fresh_pg_schema() -> (String, String) {
+pub async fn fresh_pg_schema() -> (String, String) {
     use sqlx::Connection;
     let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
     let mut c = sqlx::PgConnection::connect(&pg_url())
@@ -48,6 +48,11 @@ async fn fresh_pg_schema() -> (String, String) {
 }
 
 pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// `spawn_app` with some settings changed.
+pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let (pg_schema, database_url) = match backend {
         Backend::Sqlite => (None, format!("sqlite://{}/apa.db", dir.path().display())),
@@ -56,20 +61,27 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
             (Some(schema), url)
         }
     };
-    let cfg = Config {
+    let mut cfg = Config {
         listen: "127.0.0.1:0".into(),
         database_url,
         db_pool_size: 4,
         ..Config::default()
     };
+    configure(&mut cfg);
     let running = server::start(&cfg).await.expect("gateway starts");
-    let token = register_client(&running, "operator", None, "system/*.cruds operator")
-        .await
-        .token;
+    // Over HTTPS the test brings its own HTTP clients (trust, certificates).
+    let client = match cfg.tls_cert {
+        None => bearer_client(
+            &register_client(&running, "operator", None, "system/*.cruds operator")
+                .await
+                .token,
+        ),
+        Some(_) => Client::new(),
+    };
     TestApp {
         base: running.base.clone(),
         pg_schema,
-        client: bearer_client(&token),
+        client,
         anonymous: Client::new(),
         backend,
         running: Some(running),
@@ -101,6 +113,19 @@ pub fn token_endpoint(base: &str) -> String {
 /// Registers a client (ES384 key) and obtains a token for `scope` through
 /// the real token endpoint.
 pub async fn register_client(running: &Running, id: &str, organization: Option<&str>, scope: &str) -> TestClient {
+    register_client_via(&Client::new(), running, id, organization, scope, None).await
+}
+
+/// `register_client` with the client's TLS certificate thumbprint, asking
+/// for the token with `http` (which presents that certificate).
+pub async fn register_client_via(
+    http: &Client,
+    running: &Running,
+    id: &str,
+    organization: Option<&str>,
+    scope: &str,
+    tls_cert_sha256: Option<String>,
+) -> TestClient {
     use apa_gateway::security::keys::{generate_es384, sign_assertion};
     let kid = format!("{id}-key");
     let (pem, jwks) = generate_es384(&kid).expect("key pair");
@@ -113,6 +138,7 @@ pub async fn register_client(running: &Running, id: &str, organization: Option<&
             scope: scope.to_string(),
             jwks: Some(jwks),
             jwks_url: None,
+            tls_cert_sha256,
             created: 0,
             revoked: None,
         })
@@ -120,7 +146,7 @@ pub async fn register_client(running: &Running, id: &str, organization: Option<&
         .expect("client registered");
     let endpoint = token_endpoint(&running.base);
     let assertion = sign_assertion(id, &endpoint, &pem, &kid).expect("assertion");
-    let r = Client::new()
+    let r = http
         .post(&endpoint)
         .form(&[
             ("grant_type", "client_credentials"),
@@ -235,6 +261,29 @@ macro_rules! on_both_backends {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
                 let app = common::spawn_app(common::Backend::Postgres).await;
+                $scenario(&app).await;
+                app.stop().await;
+            }
+        }
+    };
+}
+
+/// `on_both_backends!` with some settings changed: `$configure` is a
+/// `fn(&mut Config)`.
+#[macro_export]
+macro_rules! on_both_backends_with {
+    ($name:ident, $scenario:path, $configure:expr) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let app = common::spawn_app_with(common::Backend::Sqlite, $configure).await;
+                $scenario(&app).await;
+                app.stop().await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let app = common::spawn_app_with(common::Backend::Postgres, $configure).await;
                 $scenario(&app).await;
                 app.stop().await;
             }
