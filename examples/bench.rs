@@ -64,6 +64,12 @@ struct Args {
     /// Seconds of each timed phase (read by id, each search).
     #[arg(long, default_value_t = 10)]
     duration: u64,
+    /// Requests per second offered in the timed phases, spread evenly over
+    /// the clients (0: each client sends its next request as soon as the
+    /// previous one is answered). Latency is then measured from the time a
+    /// request was due, so that a slow server cannot hide its queue.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
     /// Server binary. Default: `apa-gateway` next to this example's
     /// folder (the same target dir), else `target/release/apa-gateway`.
     #[arg(long)]
@@ -1311,6 +1317,7 @@ async fn phase_worker(
     phase: Arc<Phase>,
     mut rng: Rng,
     deadline: Instant,
+    schedule: Option<(Instant, Duration)>,
 ) -> PhaseWorker {
     let mut w = PhaseWorker {
         hist: histogram(),
@@ -1322,7 +1329,17 @@ async fn phase_worker(
     };
     while Instant::now() < deadline && w.requests < MAX_REQUESTS_PER_WORKER {
         let url = (phase.url)(&mut rng);
-        let started = Instant::now();
+        let started = match schedule {
+            None => Instant::now(),
+            Some((first, every)) => {
+                let due = first + every * w.requests as u32;
+                if due >= deadline {
+                    break;
+                }
+                tokio::time::sleep_until(due.into()).await;
+                due
+            }
+        };
         let outcome = async {
             let r = auth
                 .apply(client.get(&url))
@@ -1361,6 +1378,8 @@ struct PhaseRun {
     auth: Arc<Auth>,
     concurrency: usize,
     duration: Duration,
+    /// Offered requests per second, if limited.
+    rate: Option<u64>,
     seed: u64,
     server_pid: Option<u32>,
 }
@@ -1374,12 +1393,19 @@ async fn run_phase(client: &Client, phase: Phase, run: &PhaseRun) -> PhaseReport
     let mut set = JoinSet::new();
     for i in 0..concurrency {
         let rng = Rng::new(seed, i as u64);
+        // Client i sends every concurrency/rate seconds, the clients offset
+        // from one another so that arrivals are even.
+        let schedule = run.rate.map(|rate| {
+            let every = Duration::from_secs_f64(concurrency as f64 / rate as f64);
+            (started + every * i as u32 / concurrency as u32, every)
+        });
         set.spawn(phase_worker(
             client.clone(),
             run.auth.clone(),
             phase.clone(),
             rng,
             deadline,
+            schedule,
         ));
     }
     let mut hist = histogram();
@@ -1520,6 +1546,8 @@ struct Report {
     resources_requested: u64,
     concurrency: usize,
     duration_secs: u64,
+    /// Offered requests per second in the timed phases (0: unlimited).
+    rate: u64,
     seed: u64,
     machine: Machine,
     startup_secs: Option<f64>,
@@ -1729,8 +1757,16 @@ fn print_report(r: &Report) {
     });
     let _ = writeln!(
         out,
-        "\napa-gateway benchmark: {db}, {} resources requested, {} clients, {} s per timed phase, seed {}",
-        r.resources_requested, r.concurrency, r.duration_secs, r.seed
+        "\napa-gateway benchmark: {db}, {} resources requested, {} clients, {} s per timed phase, {}, seed {}",
+        r.resources_requested,
+        r.concurrency,
+        r.duration_secs,
+        if r.rate > 0 {
+            format!("{} req/s offered", r.rate)
+        } else {
+            "closed loop".to_string()
+        },
+        r.seed
     );
     let _ = writeln!(
         out,
@@ -1918,6 +1954,7 @@ async fn run(args: Args) -> Result<Report, String> {
                 auth: target.auth.clone(),
                 concurrency: args.concurrency,
                 duration,
+                rate: (args.rate > 0).then_some(args.rate),
                 seed: args.seed ^ (0x5EED_0000 + phase_reports.len() as u64),
                 server_pid: pid,
             };
@@ -1957,6 +1994,7 @@ async fn run(args: Args) -> Result<Report, String> {
         resources_requested: args.resources,
         concurrency: args.concurrency,
         duration_secs: args.duration,
+        rate: args.rate,
         seed: args.seed,
         machine: machine(),
         startup_secs,

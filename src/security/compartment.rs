@@ -81,7 +81,7 @@ fn party(org: &str) -> String {
 pub async fn resolve_organization(store: &Store, registered: &str) -> Result<Option<String>, StoreError> {
     let digits = registered.len() >= 9 && registered.bytes().all(|b| b.is_ascii_digit());
     if !digits {
-        return Ok(Some(party(registered).trim_start_matches("Organization/").to_string()));
+        return Ok(Some(registered.trim_start_matches("Organization/").to_string()));
     }
     let systems: &[&str] = match registered.len() {
         14 => &["https://sirene.fr", "http://sirene.fr", "urn:oid:1.2.250.1.71.4.2.2"],
