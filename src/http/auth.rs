@@ -10,7 +10,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::fhir::error::FhirError;
-use crate::security::auth::{AuthError, TokenRequest};
+use crate::security::audit;
+use crate::security::auth::{AuthError, TokenRequest, unverified_claim};
 
 use super::AppState;
 
@@ -43,15 +44,19 @@ pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Nex
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim);
     let Some(token) = bearer else {
-        return unauthorized(&s.auth.missing());
+        let e = s.auth.missing();
+        audit::note_refusal(None, "no access token");
+        return unauthorized(&e);
     };
     match s.auth.authenticate(token).await {
         Ok(caller) => {
+            audit::note_caller(&caller);
             req.extensions_mut().insert(caller);
             next.run(req).await
         }
         Err(e) => {
             tracing::info!(reason = %e, "request refused: authentication");
+            audit::note_refusal(unverified_claim(token, "sub"), e.to_string());
             unauthorized(&e)
         }
     }
@@ -59,10 +64,24 @@ pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Nex
 
 /// `POST /auth/token` (application/x-www-form-urlencoded).
 pub async fn token(State(s): State<AppState>, Form(req): Form<TokenRequest>) -> Response {
+    let claimed = req
+        .client_assertion
+        .as_deref()
+        .and_then(|a| unverified_claim(a, "iss"));
     let mut resp = match s.auth.token(req).await {
-        Ok(t) => Json(t).into_response(),
+        Ok(t) => {
+            if let Some(client) = claimed {
+                audit::note_client(audit::Client {
+                    id: Some(client),
+                    organization: None,
+                    verified: true,
+                });
+            }
+            Json(t).into_response()
+        }
         Err(e) => {
             tracing::info!(error = e.error, "token request refused");
+            audit::note_refusal(claimed, format!("token request refused: {}", e.error));
             let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
             (
                 status,

@@ -1,5 +1,6 @@
 //! HTTP: the route table, the middleware, thin handlers.
 
+mod audit;
 mod auth;
 mod caller;
 pub mod error;
@@ -34,6 +35,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// The CapabilityStatement, built once (it takes tens of ms).
     pub capabilities: bytes::Bytes,
+    /// The gateway as its audit trail names it.
+    pub audit: Arc<crate::security::audit::Gateway>,
 }
 
 pub struct Limits {
@@ -73,6 +76,7 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .route("/health/ready", get(ready))
         .route("/metrics", get(prometheus))
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), audit::audit))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(middleware::from_fn(observe::observe))
         .layer(TimeoutLayer::with_status_code(
