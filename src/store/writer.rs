@@ -52,7 +52,8 @@ pub trait JobHook: Send + Sync {
     /// The job ended; `ok` is false when it failed and was rolled back. On
     /// success, the rows returned are stored with the job.
     fn finish(&self, ok: bool) -> Vec<Write>;
-    /// The job and its rows are committed.
+    /// The job and the rows `finish` added are committed (not called when
+    /// it added none).
     fn committed(&self);
 }
 
@@ -213,17 +214,17 @@ impl Writer {
                 let result = f(wtx).await;
                 wtx.hook = None;
                 let ok = result.is_ok();
-                if let Some(h) = &hook {
+                // The hook hears of the commit only if it added rows.
+                let hook = hook.filter(|h| {
                     let extra = h.finish(ok);
-                    if ok {
-                        wtx.pending.extend(extra);
-                    }
-                }
+                    let added = ok && !extra.is_empty();
+                    wtx.pending.extend(extra.into_iter().filter(|_| ok));
+                    added
+                });
                 Done {
                     ok,
                     deliver: Box::new(move |commit_error| {
-                        if ok
-                            && commit_error.is_none()
+                        if commit_error.is_none()
                             && let Some(h) = &hook
                         {
                             h.committed();
