@@ -101,7 +101,12 @@ async fn every_interaction_is_audited(app: &TestApp) {
     assert_eq!(r.status(), 401);
     // A token that is no token, and one forged in the name of a client.
     assert_eq!(
-        bearer_client("garbage").get(app.url("Patient")).send().await.unwrap().status(),
+        bearer_client("garbage")
+            .get(app.url("Patient"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
         401
     );
     let forged = encode(
@@ -111,7 +116,12 @@ async fn every_interaction_is_audited(app: &TestApp) {
     )
     .unwrap();
     assert_eq!(
-        bearer_client(&forged).get(app.url("Patient")).send().await.unwrap().status(),
+        bearer_client(&forged)
+            .get(app.url("Patient"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
         401
     );
     let refused = wait_for(app, &auditor, "outcome=4&subtype=search-type", 3).await;
@@ -122,16 +132,20 @@ async fn every_interaction_is_audited(app: &TestApp) {
     }
     let unknown: Vec<&Value> = refused.iter().filter(|e| client_id(e).is_empty()).collect();
     assert_eq!(unknown.len(), 2, "no token and an unreadable one: {refused:#?}");
-    assert!(unknown.iter().all(|e| e["agent"][0]["who"]["display"] == "unidentified client"));
+    assert!(
+        unknown
+            .iter()
+            .all(|e| e["agent"][0]["who"]["display"] == "unidentified client")
+    );
     // The query is recorded (base64, as BALP does), in the protected trail.
     let no_token = refused
         .iter()
         .find(|e| {
             e["entity"].as_array().is_some_and(|es| {
                 es.iter().any(|x| {
-                    x["query"].as_str().is_some_and(|q| {
-                        base64::engine::general_purpose::STANDARD.decode(q).unwrap() == b"family=doe"
-                    })
+                    x["query"]
+                        .as_str()
+                        .is_some_and(|q| base64::engine::general_purpose::STANDARD.decode(q).unwrap() == b"family=doe")
                 })
             })
         })
@@ -161,7 +175,13 @@ async fn every_interaction_is_audited(app: &TestApp) {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let logins = wait_for(app, &auditor, "outcome=4&type=http://dicom.nema.org/resources/ontology/DCM|110114", 1).await;
+    let logins = wait_for(
+        app,
+        &auditor,
+        "outcome=4&type=http://dicom.nema.org/resources/ontology/DCM|110114",
+        1,
+    )
+    .await;
     check_shape(&logins[0]);
     assert_eq!(logins[0]["subtype"][0]["code"], "110122");
 
@@ -174,7 +194,10 @@ async fn every_interaction_is_audited(app: &TestApp) {
     assert_eq!(c["action"], "C");
     assert_eq!(c["outcome"], "0");
     assert_eq!(client_id(c), "operator");
-    assert_eq!(entities(c), [format!("Patient/{pid}/_history/1"), format!("Patient/{pid}")]);
+    assert_eq!(
+        entities(c),
+        [format!("Patient/{pid}/_history/1"), format!("Patient/{pid}")]
+    );
     assert_eq!(c["entity"][1]["role"]["code"], "1", "the patient entity");
 
     // Update, then read (recorded off the response's path), search, delete.
@@ -201,10 +224,7 @@ async fn every_interaction_is_audited(app: &TestApp) {
         entities(&read[0]),
         [format!("Observation/{oid}/_history/1"), format!("Patient/{pid}")]
     );
-    assert_eq!(
-        app.get(&format!("Observation?patient={pid}")).await.status(),
-        200
-    );
+    assert_eq!(app.get(&format!("Observation?patient={pid}")).await.status(), 200);
     let searched = wait_for(app, &auditor, &format!("patient={pid}&subtype=search-type"), 1).await;
     assert_eq!(searched[0]["action"], "E");
     assert_eq!(searched[0]["entity"][0]["role"]["code"], "24", "the query entity");
@@ -306,10 +326,17 @@ async fn the_trail_is_read_only_and_needs_its_own_scope(app: &TestApp) {
     replaced["id"] = json!(eid);
     for client in [&app.client, &w] {
         let attempts = [
-            send(client, Method::POST, "AuditEvent", Some(fake.clone())).await.unwrap(),
-            send(client, Method::PUT, &format!("AuditEvent/{eid}"), Some(replaced.clone()))
+            send(client, Method::POST, "AuditEvent", Some(fake.clone()))
                 .await
                 .unwrap(),
+            send(
+                client,
+                Method::PUT,
+                &format!("AuditEvent/{eid}"),
+                Some(replaced.clone()),
+            )
+            .await
+            .unwrap(),
             client
                 .patch(app.url(&format!("AuditEvent/{eid}")))
                 .header("content-type", "application/json-patch+json")
@@ -317,9 +344,15 @@ async fn the_trail_is_read_only_and_needs_its_own_scope(app: &TestApp) {
                 .send()
                 .await
                 .unwrap(),
-            send(client, Method::DELETE, &format!("AuditEvent/{eid}"), None).await.unwrap(),
-            send(client, Method::DELETE, "AuditEvent?outcome=0", None).await.unwrap(),
-            send(client, Method::PUT, "AuditEvent?outcome=0", Some(fake.clone())).await.unwrap(),
+            send(client, Method::DELETE, &format!("AuditEvent/{eid}"), None)
+                .await
+                .unwrap(),
+            send(client, Method::DELETE, "AuditEvent?outcome=0", None)
+                .await
+                .unwrap(),
+            send(client, Method::PUT, "AuditEvent?outcome=0", Some(fake.clone()))
+                .await
+                .unwrap(),
         ];
         for r in attempts {
             assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
@@ -362,13 +395,14 @@ async fn the_trail_is_read_only_and_needs_its_own_scope(app: &TestApp) {
     let op = &app.client;
     assert_eq!(op.get(app.url("AuditEvent")).send().await.unwrap().status(), 403);
     assert_eq!(
-        op.get(app.url(&format!("AuditEvent/{eid}"))).send().await.unwrap().status(),
+        op.get(app.url(&format!("AuditEvent/{eid}")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
         403
     );
-    assert_eq!(
-        op.get(app.url("?_type=AuditEvent")).send().await.unwrap().status(),
-        403
-    );
+    assert_eq!(op.get(app.url("?_type=AuditEvent")).send().await.unwrap().status(), 403);
     assert_eq!(
         op.get(app.url(&format!("Patient?_has:AuditEvent:entity:outcome=0&_id={pid}")))
             .send()
@@ -436,7 +470,10 @@ async fn the_trail_is_read_only_and_needs_its_own_scope(app: &TestApp) {
 }
 
 on_both_backends!(every_interaction_leaves_an_audit_event, every_interaction_is_audited);
-on_both_backends!(the_audit_trail_is_read_only, the_trail_is_read_only_and_needs_its_own_scope);
+on_both_backends!(
+    the_audit_trail_is_read_only,
+    the_trail_is_read_only_and_needs_its_own_scope
+);
 
 /// Records queued when the gateway stops are stored before it exits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -64,10 +64,7 @@ pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Nex
 
 /// `POST /auth/token` (application/x-www-form-urlencoded).
 pub async fn token(State(s): State<AppState>, Form(req): Form<TokenRequest>) -> Response {
-    let claimed = req
-        .client_assertion
-        .as_deref()
-        .and_then(|a| unverified_claim(a, "iss"));
+    let claimed = req.client_assertion.as_deref().and_then(|a| unverified_claim(a, "iss"));
     let mut resp = match s.auth.token(req).await {
         Ok(t) => {
             if let Some(client) = claimed {

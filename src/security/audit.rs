@@ -210,9 +210,7 @@ impl AuditScope {
     /// with its write jobs carrying the audit record.
     pub async fn run_in<F: Future>(self: &Arc<Self>, f: F) -> F::Output {
         let hook: Arc<dyn JobHook> = self.clone();
-        CURRENT
-            .scope(self.clone(), crate::store::with_job_hook(hook, f))
-            .await
+        CURRENT.scope(self.clone(), crate::store::with_job_hook(hook, f)).await
     }
 
     /// Builds the record of the request once its response is known, unless
@@ -232,7 +230,10 @@ impl AuditScope {
             let mut patients = Vec::new();
             match &served {
                 Some(s) => {
-                    entities.push(data_entity(&format!("{}/{}/_history/{}", s.resource_type, s.id, s.version)));
+                    entities.push(data_entity(&format!(
+                        "{}/{}/_history/{}",
+                        s.resource_type, s.id, s.version
+                    )));
                     patients = patients_of(&s.resource_type, &s.id, s.body.as_deref());
                 }
                 None => {
@@ -287,7 +288,8 @@ impl AuditScope {
 impl JobHook for AuditScope {
     fn stored(&self, writes: &[Write]) {
         let mut st = self.state();
-        st.job.extend(writes.iter().filter(|w| w.resource_type != AUDIT_EVENT).map(Stored::of));
+        st.job
+            .extend(writes.iter().filter(|w| w.resource_type != AUDIT_EVENT).map(Stored::of));
     }
 
     fn finish(&self, ok: bool) -> Vec<Write> {
@@ -656,8 +658,14 @@ mod tests {
 
     #[test]
     fn a_query_names_its_patient_when_it_has_one() {
-        assert_eq!(queried_patient("Observation", "patient=p1&code=x").as_deref(), Some("p1"));
-        assert_eq!(queried_patient("Observation", "subject=Patient/p2").as_deref(), Some("p2"));
+        assert_eq!(
+            queried_patient("Observation", "patient=p1&code=x").as_deref(),
+            Some("p1")
+        );
+        assert_eq!(
+            queried_patient("Observation", "subject=Patient/p2").as_deref(),
+            Some("p2")
+        );
         assert_eq!(queried_patient("Patient", "_id=p3").as_deref(), Some("p3"));
         assert_eq!(queried_patient("Observation", "patient=p1,p2"), None);
         assert_eq!(queried_patient("Observation", "code=x"), None);

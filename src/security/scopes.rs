@@ -250,6 +250,10 @@ mod tests {
         let g = registered.grant(&asked);
         assert_eq!(g.to_string(), "system/Patient.rs");
         let everything = Scopes::parse("system/*.cruds").unwrap();
-        assert!(everything.grant(&Scopes::parse("system/AuditEvent.rs").unwrap()).is_empty());
+        assert!(
+            everything
+                .grant(&Scopes::parse("system/AuditEvent.rs").unwrap())
+                .is_empty()
+        );
     }
 }

@@ -52,7 +52,15 @@ impl Detached {
 async fn run(writer: Arc<Writer>, mut rx: mpsc::Receiver<Deferred>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let writes: Vec<Write> = batch.drain(..).filter_map(|make| make()).collect();
+        // Building a batch is CPU work of milliseconds: not on the threads
+        // that answer requests.
+        let makes = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+        let writes: Vec<Write> = tokio::task::spawn_blocking(move || makes.into_iter().filter_map(|m| m()).collect())
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "building detached records failed");
+                Vec::new()
+            });
         if writes.is_empty() {
             continue;
         }
