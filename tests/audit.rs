@@ -178,12 +178,12 @@ async fn every_interaction_is_audited(app: &TestApp) {
     let logins = wait_for(
         app,
         &auditor,
-        "outcome=4&type=http://dicom.nema.org/resources/ontology/DCM|110114",
+        "outcome=4&subtype=http://dicom.nema.org/resources/ontology/DCM|110122",
         1,
     )
     .await;
     check_shape(&logins[0]);
-    assert_eq!(logins[0]["subtype"][0]["code"], "110122");
+    assert_eq!(logins[0]["type"]["code"], "110114");
 
     // A write is recorded in its own transaction: visible at once.
     let pid = app.create(&json!({"resourceType": "Patient", "active": true})).await;
