@@ -76,7 +76,6 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .route("/health/ready", get(ready))
         .route("/metrics", get(prometheus))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), audit::audit))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(middleware::from_fn(observe::observe))
         .layer(TimeoutLayer::with_status_code(
@@ -92,6 +91,8 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
             header::CONTENT_SECURITY_POLICY,
             "default-src 'none'; frame-ancestors 'none'",
         ))
+        // Outermost: requests that time out or panic are audited too.
+        .layer(middleware::from_fn_with_state(state.clone(), audit::audit))
         .with_state(state)
 }
 
