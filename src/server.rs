@@ -83,6 +83,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
         base: base.clone().into(),
         metrics: crate::telemetry::metrics(),
         auth: Arc::new(auth),
+        audit: Arc::new(crate::security::audit::Gateway::new(&base)),
         capabilities: serde_json::to_vec(&capability_statement(
             &base,
             env!("CARGO_PKG_VERSION"),
@@ -114,7 +115,8 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
         };
         // `/fhir/` is `/fhir`: normalise before routing.
         let app = NormalizePathLayer::trim_trailing_slash().layer(app);
-        // The peer address keys the rate limits of unauthenticated requests.
+        // The peer address keys the rate limits of unauthenticated requests
+        // and goes into the audit trail (agent.network).
         let app = ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(app);
         let served = match tls {
             None => axum::serve(listener, app).with_graceful_shutdown(stop).await,

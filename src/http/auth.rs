@@ -11,7 +11,8 @@ use axum::{Extension, Json};
 use serde_json::json;
 
 use crate::fhir::error::FhirError;
-use crate::security::auth::{AuthError, OAuthError, TokenRequest};
+use crate::security::audit;
+use crate::security::auth::{AuthError, OAuthError, TokenRequest, unverified_claim};
 use crate::security::certs::PeerCertificate;
 
 use super::{AppState, limits};
@@ -59,6 +60,7 @@ pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Nex
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim);
     let Some(token) = bearer else {
+        audit::note_refusal(None, "no access token");
         if let Err(throttled) = s.rate_limits.peer(peer) {
             return throttled.into_response();
         }
@@ -67,6 +69,7 @@ pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Nex
     let cert = peer_certificate(&req);
     match s.auth.authenticate(token, cert.as_ref()).await {
         Ok(caller) => {
+            audit::note_caller(&caller);
             // Professionals have a limit each, clients one for all their requests.
             let key = match &caller.professional {
                 Some(p) => format!("professional:{p}"),
@@ -83,6 +86,7 @@ pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Nex
                 return throttled.into_response();
             }
             tracing::info!(reason = %e, "request refused: authentication");
+            audit::note_refusal(unverified_claim(token, "sub"), e.to_string());
             unauthorized(&e)
         }
     }
@@ -95,18 +99,34 @@ pub async fn token(
     form: Result<Form<TokenRequest>, FormRejection>,
 ) -> Response {
     let peer = peer.and_then(|Extension(p)| p);
-    let result = match form {
-        Ok(Form(req)) => s.auth.token(req, peer.as_ref()).await,
-        Err(rejection) => Err(OAuthError {
-            status: rejection.status().as_u16(),
-            error: "invalid_request",
-            description: rejection.body_text(),
-        }),
+    let (result, claimed) = match form {
+        Ok(Form(req)) => {
+            let claimed = req.client_assertion.as_deref().and_then(|a| unverified_claim(a, "iss"));
+            (s.auth.token(req, peer.as_ref()).await, claimed)
+        }
+        Err(rejection) => (
+            Err(OAuthError {
+                status: rejection.status().as_u16(),
+                error: "invalid_request",
+                description: rejection.body_text(),
+            }),
+            None,
+        ),
     };
     let mut resp = match result {
-        Ok(t) => Json(t).into_response(),
+        Ok(t) => {
+            if let Some(client) = claimed {
+                audit::note_client(audit::Client {
+                    id: Some(client),
+                    organization: None,
+                    verified: true,
+                });
+            }
+            Json(t).into_response()
+        }
         Err(e) => {
             tracing::info!(error = e.error, "token request refused");
+            audit::note_refusal(claimed, format!("token request refused: {}", e.error));
             let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
             (
                 status,

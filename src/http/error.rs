@@ -4,6 +4,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::fhir::error::FhirError;
+use crate::security::audit::IssueCode;
 
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 
@@ -14,6 +15,9 @@ impl IntoResponse for FhirError {
         let mut resp = (status, body).into_response();
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+        if let Some(i) = self.issues.first() {
+            resp.extensions_mut().insert(IssueCode(i.code));
+        }
         resp
     }
 }

@@ -1,5 +1,6 @@
 //! HTTP: the route table, the middleware, thin handlers.
 
+mod audit;
 mod auth;
 mod caller;
 pub mod error;
@@ -35,6 +36,8 @@ pub struct AppState {
     /// The CapabilityStatement, built once (it takes tens of ms).
     pub capabilities: bytes::Bytes,
     pub rate_limits: Arc<limits::RateLimits>,
+    /// The gateway as its audit trail names it.
+    pub audit: Arc<crate::security::audit::Gateway>,
 }
 
 /// Largest body of a token request (its client assertion is a JWT).
@@ -107,6 +110,8 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
             header::CONTENT_SECURITY_POLICY,
             "default-src 'none'; frame-ancestors 'none'",
         ))
+        // Outermost: requests that time out or panic are audited too.
+        .layer(middleware::from_fn_with_state(state.clone(), audit::audit))
         .with_state(state)
 }
 

@@ -11,7 +11,7 @@ use axum::response::Response;
 use tracing::Instrument;
 
 /// The FHIR interaction a route template and method stand for.
-fn interaction(method: &Method, template: &str) -> &'static str {
+pub(super) fn interaction(method: &Method, template: &str) -> &'static str {
     match (method.as_str(), template) {
         (_, "/fhir/metadata") => "capabilities",
         ("POST", "/fhir" | "/fhir/") => "transaction",

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use crate::fhir::error::info_outcome;
 use crate::fhir::interaction::Reply;
 use crate::fhir::search::values::{format_http_date, format_instant};
+use crate::security::audit::Served;
 
 use super::error::FHIR_JSON;
 
@@ -46,6 +47,21 @@ impl Prefer {
 }
 
 pub fn render(base: &str, reply: Reply, ret: Return) -> Response {
+    // What was served, for the audit record (a cheap clone of the bytes).
+    let served = reply.version.as_ref().map(|v| Served {
+        resource_type: v.resource_type.clone(),
+        id: v.id.clone(),
+        version: v.version,
+        body: v.body.clone(),
+    });
+    let mut resp = render_reply(base, reply, ret);
+    if let Some(s) = served {
+        resp.extensions_mut().insert(s);
+    }
+    resp
+}
+
+fn render_reply(base: &str, reply: Reply, ret: Return) -> Response {
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
     let mut headers = HeaderMap::new();
     let mut body: Option<Bytes> = reply.body;

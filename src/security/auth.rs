@@ -469,10 +469,20 @@ fn check_certificate(client: &ClientRecord, peer: Option<&PeerCertificate>) -> R
 /// The `iss` of a JWT, read before its signature can be checked (it names
 /// the client whose key checks it).
 fn unverified_issuer(jwt: &str) -> Option<String> {
+    unverified_claim(jwt, "iss")
+}
+
+/// A string claim of a JWT whose signature is not checked: only for what
+/// is said about a credential (which key to check it with, which client a
+/// refused one claimed to be), never for a decision. Bounded in length.
+pub fn unverified_claim(jwt: &str, claim: &str) -> Option<String> {
     let payload = jwt.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    v.get("iss")?.as_str().map(str::to_string)
+    v.get(claim)?
+        .as_str()
+        .filter(|s| !s.is_empty() && s.len() <= 256)
+        .map(str::to_string)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Who acts, and what they may do: SMART backend-services tokens (`auth`),
 //! scopes (`scopes`), and the `Caller` every interaction receives.
 
+pub mod audit;
 pub mod auth;
 pub mod certs;
 pub mod compartment;
@@ -36,8 +37,15 @@ impl Caller {
         }
     }
 
-    /// Refuses (403) what the caller's scopes do not grant.
+    /// Refuses (403) what the caller's scopes do not grant, and (405) any
+    /// change to the audit trail: only the gateway writes it.
     pub fn require(&self, resource_type: &str, perm: Perm) -> Result<(), FhirError> {
+        if resource_type == audit::AUDIT_EVENT && !matches!(perm, Perm::Read | Perm::Search) {
+            return Err(FhirError::not_supported(
+                405,
+                "AuditEvent resources are written by the gateway only: they cannot be created, updated, patched or deleted",
+            ));
+        }
         if self.scopes.allows(resource_type, perm) {
             Ok(())
         } else {

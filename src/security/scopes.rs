@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use super::audit::AUDIT_EVENT;
+
 /// One of the SMART v2 permissions: create, read, update, delete, search.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Perm {
@@ -122,10 +124,13 @@ impl Scopes {
         }
     }
 
+    /// A wildcard (`system/*.rs`) does not cover the audit trail: reading
+    /// it takes a scope that names AuditEvent.
     pub fn allows(&self, resource_type: &str, perm: Perm) -> bool {
-        self.rules
-            .iter()
-            .any(|r| (r.resource_type == "*" || r.resource_type == resource_type) && r.perms & perm.bit() != 0)
+        self.rules.iter().any(|r| {
+            let covers = r.resource_type == resource_type || (r.resource_type == "*" && resource_type != AUDIT_EVENT);
+            covers && r.perms & perm.bit() != 0
+        })
     }
 
     /// Does every type carry this permission (system-level search, history)?
@@ -147,6 +152,8 @@ impl Scopes {
         for r in &requested.rules {
             for g in &self.rules {
                 let rtype = match (r.resource_type.as_str(), g.resource_type.as_str()) {
+                    // A registration must name the audit trail to grant it.
+                    (AUDIT_EVENT, "*") => continue,
                     ("*", t) | (t, "*") => t,
                     (a, b) if a == b => a,
                     _ => continue,
@@ -209,6 +216,9 @@ mod tests {
         assert!(!s.allows("Task", Perm::Read));
         let all = Scopes::parse("system/*.rs").unwrap();
         assert!(all.allows("Task", Perm::Read) && all.allows_all_types(Perm::Search));
+        assert!(!all.allows("AuditEvent", Perm::Read) && !all.allows("AuditEvent", Perm::Search));
+        let audit = Scopes::parse("system/AuditEvent.rs").unwrap();
+        assert!(audit.allows("AuditEvent", Perm::Search) && !audit.allows("Patient", Perm::Read));
         assert_eq!(
             s.to_string(),
             "system/ServiceRequest.cruds system/Patient.rs system/Observation.rs"
@@ -239,5 +249,11 @@ mod tests {
         let asked = Scopes::parse("system/Patient.cruds system/Observation.rs").unwrap();
         let g = registered.grant(&asked);
         assert_eq!(g.to_string(), "system/Patient.rs");
+        let everything = Scopes::parse("system/*.cruds").unwrap();
+        assert!(
+            everything
+                .grant(&Scopes::parse("system/AuditEvent.rs").unwrap())
+                .is_empty()
+        );
     }
 }

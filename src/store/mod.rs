@@ -3,6 +3,7 @@
 //! docs/storage.md for the table and index design.
 
 mod clients;
+mod detached;
 mod exec;
 pub mod keys;
 mod rows;
@@ -19,9 +20,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 use crate::fhir::search::model::{PageStart, SearchRequest, Total};
 pub use clients::ClientRecord;
+pub use detached::Deferred;
+use detached::Detached;
 pub use exec::Dialect;
 use exec::{Bind, Conn, Frag, VersionRow, fetch_i64, fetch_versions};
-pub use writer::{WriteTx, Writer};
+pub use writer::{JobHook, WriteTx, Writer, with_job_hook};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -159,6 +162,9 @@ pub struct HistoryQuery {
     /// `_at`... not offered; `before` pages backwards through the log.
     pub before: Option<i64>,
     pub count: usize,
+    /// Versions of these types are left out (a system-level history by a
+    /// caller who may not read them).
+    pub exclude_types: Vec<String>,
 }
 
 pub struct HistoryPage {
@@ -187,7 +193,19 @@ enum Pool {
 
 struct Inner {
     pool: Pool,
-    writer: Writer,
+    writer: Arc<Writer>,
+    detached: Detached,
+}
+
+impl Inner {
+    fn new(pool: Pool, writer: Writer) -> Inner {
+        let writer = Arc::new(writer);
+        Inner {
+            detached: Detached::start(writer.clone()),
+            writer,
+            pool,
+        }
+    }
 }
 
 const SQLITE_SCHEMA: &str = include_str!("schema_sqlite.sql");
@@ -210,10 +228,7 @@ impl Store {
             apply_schema_pg(&pool).await?;
             let writer_pool = pool.clone();
             Ok(Store {
-                inner: Arc::new(Inner {
-                    writer: Writer::start_pg(writer_pool),
-                    pool: Pool::Pg(pool),
-                }),
+                inner: Arc::new(Inner::new(Pool::Pg(pool), Writer::start_pg(writer_pool))),
             })
         } else if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
             let path = path.split('?').next().unwrap_or(path);
@@ -253,10 +268,7 @@ impl Store {
                 .connect_with(opts.pragma("cache_size", "-4000").read_only(true))
                 .await?;
             Ok(Store {
-                inner: Arc::new(Inner {
-                    writer: Writer::start_sqlite(write_pool),
-                    pool: Pool::Sqlite(read_pool),
-                }),
+                inner: Arc::new(Inner::new(Pool::Sqlite(read_pool), Writer::start_sqlite(write_pool))),
             })
         } else {
             Err(StoreError::Config(
@@ -335,6 +347,9 @@ impl Store {
         if let Some(b) = q.before {
             f.push(" AND v.vpk < ").bind(Bind::I64(b));
         }
+        for t in &q.exclude_types {
+            f.push(" AND v.rtype <> ").bind(Bind::Text(t.clone()));
+        }
         rows::restrict(&mut f, vis, "v.pk");
         f.push(" ORDER BY v.vpk DESC LIMIT ")
             .bind(Bind::I64(q.count as i64 + 1));
@@ -368,8 +383,16 @@ impl Store {
         self.inner.writer.submit(vis, f).await
     }
 
-    /// Waits until every accepted write is committed, then stops the writer.
+    /// Queues a write that no caller waits for (see `detached.rs`): `make`
+    /// builds it in the background. Waits only while the queue is full.
+    pub async fn write_detached(&self, make: Deferred) -> Result<(), StoreError> {
+        self.inner.detached.send(make).await
+    }
+
+    /// Waits until every accepted write (detached ones included) is
+    /// committed, then stops the writer.
     pub async fn close(&self) {
+        self.inner.detached.close().await;
         self.inner.writer.close().await;
         match &self.inner.pool {
             Pool::Sqlite(p) => p.close().await,

@@ -15,6 +15,7 @@
 //! is rolled back alone: its unsent rows are dropped, its sent ones undone.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -41,6 +42,34 @@ enum WConn {
     Pg(PoolConnection<Postgres>),
 }
 
+/// Rides along with the write jobs of one request (its audit record): told
+/// of every version a job stores, it may add rows to that job, written in
+/// the same database transaction, and hears when they are durable. The
+/// store knows nothing of what the rows mean.
+pub trait JobHook: Send + Sync {
+    /// The job stored these versions (they may still be rolled back).
+    fn stored(&self, writes: &[Write]);
+    /// The job ended; `ok` is false when it failed and was rolled back. On
+    /// success, the rows returned are stored with the job.
+    fn finish(&self, ok: bool) -> Vec<Write>;
+    /// The job and the rows `finish` added are committed (not called when
+    /// it added none).
+    fn committed(&self);
+}
+
+tokio::task_local! {
+    static HOOK: Arc<dyn JobHook>;
+}
+
+/// Runs `f` so that every write job it submits carries `hook`.
+pub async fn with_job_hook<F: std::future::Future>(hook: Arc<dyn JobHook>, f: F) -> F::Output {
+    HOOK.scope(hook, f).await
+}
+
+fn current_hook() -> Option<Arc<dyn JobHook>> {
+    HOOK.try_with(Arc::clone).ok()
+}
+
 /// The open write transaction, as a write job sees it.
 pub struct WriteTx {
     conn: WConn,
@@ -52,6 +81,8 @@ pub struct WriteTx {
     in_savepoint: bool,
     /// What the current job may see and act on (its caller's compartment).
     vis: Visibility,
+    /// The hook of the current job, if its request has one.
+    hook: Option<Arc<dyn JobHook>>,
 }
 
 impl WriteTx {
@@ -152,6 +183,9 @@ impl WriteTx {
 
     /// Stores resource versions (sent with the batch, see the module doc).
     pub async fn put_all(&mut self, writes: Vec<Write>) -> Result<(), StoreError> {
+        if let Some(h) = &self.hook {
+            h.stored(&writes);
+        }
         self.pending.extend(writes);
         Ok(())
     }
@@ -159,6 +193,7 @@ impl WriteTx {
     fn begin_job(&mut self) {
         self.job_start = self.pending.len();
         self.in_savepoint = false;
+        self.hook = None;
     }
 
     /// Ends the current job: keeps or undoes what it wrote.
@@ -225,13 +260,30 @@ impl Writer {
     {
         let sender = self.sender.lock().await.clone().ok_or(StoreError::WriterGone)?;
         let (reply, answer) = oneshot::channel::<Result<T, E>>();
+        // Read here, in the request's task: the job runs in the writer's.
+        let hook = current_hook();
         let job: Job = Box::new(move |wtx| {
             Box::pin(async move {
                 wtx.vis = vis;
+                wtx.hook = hook.clone();
                 let result = f(wtx).await;
+                wtx.hook = None;
+                let ok = result.is_ok();
+                // The hook hears of the commit only if it added rows.
+                let hook = hook.filter(|h| {
+                    let extra = h.finish(ok);
+                    let added = ok && !extra.is_empty();
+                    wtx.pending.extend(extra.into_iter().filter(|_| ok));
+                    added
+                });
                 Done {
-                    ok: result.is_ok(),
+                    ok,
                     deliver: Box::new(move |commit_error| {
+                        if commit_error.is_none()
+                            && let Some(h) = &hook
+                        {
+                            h.committed();
+                        }
                         let out = match commit_error {
                             None => result,
                             Some(e) => Err(E::from(e)),
@@ -279,6 +331,7 @@ async fn run(pool: WPool, mut rx: mpsc::Receiver<Job>) {
                 job_start: 0,
                 in_savepoint: false,
                 vis: Visibility::All,
+                hook: None,
             },
             Err(e) => {
                 // Dropping the jobs drops their reply senders: each caller
@@ -340,6 +393,9 @@ async fn commit_batch(wtx: &mut WriteTx, batch: Vec<Job>) -> Result<Vec<Done>, B
             Ok(done) => done,
             Err(_) => {
                 tracing::error!("a write job panicked; it was rolled back");
+                if let Some(h) = wtx.hook.take() {
+                    h.finish(false);
+                }
                 Done {
                     ok: false,
                     deliver: Box::new(|_| {}),

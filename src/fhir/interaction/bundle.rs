@@ -105,7 +105,10 @@ pub async fn process(store: &Store, caller: &Caller, input: BundleInput<'_>) -> 
     };
     match kind.as_str() {
         "transaction" => transaction(store, caller, &input, entries).await,
-        "batch" => batch(store, caller, &input, entries).await,
+        "batch" => {
+            crate::security::audit::note_interaction("batch");
+            batch(store, caller, &input, entries).await
+        }
         other => Err(FhirError::invalid(format!(
             "Bundle.type must be 'transaction' or 'batch' to be processed, not '{other}'"
         ))

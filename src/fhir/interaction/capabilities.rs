@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 
 use crate::fhir::search::model::ParamType;
 use crate::fhir::search::registry::Registry;
+use crate::security::audit::AUDIT_EVENT;
 
 pub fn capability_statement(base: &str, software_version: &str, published: &str) -> Value {
     let reg = Registry::r4();
@@ -37,6 +38,29 @@ pub fn capability_statement(base: &str, software_version: &str, published: &str)
                         .map(move |d| json!(format!("{src}:{}", d.code)))
                 })
                 .collect();
+            // The audit trail is written by the gateway only: clients read
+            // and search it (with a scope naming AuditEvent).
+            if t == AUDIT_EVENT {
+                return json!({
+                    "type": t,
+                    "documentation": "Written by the gateway for every interaction; read and search need a scope naming AuditEvent (e.g. system/AuditEvent.rs), a wildcard scope does not grant them.",
+                    "interaction": [
+                        {"code": "read"}, {"code": "vread"}, {"code": "history-instance"},
+                        {"code": "history-type"}, {"code": "search-type"}
+                    ],
+                    "versioning": "versioned",
+                    "readHistory": true,
+                    "updateCreate": false,
+                    "conditionalCreate": false,
+                    "conditionalRead": "not-supported",
+                    "conditionalUpdate": false,
+                    "conditionalDelete": "not-supported",
+                    "referencePolicy": ["literal", "logical"],
+                    "searchInclude": includes,
+                    "searchRevInclude": revincludes,
+                    "searchParam": search_params,
+                });
+            }
             json!({
                 "type": t,
                 "interaction": [

@@ -6,6 +6,7 @@ use crate::fhir::bundle_writer::BundleWriter;
 use crate::fhir::error::FhirError;
 use crate::fhir::search::values::{date_range, format_instant};
 use crate::security::Caller;
+use crate::security::audit::AUDIT_EVENT;
 use crate::security::scopes::Perm;
 use crate::store::{HistoryQuery, Method, Store};
 
@@ -36,6 +37,10 @@ pub async fn history(
         count: 20,
         ..Default::default()
     };
+    // A wildcard scope does not reach the audit trail.
+    if resource_type.is_none() && !caller.scopes.allows(AUDIT_EVENT, Perm::Read) {
+        q.exclude_types.push(AUDIT_EVENT.into());
+    }
     let mut kept: Vec<(String, String)> = Vec::new();
     for (k, v) in params {
         match k.as_str() {

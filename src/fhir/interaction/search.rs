@@ -32,6 +32,12 @@ pub async fn search(store: &Store, caller: &Caller, input: SearchInput<'_>) -> R
         max_count: 1000,
     };
     let mut req = parse_search(Registry::r4(), input.resource_type, input.params, &opts)?;
+    // `GET [base]?_type=X` is a search of X.
+    if input.resource_type.is_none()
+        && let Some(t) = &req.resource_type
+    {
+        caller.require(t, Perm::Search)?;
+    }
     // Searching through another type (chain, _has) reveals some of it.
     for f in &req.filters {
         for t in searched_types(f) {
@@ -76,8 +82,11 @@ pub async fn search(store: &Store, caller: &Caller, input: SearchInput<'_>) -> R
         .chain(page.included.iter().map(|v| (v, "include")))
     {
         let Some(body) = v.body.as_deref() else { continue };
-        // Included resources of a type the caller may not read are left out.
-        if mode == "include" && !caller.scopes.allows(&v.resource_type, Perm::Read) {
+        // Included resources of a type the caller may not read are left
+        // out, as are the matches of a system-level search (the audit trail
+        // needs a scope of its own).
+        let perm = if mode == "include" { Perm::Read } else { Perm::Search };
+        if !caller.scopes.allows(&v.resource_type, perm) {
             continue;
         }
         let full_url = format!("{}/{}/{}", input.base, v.resource_type, v.id);

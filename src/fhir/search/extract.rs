@@ -96,6 +96,24 @@ impl Extractor {
         &self.skipped
     }
 
+    /// The values of one parameter of a resource (e.g. its `patient`).
+    pub fn extract_param(&self, resource_type: &str, code: &str, resource: &Value) -> Vec<IndexValue> {
+        let mut out = Vec::new();
+        let Some(c) = self
+            .by_type
+            .get(resource_type)
+            .and_then(|ps| ps.iter().find(|c| c.def.code == code))
+        else {
+            return out;
+        };
+        let mut nodes = Vec::new();
+        c.expr.evaluate_into(resource, &mut nodes);
+        for node in &nodes {
+            self.index_values(&c.def, *node, &mut out);
+        }
+        out
+    }
+
     /// The index values of one resource: (parameter, value), without
     /// duplicates within a parameter. `_id` and `_lastUpdated` are not
     /// included (the store has them as columns), nor composite, special and

@@ -48,6 +48,9 @@ impl SearchParamDef {
         if matches!(self.code.as_str(), "_id" | "_lastUpdated") {
             return true;
         }
+        if NOT_OFFERED.contains(&self.url.as_str()) {
+            return false;
+        }
         !matches!(self.kind, ParamType::Composite | ParamType::Special)
             && self.expression.is_some()
             && !matches!(
@@ -56,6 +59,18 @@ impl SearchParamDef {
             )
     }
 }
+
+/// AuditEvent parameters whose value is the same on (nearly) every event
+/// the gateway writes: the audit trail records every request, and each
+/// indexed value is a row written per request for no selectivity. `subtype`
+/// tells the events apart (a token request is DICOM `110122` Login), the
+/// gateway is the only source.
+const NOT_OFFERED: &[&str] = &[
+    "http://hl7.org/fhir/SearchParameter/AuditEvent-type",
+    "http://hl7.org/fhir/SearchParameter/AuditEvent-entity-type",
+    "http://hl7.org/fhir/SearchParameter/AuditEvent-entity-role",
+    "http://hl7.org/fhir/SearchParameter/AuditEvent-source",
+];
 
 #[derive(Debug, Default)]
 pub struct Registry {

@@ -1,0 +1,79 @@
+//! Writes nobody waits for: records of requests that changed nothing (the
+//! audit of reads, searches and refusals). They go through a bounded queue
+//! to one task that builds them and stores them many per write job, so that
+//! the request does not wait for an fsync; a full queue makes the request
+//! wait for room rather than drop a record. `Store::close` stores what is
+//! queued before it stops the writer.
+
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, mpsc};
+use tokio::task::JoinHandle;
+
+use super::{StoreError, Visibility, Write, Writer};
+
+/// Builds the row to store, off the request's path (it may cost CPU).
+pub type Deferred = Box<dyn FnOnce() -> Option<Write> + Send>;
+
+/// Records queued at most; beyond, requests wait for room.
+const QUEUE: usize = 8192;
+/// Records stored by one write job at most.
+const MAX_BATCH: usize = 1024;
+
+pub struct Detached {
+    sender: Mutex<Option<mpsc::Sender<Deferred>>>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Detached {
+    pub fn start(writer: Arc<Writer>) -> Detached {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        Detached {
+            sender: Mutex::new(Some(tx)),
+            task: Mutex::new(Some(tokio::spawn(run(writer, rx)))),
+        }
+    }
+
+    /// Queues a record; waits only while the queue is full.
+    pub async fn send(&self, make: Deferred) -> Result<(), StoreError> {
+        let sender = self.sender.lock().await.clone().ok_or(StoreError::WriterGone)?;
+        sender.send(make).await.map_err(|_| StoreError::WriterGone)
+    }
+
+    /// Stops taking records and waits until the queued ones are stored.
+    pub async fn close(&self) {
+        self.sender.lock().await.take();
+        if let Some(task) = self.task.lock().await.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn run(writer: Arc<Writer>, mut rx: mpsc::Receiver<Deferred>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        // Building a batch is CPU work of milliseconds: not on the threads
+        // that answer requests.
+        let makes = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+        let writes: Vec<Write> = tokio::task::spawn_blocking(move || makes.into_iter().filter_map(|m| m()).collect())
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "building detached records failed");
+                Vec::new()
+            });
+        if writes.is_empty() {
+            continue;
+        }
+        let n = writes.len();
+        metrics::histogram!("apa_store_detached_batch_size").record(n as f64);
+        let stored = writer
+            .submit(Visibility::All, move |tx| {
+                Box::pin(async move { tx.put_all(writes).await })
+            })
+            .await;
+        if let Err(e) = stored {
+            metrics::counter!("apa_store_detached_lost_total").increment(n as u64);
+            tracing::error!(error = %e, records = n, "detached records could not be stored");
+        }
+    }
+}

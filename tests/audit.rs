@@ -1,0 +1,530 @@
+//! The audit trail: every interaction, refusals included, leaves an
+//! AuditEvent; the trail cannot be changed through the API and only a
+//! scope naming AuditEvent reads it.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::{TestApp, bearer_client, json, register_client, token_endpoint};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{Value, json};
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The operator's security officer: allowed to read the whole audit trail
+/// (an organisation's auditor would see the events of its patients only).
+async fn auditor(app: &TestApp) -> Client {
+    bearer_client(
+        &register_client(app.running(), "auditor", None, "system/AuditEvent.rs operator")
+            .await
+            .token,
+    )
+}
+
+/// The AuditEvents matching `query` (`AuditEvent?{query}`).
+async fn events(app: &TestApp, auditor: &Client, query: &str) -> Vec<Value> {
+    let r = auditor
+        .get(app.url(&format!("AuditEvent?{query}&_count=1000")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "search AuditEvent?{query}");
+    let b = json(r).await;
+    b["entry"]
+        .as_array()
+        .map(|es| es.iter().map(|e| e["resource"].clone()).collect())
+        .unwrap_or_default()
+}
+
+/// Reads and refusals are recorded without the response waiting for it:
+/// poll (bounded) until `n` events match.
+async fn wait_for(app: &TestApp, auditor: &Client, query: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = events(app, auditor, query).await;
+        if found.len() >= n {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {n} AuditEvent(s) for {query}, found {}: {found:#?}",
+            found.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn subtype(e: &Value) -> &str {
+    e["subtype"][0]["code"].as_str().unwrap_or_default()
+}
+
+fn client_id(e: &Value) -> &str {
+    e["agent"][0]["who"]["identifier"]["value"].as_str().unwrap_or_default()
+}
+
+fn entities(e: &Value) -> Vec<&str> {
+    e["entity"]
+        .as_array()
+        .map(|es| es.iter().filter_map(|x| x["what"]["reference"].as_str()).collect())
+        .unwrap_or_default()
+}
+
+/// What every event holds, whatever it records (BALP shape, ANS limits).
+fn check_shape(e: &Value) {
+    assert_eq!(e["resourceType"], "AuditEvent");
+    assert!(e["subtype"].as_array().is_none_or(|s| s.len() == 1), "{e}");
+    assert!(e["period"]["start"].is_string(), "{e}");
+    assert!(e["recorded"].is_string(), "{e}");
+    let agents = e["agent"].as_array().unwrap();
+    assert_eq!(agents.len(), 2, "{e}");
+    assert!(agents.iter().all(|a| a["who"].is_object()), "{e}");
+    assert_eq!(agents[0]["requestor"], true);
+    assert_eq!(agents[1]["requestor"], false);
+    assert_eq!(e["source"]["observer"]["type"], "Device");
+}
+
+async fn every_interaction_is_audited(app: &TestApp) {
+    let auditor = auditor(app).await;
+    let anonymous = &app.anonymous;
+
+    // No token: 401, the client unknown.
+    let r = anonymous.get(app.url("Patient?family=doe")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    // A token that is no token, and one forged in the name of a client.
+    assert_eq!(
+        bearer_client("garbage")
+            .get(app.url("Patient"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let forged = encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"iss": "x", "sub": "impostor", "aud": app.base, "exp": now() + 60, "scope": "system/*.cruds"}),
+        &EncodingKey::from_secret(b"not the gateway's secret"),
+    )
+    .unwrap();
+    assert_eq!(
+        bearer_client(&forged)
+            .get(app.url("Patient"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let refused = wait_for(app, &auditor, "outcome=4&subtype=search-type", 3).await;
+    for e in &refused {
+        check_shape(e);
+        assert!(e["outcomeDesc"].as_str().unwrap().starts_with("HTTP 401"), "{e}");
+        assert_eq!(e["agent"][0]["network"]["address"], "127.0.0.1");
+    }
+    let unknown: Vec<&Value> = refused.iter().filter(|e| client_id(e).is_empty()).collect();
+    assert_eq!(unknown.len(), 2, "no token and an unreadable one: {refused:#?}");
+    assert!(
+        unknown
+            .iter()
+            .all(|e| e["agent"][0]["who"]["display"] == "unidentified client")
+    );
+    // The query is recorded (base64, as BALP does), in the protected trail.
+    let no_token = refused
+        .iter()
+        .find(|e| {
+            e["entity"].as_array().is_some_and(|es| {
+                es.iter().any(|x| {
+                    x["query"]
+                        .as_str()
+                        .is_some_and(|q| base64::engine::general_purpose::STANDARD.decode(q).unwrap() == b"family=doe")
+                })
+            })
+        })
+        .expect("the query of the refused search");
+    assert!(client_id(no_token).is_empty());
+    let claimed = events(app, &auditor, "outcome=4&agent:identifier=impostor").await;
+    assert_eq!(claimed.len(), 1);
+    assert!(
+        claimed[0]["agent"][0]["who"]["display"]
+            .as_str()
+            .unwrap()
+            .contains("not verified")
+    );
+
+    // A refused token request.
+    let r = Client::new()
+        .post(token_endpoint(&app.base))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", "not.a.jwt"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let logins = wait_for(
+        app,
+        &auditor,
+        "outcome=4&subtype=http://dicom.nema.org/resources/ontology/DCM|110122",
+        1,
+    )
+    .await;
+    check_shape(&logins[0]);
+    assert_eq!(logins[0]["type"]["code"], "110114");
+
+    // A write is recorded in its own transaction: visible at once.
+    let pid = app.create(&json!({"resourceType": "Patient", "active": true})).await;
+    let created = events(app, &auditor, &format!("entity=Patient/{pid}&subtype=create")).await;
+    assert_eq!(created.len(), 1, "the create's event is committed with it");
+    let c = &created[0];
+    check_shape(c);
+    assert_eq!(c["action"], "C");
+    assert_eq!(c["outcome"], "0");
+    assert_eq!(client_id(c), "operator");
+    assert_eq!(
+        entities(c),
+        [format!("Patient/{pid}/_history/1"), format!("Patient/{pid}")]
+    );
+    assert_eq!(c["entity"][1]["role"]["code"], "1", "the patient entity");
+
+    // Update, then read (recorded off the response's path), search, delete.
+    let r = app
+        .put(
+            &format!("Patient/{pid}"),
+            &json!({"resourceType": "Patient", "id": pid, "active": false}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let updated = events(app, &auditor, &format!("entity=Patient/{pid}&action=U")).await;
+    assert_eq!(updated.len(), 1);
+    assert_eq!(subtype(&updated[0]), "update");
+    assert_eq!(entities(&updated[0])[0], format!("Patient/{pid}/_history/2"));
+
+    let oid = app
+        .create(&json!({"resourceType": "Observation", "status": "final", "code": {"text": "steps"}, "subject": {"reference": format!("Patient/{pid}")}}))
+        .await;
+    assert_eq!(app.get(&format!("Observation/{oid}")).await.status(), 200);
+    let read = wait_for(app, &auditor, &format!("entity=Observation/{oid}&subtype=read"), 1).await;
+    assert_eq!(read[0]["action"], "R");
+    // The patient the read Observation concerns.
+    assert_eq!(
+        entities(&read[0]),
+        [format!("Observation/{oid}/_history/1"), format!("Patient/{pid}")]
+    );
+    assert_eq!(app.get(&format!("Observation?patient={pid}")).await.status(), 200);
+    let searched = wait_for(app, &auditor, &format!("patient={pid}&subtype=search-type"), 1).await;
+    assert_eq!(searched[0]["action"], "E");
+    assert_eq!(searched[0]["entity"][0]["role"]["code"], "24", "the query entity");
+
+    assert_eq!(app.delete(&format!("Observation/{oid}")).await.status(), 204);
+    let deleted = events(app, &auditor, &format!("entity=Observation/{oid}&action=D")).await;
+    assert_eq!(deleted.len(), 1);
+    assert_eq!(entities(&deleted[0])[0], format!("Observation/{oid}/_history/2"));
+
+    // Not found, and an invalid body: refused, recorded, nothing written.
+    assert_eq!(app.get("Patient/nobody-here").await.status(), 404);
+    let missing = wait_for(app, &auditor, "entity=Patient/nobody-here", 1).await;
+    assert_eq!(missing[0]["outcome"], "4");
+    assert!(missing[0]["outcomeDesc"].as_str().unwrap().starts_with("HTTP 404"));
+    let r = app
+        .req(Method::POST, "Patient")
+        .header("content-type", "application/fhir+json")
+        .body("{\"resourceType\": \"Patient\", ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let invalid = wait_for(app, &auditor, "subtype=create&outcome=4", 1).await;
+    assert_eq!(client_id(&invalid[0]), "operator");
+    assert!(invalid[0]["outcomeDesc"].as_str().unwrap().starts_with("HTTP 400"));
+
+    // Missing scope: 403, the client known.
+    let reader = register_client(app.running(), "reader", Some("org-gp"), "system/Patient.rs").await;
+    let r = bearer_client(&reader.token)
+        .get(app.url("Observation"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let forbidden = wait_for(app, &auditor, "agent:identifier=reader&outcome=4", 1).await;
+    assert!(forbidden[0]["outcomeDesc"].as_str().unwrap().starts_with("HTTP 403"));
+    assert!(
+        forbidden[0]["agent"][0]["who"]["display"]
+            .as_str()
+            .unwrap()
+            .contains("org-gp")
+    );
+
+    // A transaction: one event, in its transaction, naming every entry.
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:p", "resource": {"resourceType": "Patient", "active": true}, "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": "urn:uuid:p"}}, "request": {"method": "POST", "url": "Observation"}}
+    ]});
+    let r = app.post("", &tx).await;
+    assert_eq!(r.status(), 200);
+    let b = json(r).await;
+    let new_patient = b["entry"][0]["response"]["location"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let txs = events(app, &auditor, "subtype=transaction").await;
+    assert_eq!(txs.len(), 1);
+    let what = entities(&txs[0]);
+    assert_eq!(what.len(), 3, "two entries and their patient: {what:?}");
+    assert!(what.contains(&format!("Patient/{new_patient}").as_str()));
+
+    // A batch: each write entry in its own transaction, and the batch itself.
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}},
+        {"request": {"method": "GET", "url": format!("Patient/{pid}")}}
+    ]});
+    assert_eq!(app.post("", &batch).await.status(), 200);
+    wait_for(app, &auditor, "subtype=batch", 1).await;
+    assert_eq!(
+        events(app, &auditor, "subtype=create&outcome=0").await.len(),
+        3,
+        "the Patient, the Observation and the batch entry (the transaction is one event)"
+    );
+}
+
+async fn the_trail_is_read_only_and_needs_its_own_scope(app: &TestApp) {
+    let auditor = auditor(app).await;
+    let pid = app.create(&json!({"resourceType": "Patient"})).await;
+    let event = &events(app, &auditor, &format!("entity=Patient/{pid}")).await[0];
+    let eid = event["id"].as_str().unwrap().to_string();
+
+    // Nobody changes it, not even a client registered with AuditEvent.cruds.
+    let writer = register_client(app.running(), "audit-writer", None, "system/AuditEvent.cruds").await;
+    let w = bearer_client(&writer.token);
+    let send = |client: &Client, method: Method, path: &str, body: Option<Value>| {
+        let mut r = client
+            .request(method, app.url(path))
+            .header("content-type", "application/fhir+json");
+        if let Some(b) = body {
+            r = r.body(b.to_string());
+        }
+        r.send()
+    };
+    let fake = json!({"resourceType": "AuditEvent", "type": {"code": "rest"}, "recorded": "2026-01-01T00:00:00Z", "agent": [{"requestor": true}], "source": {"observer": {"display": "x"}}});
+    let mut replaced = fake.clone();
+    replaced["id"] = json!(eid);
+    for client in [&app.client, &w] {
+        let attempts = [
+            send(client, Method::POST, "AuditEvent", Some(fake.clone()))
+                .await
+                .unwrap(),
+            send(
+                client,
+                Method::PUT,
+                &format!("AuditEvent/{eid}"),
+                Some(replaced.clone()),
+            )
+            .await
+            .unwrap(),
+            client
+                .patch(app.url(&format!("AuditEvent/{eid}")))
+                .header("content-type", "application/json-patch+json")
+                .body(json!([{"op": "replace", "path": "/outcome", "value": "0"}]).to_string())
+                .send()
+                .await
+                .unwrap(),
+            send(client, Method::DELETE, &format!("AuditEvent/{eid}"), None)
+                .await
+                .unwrap(),
+            send(client, Method::DELETE, "AuditEvent?outcome=0", None)
+                .await
+                .unwrap(),
+            send(client, Method::PUT, "AuditEvent?outcome=0", Some(fake.clone()))
+                .await
+                .unwrap(),
+        ];
+        for r in attempts {
+            assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+            let oo = json(r).await;
+            assert_eq!(oo["resourceType"], "OperationOutcome");
+            assert_eq!(oo["issue"][0]["code"], "not-supported");
+        }
+    }
+    // Nor inside a transaction or a batch.
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "DELETE", "url": format!("AuditEvent/{eid}")}}
+    ]});
+    assert_eq!(app.post("", &tx).await.status(), 405);
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": fake, "request": {"method": "POST", "url": "AuditEvent"}},
+        {"request": {"method": "DELETE", "url": format!("AuditEvent/{eid}")}}
+    ]});
+    let b = json(app.post("", &batch).await).await;
+    for e in b["entry"].as_array().unwrap() {
+        assert_eq!(e["response"]["status"], "405 Method Not Allowed");
+    }
+    // Still there, unchanged, and the attempts are on the record.
+    let r = auditor.get(app.url(&format!("AuditEvent/{eid}"))).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(json(r).await["meta"]["versionId"], "1");
+    let attempts = wait_for(app, &auditor, &format!("entity=AuditEvent/{eid}&action=D&outcome=4"), 2).await;
+    assert!(attempts.iter().any(|e| client_id(e) == "audit-writer"));
+    let r = auditor.get(app.url("AuditEvent?_count=1000")).send().await.unwrap();
+    let all = json(r).await;
+    assert!(
+        all["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["resource"]["recorded"] != "2026-01-01T00:00:00Z"),
+        "no client-made AuditEvent"
+    );
+
+    // A wildcard scope does not disclose the trail, by any path.
+    let op = &app.client;
+    assert_eq!(op.get(app.url("AuditEvent")).send().await.unwrap().status(), 403);
+    assert_eq!(
+        op.get(app.url(&format!("AuditEvent/{eid}")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(op.get(app.url("?_type=AuditEvent")).send().await.unwrap().status(), 403);
+    assert_eq!(
+        op.get(app.url(&format!("Patient?_has:AuditEvent:entity:outcome=0&_id={pid}")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    for path in [
+        "_history?_count=1000".to_string(),
+        "?_count=1000".to_string(),
+        format!("Patient?_id={pid}&_revinclude=AuditEvent:entity"),
+    ] {
+        let b = json(op.get(app.url(&path)).send().await.unwrap()).await;
+        let types: Vec<&str> = b["entry"]
+            .as_array()
+            .map(|es| {
+                es.iter()
+                    .filter_map(|e| e["resource"]["resourceType"].as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(!types.contains(&"AuditEvent"), "{path}: {types:?}");
+    }
+    // A registration with a wildcard does not grant the trail either.
+    let wild = register_client(app.running(), "wild", None, "system/*.cruds").await;
+    let endpoint = token_endpoint(&app.base);
+    let assertion = apa_gateway::security::keys::sign_assertion(&wild.id, &endpoint, &wild.pem, &wild.kid).unwrap();
+    let r = Client::new()
+        .post(&endpoint)
+        .form(&[
+            ("grant_type", "client_credentials"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", assertion.as_str()),
+            ("scope", "system/AuditEvent.rs"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(json(r).await["error"], "invalid_scope");
+
+    // The CapabilityStatement lists what works on AuditEvent, nothing more.
+    let cs = json(app.get("metadata").await).await;
+    let ae = cs["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "AuditEvent")
+        .unwrap()
+        .clone();
+    let codes: Vec<&str> = ae["interaction"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        codes,
+        ["read", "vread", "history-instance", "history-type", "search-type"]
+    );
+}
+
+on_both_backends!(every_interaction_leaves_an_audit_event, every_interaction_is_audited);
+on_both_backends!(
+    the_audit_trail_is_read_only,
+    the_trail_is_read_only_and_needs_its_own_scope
+);
+
+/// Records queued when the gateway stops are stored before it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_queued_at_shutdown_are_stored() {
+    use apa_gateway::config::Config;
+    use apa_gateway::fhir::search::model::{PageStart, SearchRequest, Total};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/apa.db", dir.path().display());
+    let cfg = Config {
+        listen: "127.0.0.1:0".into(),
+        database_url: url.clone(),
+        db_pool_size: 2,
+        ..Config::default()
+    };
+    let running = apa_gateway::server::start(&cfg).await.unwrap();
+    let token = register_client(&running, "op", None, "system/*.cruds").await.token;
+    let c = bearer_client(&token);
+    let reads = 200;
+    let base = running.base.clone();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..reads {
+        let (c, base) = (c.clone(), base.clone());
+        tasks.spawn(async move { c.get(format!("{base}/Patient/none")).send().await.unwrap().status() });
+    }
+    while let Some(s) = tasks.join_next().await {
+        assert_eq!(s.unwrap(), 404);
+    }
+    running.stop().await;
+    let store = apa_gateway::store::Store::open(&url, 1).await.unwrap();
+    let req = SearchRequest {
+        resource_type: Some("AuditEvent".into()),
+        filters: Vec::new(),
+        sort: Vec::new(),
+        count: 0,
+        page: PageStart::First,
+        include: Vec::new(),
+        revinclude: Vec::new(),
+        total: Total::Accurate,
+        summary: None,
+        elements: Vec::new(),
+        applied: Vec::new(),
+        ignored: Vec::new(),
+    };
+    let total = store
+        .search(&req, &apa_gateway::store::Visibility::All)
+        .await
+        .unwrap()
+        .total
+        .unwrap();
+    // The reads, and the token request.
+    assert_eq!(total, reads + 1);
+    store.close().await;
+}
