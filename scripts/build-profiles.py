@@ -672,6 +672,8 @@ structure(
         e("HealthcareService.type", card="1..*", slicing=slicing(("pattern", "$this"))),
         e("HealthcareService.type:programme", card="1..1", patternCodeableConcept=cc(CS_SPORT, "PROG-APA")),
         e("HealthcareService.name", card="1..1"),
+        e("HealthcareService.eligibility.code", card="1..1", binding=("extensible", vs_url("condition-group")),
+          short="Pathologie ou situation acceptée"),
         e("HealthcareService.characteristic", card="2..*", slicing=slicing(("pattern", "$this"))),
         e("HealthcareService.characteristic:limitationLevel", card="1..*",
           patternCodeableConcept={"coding": [{"system": CS_FLIM}]},
@@ -681,8 +683,6 @@ structure(
           patternCodeableConcept={"coding": [{"system": CS_STAFF}]},
           binding=("required", vs_url("staff-kind")),
           short="Catégorie d'intervenant de l'équipe (une par catégorie)"),
-        e("HealthcareService.eligibility.code", card="1..1", binding=("extensible", vs_url("condition-group")),
-          short="Pathologie ou situation acceptée"),
     ],
 )
 
@@ -727,11 +727,11 @@ structure(
         e("ServiceRequest.occurrenceTiming.repeat.boundsDuration.value", card="1..1"),
         e("ServiceRequest.occurrenceTiming.repeat.boundsDuration.system", card="1..1", fixedUri=UCUM),
         e("ServiceRequest.occurrenceTiming.repeat.boundsDuration.code", card="1..1", fixedCode="mo"),
+        e("ServiceRequest.occurrenceTiming.repeat.duration", card="1..1", short="Durée d'une séance"),
+        e("ServiceRequest.occurrenceTiming.repeat.durationUnit", card="1..1", short="min | h"),
         e("ServiceRequest.occurrenceTiming.repeat.frequency", card="1..1", short="Nombre de séances par période"),
         e("ServiceRequest.occurrenceTiming.repeat.period", card="1..1"),
         e("ServiceRequest.occurrenceTiming.repeat.periodUnit", card="1..1", short="d | wk | mo"),
-        e("ServiceRequest.occurrenceTiming.repeat.duration", card="1..1", short="Durée d'une séance"),
-        e("ServiceRequest.occurrenceTiming.repeat.durationUnit", card="1..1", short="min | h"),
         e("ServiceRequest.authoredOn", card="1..1"),
         e("ServiceRequest.requester", card="1..1",
           types=ref(sd_url("apa-practitioner"), FRC + "fr-core-practitioner-role"),
@@ -827,8 +827,8 @@ structure(
         e("EpisodeOfCare.type:programme", card="1..1", patternCodeableConcept=cc(CS_SPORT, "PROG-APA")),
         e("EpisodeOfCare.patient", types=ref(*PATIENT_TARGETS)),
         e("EpisodeOfCare.managingOrganization", card="1..1", types=ref(sd_url("apa-organization"))),
-        e("EpisodeOfCare.referralRequest", card="1..*", types=ref(sd_url("apa-prescription"))),
         e("EpisodeOfCare.period", card="1..1"),
+        e("EpisodeOfCare.referralRequest", card="1..*", types=ref(sd_url("apa-prescription"))),
     ],
 )
 
@@ -854,11 +854,11 @@ structure(
         e("CarePlan.activity.detail.scheduled[x]", card="1..1", types=[{"code": "Timing"}]),
         e("CarePlan.activity.detail.scheduledTiming.repeat", card="1..1"),
         e("CarePlan.activity.detail.scheduledTiming.repeat.count", short="Nombre de séances prévues"),
+        e("CarePlan.activity.detail.scheduledTiming.repeat.duration", card="1..1"),
+        e("CarePlan.activity.detail.scheduledTiming.repeat.durationUnit", card="1..1"),
         e("CarePlan.activity.detail.scheduledTiming.repeat.frequency", card="1..1"),
         e("CarePlan.activity.detail.scheduledTiming.repeat.period", card="1..1"),
         e("CarePlan.activity.detail.scheduledTiming.repeat.periodUnit", card="1..1"),
-        e("CarePlan.activity.detail.scheduledTiming.repeat.duration", card="1..1"),
-        e("CarePlan.activity.detail.scheduledTiming.repeat.durationUnit", card="1..1"),
     ],
 )
 
