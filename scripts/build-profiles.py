@@ -1006,7 +1006,7 @@ obs("apa-obs-six-minute-walk", "Test de marche de 6 minutes",
     cc(LOINC, "64098-7", "Walking distance 6 minutes"), "m")
 obs("apa-obs-chair-stand-30s", "Lever de chaise 30 s",
     "Number of chair stands in 30 s: local STS30; SNOMED CT 450738001 (Thirty second chair stand test score) may be added; {#}.",
-    cc(CS_SPORT, "STS30"), "{#}", constraints=[range_inv("apa-sts30-1", "The number of stands", 0, 100)])
+    cc(CS_SPORT, "STS30"), "{#}")
 obs("apa-obs-five-sit-to-stand", "5 levers de chaise", "Time for five chair stands: local STS5, s.",
     cc(CS_SPORT, "STS5"), "s")
 obs("apa-obs-timed-up-and-go", "Timed Up and Go", "Timed Up and Go: local TUG (no verified LOINC), s.",
@@ -1038,8 +1038,7 @@ obs("apa-obs-gpaq", "GPAQ", "GPAQ moderate-to-vigorous activity: local GPAQ-MVPA
 obs("apa-obs-onaps-paq", "ONAPS-PAQ", "ONAPS-PAQ score: local ONAPS-PAQ, {score}.",
     cc(CS_SPORT, "ONAPS-PAQ"), "{score}", category=("survey", None))
 obs("apa-obs-ricci-gagnon", "Ricci et Gagnon", "Ricci & Gagnon self-questionnaire score: local RICCI, {score}.",
-    cc(CS_SPORT, "RICCI"), "{score}", category=("survey", None),
-    constraints=[range_inv("apa-ricci-1", "The score", 0, 45)])
+    cc(CS_SPORT, "RICCI"), "{score}", category=("survey", None))
 obs("apa-obs-borg-rpe", "Borg RPE", "Rating of perceived exertion (Borg 6–20): local BORG-RPE, {score}.",
     cc(CS_SPORT, "BORG-RPE"), "{score}", category=("survey", None),
     constraints=[range_inv("apa-borg-1", "The Borg rating", 6, 20)])

@@ -338,6 +338,136 @@ def check_index(resources):
         problem(".index.json", f"lists {fn}, which does not exist")
 
 
+# Test vectors for the invariants: (key, resource, expected). Run through
+# fhirpathpy when it is installed (pip install fhirpathpy), skipped otherwise;
+# the Rust validator can reuse them. Extension invariants are evaluated on
+# each extension of the resource ('extension.select(...)').
+_RK = "https://apa-gateway.fr/fhir/CodeSystem/recipient-kind"
+_UCUM = "http://unitsofmeasure.org"
+_IR = "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-identity-reliability"
+_TER = "https://apa-gateway.fr/fhir/StructureDefinition/apa-territory"
+_COMMUNE = "https://mos.esante.gouv.fr/NOS/TRE_R13-Commune/FHIR/TRE-R13-Commune"
+_DEP = "https://mos.esante.gouv.fr/NOS/TRE_G09-DepartementOM/FHIR/TRE-G09-DepartementOM"
+_FL = "https://apa-gateway.fr/fhir/CodeSystem/functional-limitation"
+_ST = "https://apa-gateway.fr/fhir/CodeSystem/staff-kind"
+
+
+def _sr(months=4, reason=True):
+    r = {"resourceType": "ServiceRequest", "status": "active", "intent": "original-order",
+         "occurrenceTiming": {"repeat": {"boundsDuration": {"value": months, "system": _UCUM, "code": "mo"},
+                                         "duration": 60, "durationUnit": "min",
+                                         "frequency": 2, "period": 1, "periodUnit": "wk"}}}
+    if reason:
+        r["reasonCode"] = [{"text": "diabète de type 2"}]
+    return r
+
+
+def _patient(status="QUAL", nir="189127512501282"):
+    return {"resourceType": "Patient",
+            "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": nir}],
+            "extension": [{"url": _IR, "extension": [{"url": "identityStatus", "valueCoding": {"code": status}}]}]}
+
+
+def _org(kind="MSS", territory=("2A004", _COMMUNE), siret="12345678901234"):
+    r = {"resourceType": "Organization", "identifier": [{"system": "https://sirene.fr", "value": siret}],
+         "type": [{"coding": [{"system": _RK, "code": kind}]}] if kind else []}
+    if territory:
+        r["extension"] = [{"url": _TER, "valueCoding": {"system": territory[1], "code": territory[0]}}]
+    return r
+
+
+def _task(status, reason):
+    r = {"resourceType": "Task", "status": status}
+    if reason:
+        r["statusReason"] = {"text": "programme complet"}
+    return r
+
+
+def _consent(*refs):
+    return {"resourceType": "Consent", "provision": {"type": "deny", "actor": [
+        {"role": {"coding": [{"system": _RK, "code": "CPTS"}]}, "reference": ref} for ref in refs]}}
+
+
+def _qty(v, code="{score}"):
+    return {"resourceType": "Observation", "valueQuantity": {"value": v, "system": _UCUM, "code": code}}
+
+
+INVARIANT_CASES = [
+    ("apa-sr-1", _sr(), True), ("apa-sr-1", _sr(reason=False), False),
+    ("apa-sr-2", _sr(3), True), ("apa-sr-2", _sr(6), True), ("apa-sr-2", _sr(9), False), ("apa-sr-2", _sr(2), False),
+    ("apa-sr-3", _sr(), True),
+    ("apa-task-1", _task("rejected", False), False), ("apa-task-1", _task("rejected", True), True),
+    ("apa-task-1", _task("on-hold", True), True), ("apa-task-1", _task("accepted", True), False),
+    ("apa-task-1", _task("completed", False), True),
+    ("apa-pat-1", _patient(), True), ("apa-pat-1", _patient("VALI"), False),
+    ("apa-pat-1", {"resourceType": "Patient", "identifier": [{"system": "urn:x", "value": "1"}]}, True),
+    ("apa-pat-2", _patient(), True), ("apa-pat-2", _patient(nir="189122A12501282"), True),
+    ("apa-pat-2", _patient(nir="18912751250128"), False),
+    ("apa-ins-1", _patient(), True), ("apa-ins-1", _patient("PROV"), False),
+    ("apa-prac-1", {"resourceType": "Practitioner", "identifier": [{"system": "https://rpps.esante.gouv.fr", "value": "10101010101"}]}, True),
+    ("apa-prac-1", {"resourceType": "Practitioner", "identifier": [{"system": "https://rpps.esante.gouv.fr", "value": "1010101010"}]}, False),
+    ("apa-prac-2", {"resourceType": "Practitioner", "identifier": [{"system": "urn:oid:1.2.250.1.71.4.2.1", "value": "810101010101"}]}, True),
+    ("apa-prac-2", {"resourceType": "Practitioner", "identifier": [{"system": "urn:oid:1.2.250.1.71.4.2.1", "value": "8101"}]}, False),
+    ("apa-org-1", _org(), True), ("apa-org-2", _org(), True), ("apa-org-2", _org(siret="1234"), False),
+    ("apa-org-3", {"resourceType": "Organization", "identifier": [{"system": "https://finess.esante.gouv.fr", "value": "2A0000123"}]}, True),
+    ("apa-org-3", {"resourceType": "Organization", "identifier": [{"system": "https://finess.esante.gouv.fr", "value": "2C0000123"}]}, False),
+    ("apa-org-4", _org(kind=None), False), ("apa-org-4", _org(kind="CPTS"), True),
+    ("apa-org-5", _org(territory=None), False), ("apa-org-5", _org(kind="DMP", territory=None), True),
+    ("apa-ter-1", _org(), True), ("apa-ter-1", _org(territory=("974", _DEP)), True),
+    ("apa-ter-1", _org(territory=("2C", _DEP)), False), ("apa-ter-1", _org(territory=("7510", _COMMUNE)), False),
+    ("apa-prog-1", {"resourceType": "HealthcareService", "characteristic": [
+        {"coding": [{"system": _FL, "code": "severe"}]}, {"coding": [{"system": _ST, "code": "EAPA"}]}]}, False),
+    ("apa-prog-1", {"resourceType": "HealthcareService", "characteristic": [
+        {"coding": [{"system": _FL, "code": "severe"}]}, {"coding": [{"system": _ST, "code": "MK"}]}]}, True),
+    ("apa-eoc-1", {"resourceType": "EpisodeOfCare", "status": "active"}, False),
+    ("apa-eoc-2", {"resourceType": "EpisodeOfCare", "status": "finished", "period": {"start": "2026-01-05"}}, False),
+    ("apa-enc-1", {"resourceType": "Encounter", "status": "finished", "period": {"start": "2026-01-05T10:00:00+01:00"}}, False),
+    ("apa-borg-1", _qty(13), True), ("apa-borg-1", _qty(21), False),
+    ("apa-epices-1", _qty(30.17), True), ("apa-att-1", _qty(120, "%"), False),
+    ("apa-cons-1", _consent({"display": "toute CPTS"}), True),
+    ("apa-cons-1", _consent({"reference": "Organization/cpts-est"}), True),
+    ("apa-cons-1", _consent({"reference": "Patient/p1"}), False),
+    ("apa-cons-1", _consent({"identifier": {"value": "x"}}), False),
+    ("apa-dr-1", {"resourceType": "DiagnosticReport", "presentedForm": [{"contentType": "application/pdf"}]}, False),
+]
+
+
+def check_invariant_cases(resources):
+    try:
+        from fhirpathpy import evaluate
+        from fhirpathpy.models import models
+    except ImportError:
+        print("(fhirpathpy not installed: invariant test vectors skipped)")
+        return 0
+    found = {}
+    for r in resources.values():
+        if r.get("resourceType") != "StructureDefinition":
+            continue
+        for el in r.get("differential", {}).get("element", []):
+            for con in el.get("constraint", []):
+                found[con["key"]] = (r["type"], el["path"], con["expression"])
+    untested = set(found) - {k for k, _, _ in INVARIANT_CASES}
+    for key in sorted(untested):
+        problem("invariants", f"{key} has no test vector")
+    for key, res, expected in INVARIANT_CASES:
+        if key not in found:
+            problem("invariants", f"test vector for unknown invariant {key}")
+            continue
+        rtype, path, expr = found[key]
+        if rtype == "Extension":
+            expr = f"extension.select({expr})"
+        elif path.count(".") == 1:
+            expr = f"{path.split('.', 1)[1]}.select({expr})"
+        try:
+            got = evaluate(res, expr, {}, models["r4"])
+        except Exception as err:  # noqa: BLE001 - report any engine failure
+            problem("invariants", f"{key}: evaluation failed: {err}")
+            continue
+        if got != [expected]:
+            problem("invariants", f"{key}: got {got} on {json.dumps(res)}, expected {expected}")
+    return len(INVARIANT_CASES)
+
+
 def main():
     pkg, resources = load()
     if pkg is None:
@@ -360,7 +490,8 @@ def main():
         elif rt == "SearchParameter":
             check_searchparameter(fn, r, local, structures)
     check_index(resources)
-    counts = {}
+    n = check_invariant_cases(ok)
+    counts = {"invariant test vectors": n} if n else {}
     for r in ok.values():
         counts[r["resourceType"]] = counts.get(r["resourceType"], 0) + 1
     return report(counts)
