@@ -162,17 +162,25 @@ codesystem(
     "Categories of intervenants listed in CSP D.1172-2. Property health-professional marks those of 1° "
     "(the only ones allowed for severe limitations, D.1172-3).",
     [
-        c("MK", "Masseur-kinésithérapeute", health_professional=True),
-        c("ERGO", "Ergothérapeute", health_professional=True),
-        c("PSYMOT", "Psychomotricien", health_professional=True),
+        c("MK", "Masseur-kinésithérapeute", health_professional=True, tre_g15="70"),
+        c("ERGO", "Ergothérapeute", health_professional=True, tre_g15="94"),
+        c("PSYMOT", "Psychomotricien", health_professional=True, tre_g15="96"),
         c("EAPA", "Enseignant en activité physique adaptée (diplôme APA, L.613-1 Code de l'éducation)",
-          health_professional=False),
+          health_professional=False, tre_r85="361"),
         c("EDUC-SPORT", "Éducateur sportif (titre R.212-2 Code du sport / RNCP) ou fonctionnaire du sport",
           health_professional=False),
         c("FED-CERT", "Titulaire d'une certification fédérale (annexe 11-7-1)", health_professional=False),
     ],
-    properties=[{"code": "health-professional", "type": "boolean",
-                 "description": "Health professional of CSP D.1172-2 1°"}],
+    properties=[
+        {"code": "health-professional", "type": "boolean", "description": "Health professional of CSP D.1172-2 1°"},
+        {"code": "tre-g15", "type": "string",
+         "description": "Profession code in TRE_G15-ProfessionSante (https://mos.esante.gouv.fr/NOS/TRE_G15-"
+                        "ProfessionSante/FHIR/TRE-G15-ProfessionSante), to recognise the staff kind of a "
+                        "Practitioner or PractitionerRole"},
+        {"code": "tre-r85", "type": "string",
+         "description": "Role code in TRE_R85-RolePriseCharge (https://mos.esante.gouv.fr/NOS/TRE_R85-"
+                        "RolePriseCharge/FHIR/TRE-R85-RolePriseCharge) for staff outside the RPPS"},
+    ],
 )
 
 codesystem(
@@ -322,7 +330,7 @@ valueset(
     [some(SCT, ("390893007", "Referral to physical activity program"),
           ("229065009", "Exercise therapy"),
           ("229095001", "Exercise class"),
-          ("819961005", "Physical activity guidance"))],
+          ("819961005", "PA guidance"))],
 )
 valueset(
     "servicerequest-status",
@@ -379,7 +387,7 @@ valueset(
     "report-code",
     "APA report codes",
     "Codes of APA assessment reports; LOINC 11488-4 Consult note may be added for document sharing.",
-    [some(CS_SPORT, "BILAN-INITIAL", "BILAN-INTERMEDIAIRE", "BILAN-FINAL"), some(LOINC, ("11488-4", "Consult note"))],
+    [some(CS_SPORT, "BILAN-INITIAL", "BILAN-INTERMEDIAIRE", "BILAN-FINAL"), some(LOINC, ("11488-4", "Consult Note"))],
 )
 
 
@@ -445,10 +453,9 @@ def slicing(*disc, rules="open", ordered=None):
 
 
 def cc(system, code, display=None):
-    coding = {"system": system, "code": code}
-    if display:
-        coding["display"] = display
-    return {"coding": [coding]}
+    """A CodeableConcept pattern: system and code only (a display in a pattern
+    would oblige instances to repeat it verbatim); display is documentation."""
+    return {"coding": [{"system": system, "code": code}]}
 
 
 PATIENT_TARGETS = [sd_url("apa-patient"), sd_url("apa-patient-ins")]
@@ -463,10 +470,13 @@ def ext_slices(root, slices):
     return out
 
 
-def category_pa(root, extra=None):
-    """Category slicing with the PA IG PhysicalActivity slice (and optionally another fixed category)."""
+def category_pa(root, extra=None, vital_signs=False):
+    """Category slicing with the PA IG PhysicalActivity slice (and optionally another fixed category).
+    The R4 vital-signs profiles already slice category by value on coding.code and coding.system: a derived
+    profile must keep that discriminator."""
+    disc = (("value", "coding.code"), ("value", "coding.system")) if vital_signs else (("pattern", "$this"),)
     out = [
-        e(f"{root}.category", card="1..*", slicing=slicing(("pattern", "$this"))),
+        e(f"{root}.category", card="1..*", slicing=slicing(*disc)),
         e(f"{root}.category:physicalActivity", card="1..1", patternCodeableConcept=PA_CATEGORY,
           short="PhysicalActivity (HL7 Physical Activity IG temporary code)"),
     ]
@@ -930,7 +940,7 @@ def obs(i, title, description, code, unit=None, value="Quantity", base=R4 + "Obs
     cat_extra = None
     if category[0]:
         cat_extra = ("observationCategory", cc(OBS_CAT, category[0]))
-    els.extend(category_pa("Observation", cat_extra))
+    els.extend(category_pa("Observation", cat_extra, vital_signs=base.startswith(FRC)))
     if code is not None:
         els.append(e("Observation.code", patternCodeableConcept=code))
     if binding:
@@ -982,7 +992,7 @@ obs("apa-obs-blood-pressure", "Pression artérielle",
     "Blood pressure panel (LOINC 85354-9, systolic 8480-6, diastolic 8462-4 in mm[Hg]); FR Core blood pressure.",
     None, None, value=None, base=FRC + "fr-core-observation-bp", category=(None, None))
 obs("apa-obs-waist-circumference", "Tour de taille", "Waist circumference (LOINC 8280-0, as ANS Mesures de santé), cm.",
-    cc(LOINC, "8280-0", "Waist Circumference at umbilicus by Tape measure"), "cm", category=("vital-signs", None))
+    cc(LOINC, "8280-0"), "cm", category=("vital-signs", None))
 obs("apa-obs-steps-per-day", "Nombre de pas par jour",
     "Steps in 24 hours (LOINC 41950-7), canonical unit /d as the PA IG (ANS Mesures de santé writes 1/(24.h), "
     "the same quantity: convert on ingest).",
