@@ -285,8 +285,12 @@ def check_structure(fn, sd, local, valuesets, structures, inv_keys):
             for url in re.findall(r"'(https://apa-gateway\.fr/fhir/[^']+)'", expr):
                 if url not in structures and url not in local:
                     problem(where, f"invariant {key} names unknown {url}")
-            for system, code in re.findall(r"system = '([^']+)' and code = '([^']+)'", expr):
-                check_code(where, system, code, local)
+            # Codes an invariant tests must exist in the local systems it names.
+            named = [u for u in re.findall(r"system = '([^']+)'", expr) if u in local]
+            if named:
+                for code in re.findall(r"code = '([^']+)'", expr):
+                    if not any(code in local[u] for u in named):
+                        problem(where, f"invariant {key} tests code {code!r}, defined in none of {named}")
         for cond in el.get("condition", []):
             if not any(cond == c.get("key") for e2 in elements for c in e2.get("constraint", [])):
                 problem(where, f"condition {cond} names no invariant of this profile")
