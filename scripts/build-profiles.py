@@ -542,14 +542,16 @@ extension(
 
 # ---- Patient
 
-INS_WHERE = " or ".join(f"system = '{s}'" for s in INS_SYSTEMS)
+INS_SYSTEM_WHERE = " or ".join(f"system = '{s}'" for s in INS_SYSTEMS)
+# FR Core's NSS slice (billing NIR, type v2-0203#NH) shares the INS-NIR system: it is not an INS.
+INS_WHERE = f"({INS_SYSTEM_WHERE}) and type.coding.where(code = 'NH').empty()"
 NIR_FORMAT = "^[0-9]{5}([0-9]{2}|2A|2B)[0-9]{8}$"
 QUAL = (f"extension('{IDENTITY_RELIABILITY}').extension('identityStatus').value.where(code = 'QUAL').exists()")
 PATIENT_INVS = [
     inv("apa-pat-1", "An INS (NIR, NIA, test or demo NIR) is only carried when the identity status is QUAL (RNIV)",
         f"identifier.where({INS_WHERE}).exists() implies {QUAL}"),
-    inv("apa-pat-2", "An INS is 15 characters: 13-character NIR (2A/2B for Corsica) and a 2-digit key",
-        f"identifier.where(({INS_WHERE}) and value.matches('{NIR_FORMAT}').not()).empty()"),
+    inv("apa-pat-2", "An INS or NIR is 15 characters: 13-character NIR (2A/2B for Corsica) and a 2-digit key",
+        f"identifier.where(({INS_SYSTEM_WHERE}) and value.matches('{NIR_FORMAT}').not()).empty()"),
 ]
 
 structure(
@@ -1108,6 +1110,189 @@ searchparam("servicerequest-functional-limitation", "functional-limitation", "Se
 
 
 # --------------------------------------------------------------------------
+# Examples (profiles/example/): one pathway, each resource claiming its
+# profile. check-profiles.py validates them against our differentials, so
+# every profile is shown to be satisfiable.
+
+def luhn(digits):
+    """digits + the Luhn check digit."""
+    for d in "0123456789":
+        total = 0
+        for i, ch in enumerate(reversed(digits + d)):
+            n = int(ch) * (2 if i % 2 else 1)
+            total += n - 9 if n > 9 else n
+        if total % 10 == 0:
+            return digits + d
+    raise ValueError(digits)
+
+
+def nir_key(nir13):
+    return f"{97 - int(nir13.replace('2A', '19').replace('2B', '18')) % 97:02d}"
+
+
+def siret(siren8, nic4):
+    return luhn(luhn(siren8) + nic4)
+
+
+def prof(i):
+    return {"profile": [sd_url(i)]}
+
+
+def coding(system, code, display=None):
+    out = {"system": system, "code": code}
+    if display:
+        out["display"] = display
+    return out
+
+
+def concept(system, code, display=None):
+    return {"coding": [coding(system, code, display)]}
+
+
+def qty(value, unit, code):
+    return {"value": value, "unit": unit, "system": UCUM, "code": code}
+
+
+NIR13 = "2770763220829"
+RPPS = "99700218896"  # ANS test RPPS (passes Luhn)
+PA_CAT = concept(PA_TEMP, "PhysicalActivity", "Physical Activity")
+PATIENT = {"reference": "Patient/patient-ins-demo"}
+PRESC = {"reference": "ServiceRequest/prescription-1"}
+EPISODE = {"reference": "EpisodeOfCare/programme-1"}
+MSS = {"reference": "Organization/mss-brest"}
+FRC_BIRTH_LIST = FRC + "fr-core-patient-birth-list-given-name"
+
+
+def organization(i, name, kind, siret_value, territory=None):
+    r = {"resourceType": "Organization", "id": i, "meta": prof("apa-organization"),
+         "identifier": [{"type": concept(FRC_0203, "SIRET"), "system": "https://sirene.fr", "value": siret_value}],
+         "name": name}
+    if kind:
+        r["type"] = [concept(CS_RK, kind)]
+    if territory:
+        r["extension"] = [{"url": ORG_TERRITORY, "valueCoding": coding(*t)} for t in territory]
+        r = {"resourceType": r["resourceType"], "id": r["id"], "meta": r["meta"], "extension": r.pop("extension"), **r}
+    return r
+
+
+def observation(i, profile, code, value, category="activity", effective="2026-03-02T10:00:00+01:00", **more):
+    cats = [PA_CAT] + ([concept(OBS_CAT, category)] if category else [])
+    r = {"resourceType": "Observation", "id": i, "meta": prof(profile), "status": "final", "category": cats,
+         "code": code, "subject": PATIENT}
+    r.update(more.pop("before_effective", {}))
+    if isinstance(effective, dict):
+        r["effectivePeriod"] = effective
+    else:
+        r["effectiveDateTime"] = effective
+    r.update(value)
+    r.update(more)
+    return r
+
+
+EXAMPLES = [
+    organization("mss-brest", "Maison Sport-Santé du Pays de Brest", "MSS", siret("12345678", "0001"),
+                 [(COMMUNE, "29019"), (COMMUNE, "29075")]),
+    organization("cpts-brest", "CPTS Brest Métropole", "CPTS", siret("73282932", "0007"), [(DEPARTEMENT, "29")]),
+    organization("cabinet-kerouan", "Cabinet médical de Kérouan", None, siret("55443322", "0012")),
+    {"resourceType": "Practitioner", "id": "dr-le-gall", "meta": prof("apa-practitioner"),
+     "identifier": [
+         {"type": concept(FRC_0203, "IDNPS"), "system": "urn:oid:1.2.250.1.71.4.2.1", "value": "8" + RPPS},
+         {"type": concept(FRC_0203, "RPPS"), "system": "https://rpps.esante.gouv.fr", "value": RPPS}],
+     "name": [{"family": "Le Gall", "given": ["Anne"]}],
+     "qualification": [{"code": concept("https://mos.esante.gouv.fr/NOS/TRE_G15-ProfessionSante/FHIR/TRE-G15-ProfessionSante",
+                                        "10", "Médecin")}]},
+    {"resourceType": "Practitioner", "id": "eapa-morvan", "meta": prof("apa-practitioner"),
+     "identifier": [{"system": "https://mss-brest.example/intervenants", "value": "E-012"}],
+     "name": [{"family": "Morvan", "given": ["Yann"]}]},
+    {"resourceType": "Patient", "id": "patient-ins-demo", "meta": prof("apa-patient-ins"),
+     "extension": [
+         {"url": IDENTITY_RELIABILITY, "extension": [
+             {"url": "identityStatus", "valueCoding": {"code": "QUAL"}},
+             {"url": "validationMode", "valueCoding": {"code": "CN"}}]},
+         {"url": R4 + "patient-birthPlace", "valueAddress": {
+             "extension": [{"url": FRC + "fr-core-address-insee-code", "valueCoding": coding(COMMUNE, "63113")}],
+             "city": "Clermont-Ferrand"}}],
+     "identifier": [{"use": "official", "type": concept(FRC_0203, "INS-NIR-TEST"),
+                     "system": "urn:oid:1.2.250.1.213.1.4.10", "value": NIR13 + nir_key(NIR13)}],
+     "name": [{"extension": [{"url": FRC_BIRTH_LIST, "valueString": "Marie Louise"}],
+               "use": "official", "family": "Kerbrat", "given": ["Marie"]}],
+     "gender": "female", "birthDate": "1977-07-14",
+     "address": [{"extension": [{"url": FRC + "fr-core-address-insee-code", "valueCoding": coding(COMMUNE, "29019")}],
+                  "city": "Brest", "postalCode": "29200"}]},
+    {"resourceType": "HealthcareService", "id": "programme-brest-apa", "meta": prof("apa-programme"),
+     "active": True, "providedBy": MSS, "type": [concept(CS_SPORT, "PROG-APA")], "name": "Bouger pour ma santé",
+     "eligibility": [{"code": concept(cs_url("condition-group"), "diabete-t2")},
+                     {"code": concept(cs_url("condition-group"), "obesite")}],
+     "characteristic": [concept(CS_FLIM, "aucune"), concept(CS_FLIM, "minime"), concept(CS_FLIM, "moderee"),
+                        concept(CS_STAFF, "EAPA"), concept(CS_STAFF, "EDUC-SPORT")]},
+    {"resourceType": "ServiceRequest", "id": "prescription-1", "meta": prof("apa-prescription"),
+     "extension": [
+         {"url": sd_url("apa-functional-limitation"), "valueCodeableConcept": concept(CS_FLIM, "moderee")},
+         {"url": sd_url("apa-intensity"), "valueCodeableConcept": concept(cs_url("intensity"), "moderee")}],
+     "status": "active", "intent": "original-order", "category": [PA_CAT],
+     "code": concept(SCT, "390893007", "Referral to physical activity program"),
+     "orderDetail": [concept(cs_url("activity-type"), "endurance"), concept(cs_url("activity-type"), "renforcement")],
+     "subject": PATIENT,
+     "occurrenceTiming": {"repeat": {"boundsDuration": qty(3, "mois", "mo"), "duration": 60, "durationUnit": "min",
+                                     "frequency": 2, "period": 1, "periodUnit": "wk"}},
+     "authoredOn": "2026-02-10", "requester": {"reference": "Practitioner/dr-le-gall"},
+     "reasonCode": [{"coding": [coding("http://hl7.org/fhir/sid/icd-10", "E11"),
+                                coding(cs_url("condition-group"), "diabete-t2")], "text": "Diabète de type 2"}]},
+    {"resourceType": "Task", "id": "referral-1", "meta": prof("apa-referral-task"),
+     "status": "accepted", "intent": "order", "code": concept("http://hl7.org/fhir/CodeSystem/task-code", "fulfill"),
+     "focus": PRESC, "for": PATIENT, "authoredOn": "2026-02-10T11:00:00+01:00",
+     "requester": {"reference": "Practitioner/dr-le-gall"}, "owner": MSS},
+    {"resourceType": "EpisodeOfCare", "id": "programme-1", "meta": prof("apa-programme-episode"),
+     "status": "active", "type": [concept(CS_SPORT, "PROG-APA")], "patient": PATIENT, "managingOrganization": MSS,
+     "period": {"start": "2026-03-02"}, "referralRequest": [PRESC]},
+    {"resourceType": "CarePlan", "id": "plan-1", "meta": prof("apa-careplan"),
+     "extension": [{"url": WORKFLOW_EOC, "valueReference": EPISODE}],
+     "basedOn": [PRESC], "status": "active", "intent": "plan", "category": [PA_CAT], "subject": PATIENT,
+     "period": {"start": "2026-03-02", "end": "2026-05-29"},
+     "activity": [{"detail": {
+         "extension": [{"url": sd_url("apa-intensity"), "valueCodeableConcept": concept(cs_url("intensity"), "moderee")}],
+         "code": concept(cs_url("activity-type"), "combine"), "status": "in-progress",
+         "scheduledTiming": {"repeat": {"count": 24, "duration": 60, "durationUnit": "min",
+                                        "frequency": 2, "period": 1, "periodUnit": "wk"}}}}]},
+    {"resourceType": "Encounter", "id": "bilan-initial-1", "meta": prof("apa-session"),
+     "identifier": [{"type": concept(V2_0203, "VN"), "system": "https://mss-brest.example/seances", "value": "S-0001"}],
+     "status": "finished", "class": coding(ACT_CODE, "AMB"), "type": [concept(cs_url("session-kind"), "bilan-initial")],
+     "subject": PATIENT, "episodeOfCare": [EPISODE], "basedOn": [PRESC],
+     "period": {"start": "2026-03-02T10:00:00+01:00", "end": "2026-03-02T11:30:00+01:00"}, "serviceProvider": MSS},
+    observation("six-minute-walk-1", "apa-obs-six-minute-walk", concept(LOINC, "64098-7", "Walking distance 6 minutes"),
+                {"valueQuantity": qty(412, "m", "m")}, before_effective={"encounter": {"reference": "Encounter/bilan-initial-1"}}),
+    observation("chair-stand-1", "apa-obs-chair-stand-30s",
+                {"coding": [coding(CS_SPORT, "STS30"), coding(SCT, "450738001")]},
+                {"valueQuantity": qty(11, "levers", "{#}")}),
+    observation("unipodal-1", "apa-obs-unipodal-stance", concept(CS_SPORT, "UNIPODAL"),
+                {"valueQuantity": qty(8.5, "s", "s")},
+                component=[{"code": concept(CS_SPORT, "LATERALITE"), "valueCodeableConcept": concept(SCT, "24028007", "Right")},
+                           {"code": concept(CS_SPORT, "YEUX-FERMES"), "valueBoolean": False}]),
+    observation("weight-1", "apa-obs-body-weight", concept(LOINC, "29463-7"), {"valueQuantity": qty(92.4, "kg", "kg")},
+                category="vital-signs"),
+    observation("attendance-1", "apa-obs-attendance-rate", concept(CS_SPORT, "ATTEND-RATE"),
+                {"valueQuantity": qty(83, "%", "%")}, category=None,
+                effective={"start": "2026-03-02", "end": "2026-05-29"},
+                **{"extension": [{"url": WORKFLOW_EOC, "valueReference": EPISODE}]}),
+    observation("orientation-1", "apa-obs-orientation", concept(CS_SPORT, "ORIENTATION"),
+                {"valueCodeableConcept": concept(cs_url("orientation"), "CLUB-SS")}, category=None,
+                effective="2026-05-29", **{"extension": [{"url": WORKFLOW_EOC, "valueReference": EPISODE}]}),
+    {"resourceType": "DiagnosticReport", "id": "end-of-pathway-1", "meta": prof("apa-end-of-pathway-report"),
+     "basedOn": [PRESC], "status": "final", "category": [PA_CAT],
+     "code": {"coding": [coding(CS_SPORT, "BILAN-FINAL"), coding(LOINC, "11488-4", "Consult Note")]},
+     "subject": PATIENT, "effectivePeriod": {"start": "2026-03-02", "end": "2026-05-29"},
+     "issued": "2026-05-29T16:00:00+02:00", "performer": [{"reference": "Practitioner/eapa-morvan"}],
+     "result": [{"reference": "Observation/six-minute-walk-1"}, {"reference": "Observation/orientation-1"}],
+     "conclusion": "Progression de 60 m au test de marche ; orientation vers un club sport-santé."},
+    {"resourceType": "Consent", "id": "opposition-dmp-1", "meta": prof("apa-consent-opposition"),
+     "status": "active", "scope": concept("http://terminology.hl7.org/CodeSystem/consentscope", "patient-privacy"),
+     "category": [concept(LOINC, "59284-0")], "patient": PATIENT, "dateTime": "2026-02-10",
+     "policyRule": concept(ACT_CODE, "OPTOUT"),
+     "provision": {"type": "deny", "actor": [{"role": concept(CS_RK, "DMP"), "reference": {"display": "DMP"}}]}},
+]
+
+
+# --------------------------------------------------------------------------
 # Write the package
 
 def main():
@@ -1129,6 +1314,13 @@ def main():
         elif r["resourceType"] == "SearchParameter":
             entry["type"] = r["type"]
         index.append(entry)
+    ex_dir = os.path.join(OUT, "example")
+    shutil.rmtree(ex_dir, ignore_errors=True)
+    os.makedirs(ex_dir)
+    for r in EXAMPLES:
+        with open(os.path.join(ex_dir, f"{r['resourceType']}-{r['id']}.json"), "w", encoding="utf-8") as f:
+            json.dump(r, f, ensure_ascii=False, indent=2)
+            f.write("\n")
     with open(os.path.join(OUT, ".index.json"), "w", encoding="utf-8") as f:
         json.dump({"index-version": 1, "files": index}, f, ensure_ascii=False, indent=2)
         f.write("\n")

@@ -13,7 +13,10 @@
   subset the gateway's validator runs;
 - every local code in a fixed or pattern value, a ValueSet or a
   SearchParameter is defined in its CodeSystem;
-- .index.json lists exactly the resources there are.
+- .index.json lists exactly the resources there are;
+- the examples in profiles/example/ are valid against the profiles they claim
+  (our differentials; invariants too when fhirpathpy is installed), and each
+  invariant gives the expected result on its test vectors.
 
 Exits 1 and lists every problem when there is one.
 """
@@ -405,6 +408,8 @@ INVARIANT_CASES = [
     ("apa-task-1", _task("completed", False), True),
     ("apa-pat-1", _patient(), True), ("apa-pat-1", _patient("VALI"), False),
     ("apa-pat-1", {"resourceType": "Patient", "identifier": [{"system": "urn:x", "value": "1"}]}, True),
+    ("apa-pat-1", {"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.8", "value": "189127512501282",
+                   "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "NH"}]}}]}, True),
     ("apa-pat-2", _patient(), True), ("apa-pat-2", _patient(nir="189122A12501282"), True),
     ("apa-pat-2", _patient(nir="18912751250128"), False),
     ("apa-ins-1", _patient(), True), ("apa-ins-1", _patient("PROV"), False),
@@ -472,6 +477,241 @@ def check_invariant_cases(resources):
     return len(INVARIANT_CASES)
 
 
+# --------------------------------------------------------------------------
+# The examples (profiles/example/) against our differentials: a small
+# reading of the rules the Rust validator will apply (cardinality per slice,
+# fixed / pattern, choice types, reference targets, required bindings to our
+# value sets, invariants when fhirpathpy is there). FR Core and R4 base
+# constraints are not checked here.
+
+R4_TYPES_OF_FRC = {
+    "fr-core-patient": "Patient", "fr-core-patient-ins": "Patient", "fr-core-practitioner": "Practitioner",
+    "fr-core-practitioner-role": "PractitionerRole", "fr-core-organization": "Organization",
+    "fr-core-healthcare-service": "HealthcareService", "fr-core-encounter": "Encounter",
+}
+
+
+def _items(v):
+    return v if isinstance(v, list) else ([] if v is None else [v])
+
+
+def _children(node, name):
+    if not isinstance(node, dict):
+        return []
+    if name.endswith("[x]"):
+        prefix = name[:-3]
+        out = []
+        for k, v in node.items():
+            if k.startswith(prefix) and k[len(prefix):len(prefix) + 1].isupper():
+                out.extend(_items(v))
+        return out
+    return _items(node.get(name))
+
+
+def _contains(node, pattern):
+    if isinstance(pattern, dict):
+        return isinstance(node, dict) and all(
+            k in node and _contains(node[k], v) for k, v in pattern.items())
+    if isinstance(pattern, list):
+        items = _items(node)
+        return all(any(_contains(i, p) for i in items) for p in pattern)
+    return node == pattern
+
+
+def _fixed_or_pattern(el):
+    for k, v in el.items():
+        if k.startswith("fixed") or k.startswith("pattern"):
+            return k.startswith("fixed"), v
+    return None
+
+
+class Differential:
+    def __init__(self, sd):
+        self.sd = sd
+        self.by_id = {el["id"]: el for el in sd["differential"]["element"]}
+
+    def in_slice(self, node, sliced_id, slice_name):
+        slicing = self.by_id.get(sliced_id, {}).get("slicing")
+        slice_el = self.by_id.get(f"{sliced_id}:{slice_name}", {})
+        if not slicing:
+            return False
+        for d in slicing["discriminator"]:
+            path, typ = d["path"], d["type"]
+            if path == "url" and typ == "value":
+                urls = [pr for t in slice_el.get("type", []) for pr in t.get("profile", [])]
+                if not isinstance(node, dict) or node.get("url") not in urls:
+                    return False
+            elif typ == "type":
+                want = [t["code"] for t in self.by_id.get(f"{sliced_id}:{slice_name}.{path}[x]", {}).get("type", [])]
+                if want and not any(k == path + w[0].upper() + w[1:] for k in node for w in want):
+                    return False
+            else:
+                target = slice_el if path == "$this" else self.by_id.get(f"{sliced_id}:{slice_name}.{path}")
+                fp = _fixed_or_pattern(target or {})
+                if fp is None:
+                    # a value discriminator on coding.code / coding.system: read them from the slice pattern
+                    fp = _fixed_or_pattern(slice_el)
+                    if fp is None:
+                        return False
+                    value = fp[1]
+                    for part in path.split("."):
+                        value = [x for v in _items(value) for x in _items(v.get(part) if isinstance(v, dict) else None)]
+                    if not all(w in _walk(node, path) for w in value):
+                        return False
+                    continue
+                node_at = node if path == "$this" else _walk(node, path)
+                if path == "$this":
+                    if not _contains(node_at, fp[1]):
+                        return False
+                elif not any(_contains(n, fp[1]) for n in node_at):
+                    return False
+        return True
+
+    def nodes(self, resource, eid):
+        """The instance nodes of an element id, slices applied."""
+        segs = eid.split(".")
+        current = [resource]
+        prefix = segs[0]
+        for seg in segs[1:]:
+            name, _, slice_name = seg.partition(":")
+            nxt = [c for n in current for c in _children(n, name)]
+            prefix = f"{prefix}.{name}"
+            if slice_name:
+                nxt = [c for c in nxt if self.in_slice(c, prefix, slice_name)]
+                prefix = f"{prefix}:{slice_name}"
+            current = nxt
+        return current
+
+
+def _walk(node, path):
+    current = [node]
+    for part in path.split("."):
+        current = [c for n in current for c in _children(n, part)]
+    return current
+
+
+def _expand(vs, resources_by_url):
+    """(system, code or None) pairs a local value set allows (None: the whole external system)."""
+    allowed = set()
+    for inc in vs.get("compose", {}).get("include", []):
+        system = inc.get("system")
+        if inc.get("concept"):
+            allowed |= {(system, c["code"]) for c in inc["concept"]}
+        elif system in resources_by_url:
+            allowed |= {(system, c) for c in codes_of(resources_by_url[system])}
+        else:
+            allowed.add((system, None))
+    return allowed
+
+
+def _coded(node):
+    if isinstance(node, str):
+        return [(None, node)]
+    if isinstance(node, dict) and "coding" in node:
+        return [(c.get("system"), c.get("code")) for c in node["coding"]]
+    if isinstance(node, dict):
+        return [(node.get("system"), node.get("code"))]
+    return []
+
+
+def _target_types(profiles, structures_by_url):
+    out = set()
+    for pr in profiles:
+        if pr in structures_by_url:
+            out.add(structures_by_url[pr]["type"])
+        elif pr.startswith(FRC):
+            out.add(R4_TYPES_OF_FRC.get(pr[len(FRC):], pr))
+        else:
+            out.add(pr.rsplit("/", 1)[1])
+    return out
+
+
+def validate_example(fn, res, structures_by_url, resources_by_url):
+    claimed = [p for p in res.get("meta", {}).get("profile", []) if p in structures_by_url]
+    if not claimed:
+        problem(fn, "claims no profile of the package")
+    try:
+        from fhirpathpy import evaluate
+        from fhirpathpy.models import models
+    except ImportError:
+        evaluate = None
+    for url in claimed:
+        sd = structures_by_url[url]
+        diff = Differential(sd)
+        for el in sd["differential"]["element"]:
+            eid = el["id"]
+            where = f"{fn} [{sd['id']}] {eid}"
+            nodes = diff.nodes(res, eid)
+            if "." in eid and ("min" in el or "max" in el):
+                parent_id = eid.rsplit(".", 1)[0]
+                last = eid.rsplit(".", 1)[1]
+                name, _, slice_name = last.partition(":")
+                for par in diff.nodes(res, parent_id):
+                    kids = _children(par, name)
+                    if slice_name:
+                        kids = [k for k in kids if diff.in_slice(k, f"{parent_id}.{name}", slice_name)]
+                    if len(kids) < el.get("min", 0):
+                        problem(where, f"{len(kids)} found, min {el['min']}")
+                    if el.get("max", "*") != "*" and len(kids) > int(el["max"]):
+                        problem(where, f"{len(kids)} found, max {el['max']}")
+            fp = _fixed_or_pattern(el)
+            if fp:
+                for n in nodes:
+                    if (n != fp[1]) if fp[0] else not _contains(n, fp[1]):
+                        problem(where, f"does not match {'fixed' if fp[0] else 'pattern'} {json.dumps(fp[1])}")
+            if eid.endswith("[x]") and el.get("type"):
+                name = eid.rsplit(".", 1)[1].split(":")[0][:-3]
+                allowed = {name + t["code"][0].upper() + t["code"][1:] for t in el["type"]}
+                for par in diff.nodes(res, eid.rsplit(".", 1)[0]):
+                    for k in par if isinstance(par, dict) else []:
+                        if k.startswith(name) and k[len(name):len(name) + 1].isupper() and k not in allowed:
+                            problem(where, f"{k} is not an allowed type")
+            for t in el.get("type", []):
+                if t.get("code") == "Reference" and t.get("targetProfile"):
+                    want = _target_types(t["targetProfile"], structures_by_url)
+                    for n in nodes:
+                        ref = n.get("reference") if isinstance(n, dict) else None
+                        if ref and ref.split("/")[-2] not in want and "Resource" not in want:
+                            problem(where, f"reference {ref} is not to {sorted(want)}")
+            b = el.get("binding")
+            if b and b["strength"] == "required" and b["valueSet"] in resources_by_url:
+                allowed = _expand(resources_by_url[b["valueSet"]], resources_by_url)
+                for n in nodes:
+                    codes = _coded(n)
+                    if not any((s, c) in allowed or (s, None) in allowed or (s is None and any(c == a for _, a in allowed))
+                               for s, c in codes):
+                        problem(where, f"{codes} not in {b['valueSet']}")
+            if evaluate:
+                for con in el.get("constraint", []):
+                    targets = [res] if eid == sd["type"] else nodes
+                    for t in targets:
+                        got = evaluate(t, con["expression"], {}, models["r4"])
+                        if got != [True]:
+                            problem(where, f"invariant {con['key']} fails ({got})")
+
+
+def check_examples(resources):
+    ex_dir = os.path.join(DIR, "example")
+    if not os.path.isdir(ex_dir):
+        return 0
+    structures_by_url = {r["url"]: r for r in resources.values() if r.get("resourceType") == "StructureDefinition"}
+    resources_by_url = {r["url"]: r for r in resources.values() if "url" in r}
+    n = 0
+    for fn in sorted(os.listdir(ex_dir)):
+        if not fn.endswith(".json"):
+            continue
+        try:
+            res = json.load(open(os.path.join(ex_dir, fn), encoding="utf-8"))
+        except ValueError as err:
+            problem(f"example/{fn}", f"does not parse: {err}")
+            continue
+        if fn != f"{res.get('resourceType')}-{res.get('id')}.json":
+            problem(f"example/{fn}", "should be named <resourceType>-<id>.json")
+        validate_example(f"example/{fn}", res, structures_by_url, resources_by_url)
+        n += 1
+    return n
+
+
 def main():
     pkg, resources = load()
     if pkg is None:
@@ -496,6 +736,7 @@ def main():
     check_index(resources)
     n = check_invariant_cases(ok)
     counts = {"invariant test vectors": n} if n else {}
+    counts["examples valid"] = check_examples(ok)
     for r in ok.values():
         counts[r["resourceType"]] = counts.get(r["resourceType"], 0) + 1
     return report(counts)
