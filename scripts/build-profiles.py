@@ -1219,6 +1219,12 @@ EXAMPLES = [
      "gender": "female", "birthDate": "1977-07-14",
      "address": [{"extension": [{"url": FRC + "fr-core-address-insee-code", "valueCoding": coding(COMMUNE, "29019")}],
                   "city": "Brest", "postalCode": "29200"}]},
+    {"resourceType": "Patient", "id": "patient-prov-demo", "meta": prof("apa-patient"),
+     "extension": [{"url": IDENTITY_RELIABILITY, "extension": [{"url": "identityStatus", "valueCoding": {"code": "PROV"}}]}],
+     "identifier": [{"use": "usual", "type": concept(V2_0203, "PI"), "system": "https://mss-brest.example/beneficiaires",
+                     "value": "B-2026-0042"}],
+     "name": [{"use": "official", "family": "Guivarc'h", "given": ["Paul"]}],
+     "gender": "male", "birthDate": "1958-11-02"},
     {"resourceType": "HealthcareService", "id": "programme-brest-apa", "meta": prof("apa-programme"),
      "active": True, "providedBy": MSS, "type": [concept(CS_SPORT, "PROG-APA")], "name": "Bouger pour ma santé",
      "eligibility": [{"code": concept(cs_url("condition-group"), "diabete-t2")},
@@ -1292,6 +1298,63 @@ EXAMPLES = [
 ]
 
 
+# One example for each Observation profile the pathway above does not show,
+# built from the profile itself (code pattern or first code of the bound
+# value set, fixed unit, value type), so that each profile is exercised.
+VITAL_CODES = {
+    "apa-obs-body-height": ({"coding": [coding(LOINC, "8302-2")]}, {"valueQuantity": qty(168, "cm", "cm")}),
+    "apa-obs-bmi": ({"coding": [coding(LOINC, "39156-5")]}, {"valueQuantity": qty(32.7, "kg/m2", "kg/m2")}),
+    "apa-obs-resting-heart-rate": ({"coding": [coding(LOINC, "8867-4"), coding(LOINC, "40443-4")]},
+                                   {"valueQuantity": qty(72, "/min", "/min")}),
+    "apa-obs-blood-pressure": ({"coding": [coding(LOINC, "85354-9")]}, {"component": [
+        {"code": concept(LOINC, "8480-6"), "valueQuantity": qty(138, "mm[Hg]", "mm[Hg]")},
+        {"code": concept(LOINC, "8462-4"), "valueQuantity": qty(86, "mm[Hg]", "mm[Hg]")}]}),
+}
+SAMPLE_VALUES = {"m": 412, "s": 9.2, "cm": 4, "kg": 27, "min": 120, "{score}": 14, "%": 80}
+
+
+def auto_examples():
+    shown = {p for r in EXAMPLES for p in r.get("meta", {}).get("profile", [])}
+    vs_by_url = {r["url"]: r for r in resources if r["resourceType"] == "ValueSet"}
+    out = []
+    for sd in resources:
+        if sd["resourceType"] != "StructureDefinition" or sd["type"] != "Observation" or sd["url"] in shown:
+            continue
+        els = {el["id"]: el for el in sd["differential"]["element"]}
+        code_el = els.get("Observation.code", {})
+        value = {}
+        if sd["id"] in VITAL_CODES:
+            code, value = VITAL_CODES[sd["id"]]
+        elif "patternCodeableConcept" in code_el:
+            code = code_el["patternCodeableConcept"]
+        else:
+            inc = vs_by_url[code_el["binding"]["valueSet"]]["compose"]["include"][0]
+            code = concept(inc["system"], inc["concept"][0]["code"])
+        types = [t["code"] for t in els.get("Observation.value[x]", {}).get("type", [])]
+        if types == ["Quantity"] and not value:
+            unit = els["Observation.valueQuantity.code"]["fixedCode"]
+            value = {"valueQuantity": qty(SAMPLE_VALUES.get(unit, 3), unit, unit)}
+        elif types == ["boolean"]:
+            value = {"valueBoolean": True}
+        elif types == ["CodeableConcept"]:
+            vs = vs_by_url[els["Observation.valueCodeableConcept"]["binding"]["valueSet"]]
+            system = vs["compose"]["include"][0]["system"]
+            first = next(r for r in resources if r.get("url") == system)["concept"][0]["code"]
+            value = {"valueCodeableConcept": concept(system, first)}
+        cat = els.get("Observation.category:observationCategory", {}).get("patternCodeableConcept")
+        category = cat["coding"][0]["code"] if cat else ("vital-signs" if sd["baseDefinition"].startswith(FRC) else None)
+        more = {}
+        if "Observation.extension:episodeOfCare" in els:
+            more["extension"] = [{"url": WORKFLOW_EOC, "valueReference": EPISODE}]
+        if "Observation.derivedFrom" in els:
+            more["derivedFrom"] = [{"reference": "Observation/weight-1"}, {"reference": "Observation/height-1"}]
+        i = sd["id"].replace("apa-obs-", "") + "-1"
+        if sd["id"] == "apa-obs-body-height":
+            i = "height-1"
+        out.append(observation(i, sd["id"], code, value, category=category, **more))
+    return out
+
+
 # --------------------------------------------------------------------------
 # Write the package
 
@@ -1317,7 +1380,7 @@ def main():
     ex_dir = os.path.join(OUT, "example")
     shutil.rmtree(ex_dir, ignore_errors=True)
     os.makedirs(ex_dir)
-    for r in EXAMPLES:
+    for r in EXAMPLES + auto_examples():
         with open(os.path.join(ex_dir, f"{r['resourceType']}-{r['id']}.json"), "w", encoding="utf-8") as f:
             json.dump(r, f, ensure_ascii=False, indent=2)
             f.write("\n")

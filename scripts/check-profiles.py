@@ -696,6 +696,7 @@ def check_examples(resources):
         return 0
     structures_by_url = {r["url"]: r for r in resources.values() if r.get("resourceType") == "StructureDefinition"}
     resources_by_url = {r["url"]: r for r in resources.values() if "url" in r}
+    claimed = set()
     n = 0
     for fn in sorted(os.listdir(ex_dir)):
         if not fn.endswith(".json"):
@@ -708,7 +709,11 @@ def check_examples(resources):
         if fn != f"{res.get('resourceType')}-{res.get('id')}.json":
             problem(f"example/{fn}", "should be named <resourceType>-<id>.json")
         validate_example(f"example/{fn}", res, structures_by_url, resources_by_url)
+        claimed.update(res.get("meta", {}).get("profile", []))
         n += 1
+    for url, sd in sorted(structures_by_url.items()):
+        if sd["type"] != "Extension" and url not in claimed:
+            problem(sd["id"], "no example claims this profile")
     return n
 
 
