@@ -34,6 +34,8 @@ ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 FRC_0203 = "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-v2-0203"
 IDENTITY_RELIABILITY = FRC + "fr-core-identity-reliability"
+# The RNIV statuses in the current FR Core (2.2.0-ballot line); our invariants test the code only.
+IDENTITY_STATUS = "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-identity-status"
 WORKFLOW_EOC = R4 + "workflow-episodeOfCare"
 COMMUNE = "https://mos.esante.gouv.fr/NOS/TRE_R13-Commune/FHIR/TRE-R13-Commune"
 COMMUNE_OM = "https://mos.esante.gouv.fr/NOS/TRE_R13-CommuneOM/FHIR/TRE-R13-CommuneOM"
@@ -1207,8 +1209,7 @@ EXAMPLES = [
     {"resourceType": "Patient", "id": "patient-ins-demo", "meta": prof("apa-patient-ins"),
      "extension": [
          {"url": IDENTITY_RELIABILITY, "extension": [
-             {"url": "identityStatus", "valueCoding": {"code": "QUAL"}},
-             {"url": "validationMode", "valueCoding": {"code": "CN"}}]},
+             {"url": "identityStatus", "valueCoding": coding(IDENTITY_STATUS, "QUAL")}]},
          {"url": R4 + "patient-birthPlace", "valueAddress": {
              "extension": [{"url": FRC + "fr-core-address-insee-code", "valueCoding": coding(COMMUNE, "63113")}],
              "city": "Clermont-Ferrand"}}],
@@ -1220,7 +1221,7 @@ EXAMPLES = [
      "address": [{"extension": [{"url": FRC + "fr-core-address-insee-code", "valueCoding": coding(COMMUNE, "29019")}],
                   "city": "Brest", "postalCode": "29200"}]},
     {"resourceType": "Patient", "id": "patient-prov-demo", "meta": prof("apa-patient"),
-     "extension": [{"url": IDENTITY_RELIABILITY, "extension": [{"url": "identityStatus", "valueCoding": {"code": "PROV"}}]}],
+     "extension": [{"url": IDENTITY_RELIABILITY, "extension": [{"url": "identityStatus", "valueCoding": coding(IDENTITY_STATUS, "PROV")}]}],
      "identifier": [{"use": "usual", "type": concept(V2_0203, "PI"), "system": "https://mss-brest.example/beneficiaires",
                      "value": "B-2026-0042"}],
      "name": [{"use": "official", "family": "Guivarc'h", "given": ["Paul"]}],
