@@ -1,0 +1,1 @@
+//! Measurements of the physical-condition assessments (next commit).
