@@ -126,6 +126,11 @@ pub enum IdError {
 }
 
 impl IdError {
+    /// The OperationOutcome issue for this error at `expression`.
+    pub fn to_issue(&self, expression: impl Into<String>) -> Issue {
+        value_issue(Severity::Error, self.to_string(), expression.into())
+    }
+
     /// The check key (not the format) is what failed: callers may tolerate
     /// this for identifiers whose key rule is not normative (RPPS).
     pub fn is_key_mismatch(&self) -> bool {

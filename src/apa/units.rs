@@ -24,6 +24,8 @@ use std::str::FromStr;
 
 use serde_json::{Value, json};
 
+use crate::fhir::error::{Issue, Severity};
+
 pub const UCUM: &str = "http://unitsofmeasure.org";
 
 // ---------------------------------------------------------------------------
@@ -611,6 +613,36 @@ impl Measurement {
         self.measure.canonical_unit()
     }
 
+    /// Reads a stored FHIR `Quantity`: it must already be canonical (UCUM
+    /// system, canonical code, a JSON number) and plausible. No conversion
+    /// here: converting is for inputs that are not FHIR yet.
+    pub fn from_quantity(measure: Measure, quantity: &Value) -> Result<Measurement, UnitError> {
+        let expected = measure.canonical_unit();
+        let system = quantity.get("system").and_then(Value::as_str);
+        let code = quantity.get("code").and_then(Value::as_str);
+        if system != Some(UCUM) || code != Some(expected) {
+            return Err(UnitError::NotCanonical {
+                measure,
+                expected,
+                found: match (system, code) {
+                    (Some(UCUM), Some(c)) => c.to_string(),
+                    (Some(s), Some(c)) => format!("{s}|{c}"),
+                    (_, None) => String::new(),
+                    (None, Some(c)) => format!("|{c}"),
+                },
+            });
+        }
+        let value = match quantity.get("value") {
+            Some(v @ Value::Number(_)) => Decimal::from_json(v)?,
+            other => {
+                return Err(UnitError::NotANumber {
+                    found: other.map(Value::to_string).unwrap_or_default(),
+                });
+            }
+        };
+        checked(measure, value)
+    }
+
     /// The FHIR `Quantity` (`valueQuantity`, `component.valueQuantity`).
     pub fn quantity_json(&self) -> Value {
         let spec = self.measure.spec();
@@ -757,8 +789,37 @@ pub enum UnitError {
     },
     #[error("a {expected} was expected, not a {found}")]
     WrongMeasure { expected: Measure, found: Measure },
+    #[error("a {measure} must be a Quantity with system {UCUM} and code '{expected}', not '{found}'")]
+    NotCanonical {
+        measure: Measure,
+        expected: &'static str,
+        found: String,
+    },
     #[error("unit table inconsistency")]
     Internal,
+}
+
+impl UnitError {
+    /// The OperationOutcome issue for this error at `expression` (FHIRPath of
+    /// the Quantity or of the flat-API field).
+    pub fn to_issue(&self, expression: impl Into<String>) -> Issue {
+        let (severity, code) = match self {
+            UnitError::MissingUnit { .. } | UnitError::UnknownUnit { .. } | UnitError::NotCanonical { .. } => {
+                (Severity::Error, "code-invalid")
+            }
+            UnitError::NotANumber { .. } | UnitError::TooManyDigits { .. } | UnitError::OutOfRange { .. } => {
+                (Severity::Error, "value")
+            }
+            UnitError::WrongMeasure { .. } => (Severity::Error, "processing"),
+            UnitError::Internal => (Severity::Fatal, "exception"),
+        };
+        Issue {
+            severity,
+            code,
+            diagnostics: self.to_string(),
+            expression: vec![expression.into()],
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1042,6 +1103,44 @@ mod tests {
             e.to_string(),
             "208.3 kg/m2 is not a plausible body mass index (expected 10 to 80 kg/m2)"
         );
+    }
+
+    #[test]
+    fn stored_quantities_must_already_be_canonical() {
+        let q = json!({"value": 72.5, "unit": "kg", "system": UCUM, "code": "kg"});
+        let m = Measurement::from_quantity(Measure::BodyWeight, &q).unwrap();
+        assert_eq!(m.value().to_string(), "72.5");
+        assert_eq!(
+            Measurement::from_quantity(Measure::BodyWeight, &m.quantity_json()),
+            Ok(m)
+        );
+
+        let lb = json!({"value": 160, "unit": "lb", "system": UCUM, "code": "[lb_av]"});
+        let e = Measurement::from_quantity(Measure::BodyWeight, &lb).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "a body weight must be a Quantity with system http://unitsofmeasure.org and code 'kg', not '[lb_av]'"
+        );
+        let no_system = json!({"value": 72, "code": "kg"});
+        assert!(matches!(
+            Measurement::from_quantity(Measure::BodyWeight, &no_system),
+            Err(UnitError::NotCanonical { .. })
+        ));
+        let text = json!({"value": "72", "system": UCUM, "code": "kg"});
+        assert!(matches!(
+            Measurement::from_quantity(Measure::BodyWeight, &text),
+            Err(UnitError::NotANumber { .. })
+        ));
+        let implausible = json!({"value": 720, "system": UCUM, "code": "kg"});
+        let issue = Measurement::from_quantity(Measure::BodyWeight, &implausible)
+            .unwrap_err()
+            .to_issue("Observation.valueQuantity");
+        assert_eq!(issue.code, "value");
+        assert_eq!(issue.expression, vec!["Observation.valueQuantity".to_string()]);
+        let issue = normalize(Measure::BodyWeight, dec("72"), "st")
+            .unwrap_err()
+            .to_issue("weight_unit");
+        assert_eq!(issue.code, "code-invalid");
     }
 
     #[test]
