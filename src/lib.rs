@@ -1,9 +1,10 @@
 //! apa-gateway: a secure FHIR R4 gateway for the French sport-santé sector.
 //!
 //! `fhir` is the generic FHIR R4 core (it knows nothing of APA nor of SQL
-//! dialects), `store` the persistence, `http` the routes, `security` who
-//! acts. `server` wires them together.
+//! dialects), `apa` the sport-santé domain rules, `store` the persistence,
+//! `http` the routes, `security` who acts. `server` wires them together.
 
+pub mod apa;
 pub mod clock;
 pub mod config;
 pub mod fhir;
