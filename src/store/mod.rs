@@ -6,6 +6,8 @@ mod clients;
 mod detached;
 mod exec;
 pub mod keys;
+#[cfg(target_os = "linux")]
+mod nodelay;
 mod rows;
 mod sql;
 mod writer;
@@ -220,7 +222,16 @@ impl Store {
     pub async fn open(url: &str, pool_size: u32) -> Result<Store, StoreError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url)?;
+            let port = opts.get_port();
             let pool = PgPoolOptions::new()
+                .after_connect(move |_, _| {
+                    Box::pin(async move {
+                        #[cfg(target_os = "linux")]
+                        nodelay::apply(port);
+                        let _ = port;
+                        Ok(())
+                    })
+                })
                 .max_connections(pool_size.max(2))
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_with(opts)
