@@ -223,21 +223,25 @@ impl Store {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url)?;
             let port = opts.get_port();
-            let pool = PgPoolOptions::new()
-                .after_connect(move |_, _| {
-                    Box::pin(async move {
-                        #[cfg(target_os = "linux")]
-                        nodelay::apply(port);
-                        let _ = port;
-                        Ok(())
+            let pg_pool = |size: u32| {
+                PgPoolOptions::new()
+                    .after_connect(move |_, _| {
+                        Box::pin(async move {
+                            #[cfg(target_os = "linux")]
+                            nodelay::apply(port);
+                            let _ = port;
+                            Ok(())
+                        })
                     })
-                })
-                .max_connections(pool_size.max(2))
-                .acquire_timeout(Duration::from_secs(10))
-                .connect_with(opts)
-                .await?;
+                    .max_connections(size)
+                    .acquire_timeout(Duration::from_secs(10))
+            };
+            let pool = pg_pool(pool_size.max(1)).connect_with(opts.clone()).await?;
             apply_schema_pg(&pool).await?;
-            let writer_pool = pool.clone();
+            // The writer has connections of its own (one for the group
+            // commits, one for the background ANALYZE): it never waits
+            // behind readers for a connection, nor they behind it.
+            let writer_pool = pg_pool(2).connect_with(opts).await?;
             Ok(Store {
                 inner: Arc::new(Inner::new(Pool::Pg(pool), Writer::start_pg(writer_pool))),
             })
