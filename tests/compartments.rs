@@ -238,6 +238,29 @@ async fn another_mss_learns_nothing_of_the_patient(app: &TestApp) {
     ]});
     let r = b.send(reqwest::Method::POST, "", &tx).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // Each of these attempts is in the audit trail, as a failure naming the
+    // patient: the operator's security officer finds MSS B's read of it.
+    let officer = bearer_client(
+        &register_client(app.running(), "security-officer", None, "system/AuditEvent.rs operator")
+            .await
+            .token,
+    );
+    let query = format!(
+        "{}/AuditEvent?entity=Patient/{p}&subtype=read&outcome=4&agent:identifier=mss-b-software",
+        app.base
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let found = json(officer.get(&query).send().await.unwrap()).await;
+        if found["entry"].as_array().is_some_and(|e| !e.is_empty()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no AuditEvent of MSS B's refused read"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     // The patient is untouched.
     let r = json(app.get(&format!("Patient/{p}")).await).await;
     assert_eq!(r["meta"]["versionId"], "1");
