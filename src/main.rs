@@ -9,7 +9,7 @@ use apa_gateway::config::Config;
 use apa_gateway::security::keys::{generate_es384, public_jwks, sign_assertion};
 use apa_gateway::security::scopes::Scopes;
 use apa_gateway::store::{ClientRecord, Store};
-use apa_gateway::{clock, server, telemetry};
+use apa_gateway::{clock, demo, server, telemetry};
 
 #[derive(Parser)]
 #[command(version, about = "Secure FHIR R4 gateway for the French sport-santé sector")]
@@ -25,7 +25,8 @@ struct Cli {
 enum Command {
     /// Serve the FHIR API (the default).
     Serve {
-        /// Register a demo client and print how to get a token.
+        /// Load the demo territory, register a client per organisation of
+        /// it and print how to get their tokens.
         #[arg(long)]
         demo: bool,
     },
@@ -176,7 +177,7 @@ async fn serve(cfg: &Config, demo: bool) -> Result<(), CliError> {
     let running = server::start(cfg).await?;
     tracing::info!(addr = %running.addr, base = %running.base, "apa-gateway listening");
     if demo {
-        demo_client(cfg, &running).await?;
+        demo_mode(cfg, &running).await?;
     }
     running.wait().await;
     Ok(())
@@ -191,41 +192,64 @@ fn data_dir(cfg: &Config) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("data"))
 }
 
-const DEMO_CLIENT: &str = "demo";
-
-/// Registers the demo client (a key pair kept under the data folder) and
-/// prints how to get a token. Authentication stays on.
-async fn demo_client(cfg: &Config, running: &server::Running) -> Result<(), CliError> {
+/// Loads the demo territory, registers its clients (each with a key pair
+/// kept under the data folder) and prints how to get their tokens.
+/// Authentication stays on.
+async fn demo_mode(cfg: &Config, running: &server::Running) -> Result<(), CliError> {
+    let loaded = demo::load(&running.store, &running.base)
+        .await
+        .map_err(|e| CliError::Msg(format!("loading the demo territory: {e}")))?;
     let dir = data_dir(cfg);
-    let key = dir.join("demo-client.pem");
-    let kid = format!("{DEMO_CLIENT}-key");
-    if !key.exists() {
-        let (pem, _) = generate_es384(&kid)?;
-        write_private(&key, &pem)?;
+    let mut lines = Vec::new();
+    for client in demo::CLIENTS {
+        let key = dir.join(client.key_file());
+        let kid = format!("{}-key", client.id);
+        if !key.exists() {
+            let (pem, _) = generate_es384(&kid)?;
+            write_private(&key, &pem)?;
+        }
+        // Registered again at every start: the database may be new, the key not.
+        let pem = std::fs::read_to_string(&key).map_err(|e| CliError::Io(key.display().to_string(), e))?;
+        running
+            .store
+            .save_client(ClientRecord {
+                id: client.id.into(),
+                name: client.name.into(),
+                organization: client.organization.map(str::to_string),
+                scope: client.scope.into(),
+                jwks: Some(public_jwks(&pem, &kid)?),
+                jwks_url: None,
+                tls_cert_sha256: None,
+                created: clock::now_micros(),
+                revoked: None,
+            })
+            .await?;
+        lines.push(format!(
+            "  {var}=$(cargo run --release -q -- token --client-id {id} --key {key})\n      # {sees}",
+            var = client.var,
+            id = client.id,
+            key = key.display(),
+            sees = client.sees,
+        ));
     }
-    // Registered again at every start: the database may be new, the key not.
-    let pem = std::fs::read_to_string(&key).map_err(|e| CliError::Io(key.display().to_string(), e))?;
-    running
-        .store
-        .save_client(ClientRecord {
-            id: DEMO_CLIENT.into(),
-            name: "Demo operator".into(),
-            organization: None,
-            scope: "system/*.cruds operator".into(),
-            jwks: Some(public_jwks(&pem, &kid)?),
-            jwks_url: None,
-            tls_cert_sha256: None,
-            created: clock::now_micros(),
-            revoked: None,
-        })
-        .await?;
+    let territory = match loaded {
+        demo::Loaded { created, present: 0 } => format!("loaded ({created} resources)"),
+        demo::Loaded { created: 0, .. } => "already loaded: nothing changed".to_string(),
+        demo::Loaded { created, present } => {
+            format!("completed ({created} resources created, {present} already there)")
+        }
+    };
     println!(
-        "\nDemo mode: client '{DEMO_CLIENT}' is registered (scopes system/*.cruds operator: it sees every organisation's data), its private key is {key}.\n\
-         Get an access token (valid {life} s) and call the API:\n\n  \
-         TOKEN=$(cargo run --release -q -- token --client-id {DEMO_CLIENT} --key {key})\n  \
-         curl -H \"Authorization: Bearer $TOKEN\" {base}/Patient\n",
-        key = key.display(),
+        "\nDemo mode: the demo territory (fixtures/demo/territory.json) is {territory}.\n\
+         One client per organisation is registered, its private key under {dir}.\n\
+         Get an access token for each (valid {life} s; run the line again for a new one):\n\n\
+         {lines}\n\n\
+         Organisation compartments at work: the MSS that owns Nathalie Le Bihan's referral reads her record, the other MSS gets 404:\n\n  \
+         curl -s -H \"Authorization: Bearer $BOUGER\" {base}/Patient/patient-le-bihan\n  \
+         curl -s -H \"Authorization: Bearer $VILAINE\" {base}/Patient/patient-le-bihan\n",
+        dir = dir.display(),
         life = cfg.token_lifetime_secs,
+        lines = lines.join("\n"),
         base = running.base,
     );
     Ok(())
