@@ -10,7 +10,7 @@
 //! and the functions `where`, `select`, `exists`, `all`, `empty`, `not`,
 //! `first`, `last`, `tail`, `skip`, `take`, `count`, `distinct`, `hasValue`,
 //! `children`, `resolve`, `is`, `as`, `ofType`, `extension`, `startsWith`,
-//! `endsWith`, `contains`, `iif`, `trace`. Arithmetic and quantity literals
+//! `endsWith`, `contains`, `matches`, `iif`, `trace`. Arithmetic and quantity literals
 //! are refused at parse time, so an expression either parses and means what
 //! it says, or does not parse.
 //!
@@ -223,6 +223,9 @@ enum Func {
     StartsWith(Box<Ast>),
     EndsWith(Box<Ast>),
     Contains(Box<Ast>),
+    /// `matches(regex)`: the regex is found in the string (anchors make it
+    /// a whole-string match, as the profiles' invariants write it).
+    Matches(Box<Ast>),
     Iif(Box<Ast>, Box<Ast>, Option<Box<Ast>>),
     Trace,
 }
@@ -786,6 +789,7 @@ impl Parser<'_> {
             ("startsWith", 1) => Func::StartsWith(one().ok_or_else(bad_arity)?),
             ("endsWith", 1) => Func::EndsWith(one().ok_or_else(bad_arity)?),
             ("contains", 1) => Func::Contains(one().ok_or_else(bad_arity)?),
+            ("matches", 1) => Func::Matches(one().ok_or_else(bad_arity)?),
             ("iif", 2 | 3) => {
                 let c = one().ok_or_else(bad_arity)?;
                 let t = one().ok_or_else(bad_arity)?;
@@ -795,7 +799,7 @@ impl Parser<'_> {
             (
                 "where" | "select" | "exists" | "all" | "empty" | "not" | "first" | "last" | "tail" | "skip" | "take"
                 | "count" | "distinct" | "hasValue" | "children" | "resolve" | "extension" | "startsWith" | "endsWith"
-                | "contains" | "iif" | "trace",
+                | "contains" | "matches" | "iif" | "trace",
                 _,
             ) => return Err(bad_arity()),
             _ => return Err(self.unsupported(format!("function {name}()"))),
@@ -1257,6 +1261,16 @@ fn call<'a, 'e>(f: &'e Func, root: &'a Value, cur: &[Item<'a, 'e>], out: &mut Ve
                 _ => s.contains(arg),
             }));
         }
+        Func::Matches(a) => {
+            let Some(s) = single_str(cur) else { return };
+            let Some(pattern) = str_arg(a, root, cur) else { return };
+            // An invalid (or oversized) pattern gives no result, as an
+            // unknown value does: the invariant then is not satisfied.
+            let Ok(re) = regex::RegexBuilder::new(pattern.as_str()).size_limit(1 << 20).build() else {
+                return;
+            };
+            out.push(Item::Bool(re.is_match(s)));
+        }
         Func::Iif(c, t, e) => {
             if eval_bool(c, root, cur) == Some(true) {
                 eval(t, root, cur, out);
@@ -1652,6 +1666,18 @@ mod tests {
         assert_eq!(values("Patient.telecom.system contains 'fax'", &p), [&json!(false)]);
         assert_eq!(values("Patient is Patient", &p), [&json!(true)]);
         assert_eq!(values("Patient.telecom.all(value.exists())", &p), [&json!(true)]);
+        // matches(): found anywhere, anchors for a whole-string match; an
+        // invalid pattern gives nothing rather than an answer.
+        assert_eq!(
+            values("Patient.telecom[0].value.matches('^[0-9]+$')", &p),
+            [&json!(true)]
+        );
+        assert_eq!(
+            values("Patient.telecom[1].value.matches('^[0-9]+$')", &p),
+            [&json!(false)]
+        );
+        assert_eq!(values("Patient.telecom[1].value.matches('@')", &p), [&json!(true)]);
+        assert!(values("Patient.telecom[1].value.matches('(')", &p).is_empty());
     }
 
     #[test]
@@ -1722,7 +1748,7 @@ mod tests {
             );
         }
         assert!(matches!(
-            Expr::parse("Patient.name.matches('x')"),
+            Expr::parse("Patient.name.replaceMatches('x', 'y')"),
             Err(FhirPathError::Unsupported { .. })
         ));
         assert!(matches!(
