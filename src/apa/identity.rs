@@ -472,17 +472,27 @@ pub struct IdNatPs {
     holder: PsHolder,
 }
 
+/// The one-character prefix of a national identifier, and the rest.
+fn split_prefix(kind: IdKind, s: &str) -> Result<(char, &str), IdError> {
+    let mut chars = s.chars();
+    let prefix = chars.next().ok_or(IdError::Empty { kind })?;
+    Ok((prefix, chars.as_str()))
+}
+
+/// An error in the part after the prefix, reported as such.
+fn inner_error(kind: IdKind, prefix: char, source: IdError) -> IdError {
+    IdError::Inner {
+        kind,
+        prefix,
+        source: Box::new(source),
+    }
+}
+
 impl IdNatPs {
     pub fn parse(s: &str) -> Result<IdNatPs, IdError> {
         let kind = IdKind::IdNatPs;
-        let mut chars = s.chars();
-        let prefix = chars.next().ok_or(IdError::Empty { kind })?;
-        let rest = chars.as_str();
-        let inner = |source: IdError| IdError::Inner {
-            kind,
-            prefix,
-            source: Box::new(source),
-        };
+        let (prefix, rest) = split_prefix(kind, s)?;
+        let inner = |source| inner_error(kind, prefix, source);
         let holder = match prefix {
             '8' => PsHolder::Rpps(Rpps::parse(rest).map_err(inner)?),
             '0' => PsHolder::Adeli(Adeli::parse(rest).map_err(inner)?),
@@ -668,14 +678,8 @@ pub struct IdNatSt {
 impl IdNatSt {
     pub fn parse(s: &str) -> Result<IdNatSt, IdError> {
         let kind = IdKind::IdNatSt;
-        let mut chars = s.chars();
-        let prefix = chars.next().ok_or(IdError::Empty { kind })?;
-        let rest = chars.as_str();
-        let inner = |source: IdError| IdError::Inner {
-            kind,
-            prefix,
-            source: Box::new(source),
-        };
+        let (prefix, rest) = split_prefix(kind, s)?;
+        let inner = |source| inner_error(kind, prefix, source);
         let structure = match prefix {
             '0' => {
                 structure_technical_id(IdKind::AdeliRang, rest).map_err(inner)?;
