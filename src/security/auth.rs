@@ -6,17 +6,16 @@
 //! so that every gateway replica accepts the tokens of the others; they
 //! carry the client, its organisation and the granted scopes.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
 
 use super::Caller;
+use super::cache::TtlCache;
 use super::certs::{PeerCertificate, same_thumbprint};
 use super::oidc::{Oidc, OidcSettings};
 use super::scopes::Scopes;
@@ -128,9 +127,6 @@ struct AssertionClaims {
     jti: String,
 }
 
-/// A value and when it was fetched.
-type Cached<T> = (Instant, T);
-
 pub struct Auth {
     store: Store,
     secret: Vec<u8>,
@@ -139,14 +135,14 @@ pub struct Auth {
     audience: String,
     lifetime: u64,
     http: reqwest::Client,
-    clients: Mutex<HashMap<String, Cached<Option<Arc<ClientRecord>>>>>,
-    jwks: Mutex<HashMap<String, Cached<Arc<JwkSet>>>>,
+    clients: TtlCache<Option<Arc<ClientRecord>>>,
+    jwks: TtlCache<Arc<JwkSet>>,
     /// The external issuer of professionals' tokens, if configured.
     oidc: Option<Oidc>,
     /// The client registered for an organisation (SIRET, FINESS or id).
-    organisations: Mutex<HashMap<String, Cached<Option<Arc<ClientRecord>>>>>,
+    organisations: TtlCache<Option<Arc<ClientRecord>>>,
     /// Registered organisation (id, SIRET…) → Organization id.
-    resolved: Mutex<HashMap<String, Cached<Option<String>>>>,
+    resolved: TtlCache<Option<String>>,
 }
 
 fn now() -> u64 {
@@ -181,10 +177,10 @@ impl Auth {
             lifetime: lifetime_secs,
             oidc: oidc.map(|o| Oidc::new(o, http.clone())),
             http,
-            clients: Mutex::new(HashMap::new()),
-            jwks: Mutex::new(HashMap::new()),
-            organisations: Mutex::new(HashMap::new()),
-            resolved: Mutex::new(HashMap::new()),
+            clients: TtlCache::new(CLIENT_CACHE_TTL),
+            jwks: TtlCache::new(JWKS_CACHE_TTL),
+            organisations: TtlCache::new(CLIENT_CACHE_TTL),
+            resolved: TtlCache::new(CLIENT_CACHE_TTL),
         })
     }
 
@@ -193,17 +189,9 @@ impl Auth {
     }
 
     async fn client(&self, id: &str) -> Result<Option<Arc<ClientRecord>>, StoreError> {
-        if let Some((at, c)) = self.clients.lock().await.get(id)
-            && at.elapsed() < CLIENT_CACHE_TTL
-        {
-            return Ok(c.clone());
-        }
-        let c = self.store.client(id).await?.map(Arc::new);
         self.clients
-            .lock()
+            .get_or_load(id, async || Ok(self.store.client(id).await?.map(Arc::new)))
             .await
-            .insert(id.to_string(), (Instant::now(), c.clone()));
-        Ok(c)
     }
 
     async fn keys_of(&self, client: &ClientRecord) -> Result<Arc<JwkSet>, OAuthError> {
@@ -215,27 +203,21 @@ impl Auth {
         let Some(url) = &client.jwks_url else {
             return Err(OAuthError::client("the client has no registered keys"));
         };
-        if let Some((at, set)) = self.jwks.lock().await.get(url)
-            && at.elapsed() < JWKS_CACHE_TTL
-        {
-            return Ok(set.clone());
-        }
-        let set: JwkSet = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|_| OAuthError::client("the client's JWKS URL could not be fetched"))?
-            .json()
-            .await
-            .map_err(|_| OAuthError::client("the client's JWKS URL did not return a JWKS"))?;
-        let set = Arc::new(set);
         self.jwks
-            .lock()
+            .get_or_load(url, async || {
+                let set: JwkSet = self
+                    .http
+                    .get(url)
+                    .send()
+                    .await
+                    .and_then(|r| r.error_for_status())
+                    .map_err(|_| OAuthError::client("the client's JWKS URL could not be fetched"))?
+                    .json()
+                    .await
+                    .map_err(|_| OAuthError::client("the client's JWKS URL did not return a JWKS"))?;
+                Ok(Arc::new(set))
+            })
             .await
-            .insert(url.clone(), (Instant::now(), set.clone()));
-        Ok(set)
     }
 
     /// The token endpoint: `client_credentials` with a client assertion;
@@ -413,37 +395,25 @@ impl Auth {
         let Some(registered) = client.organization.as_deref() else {
             return Ok(None);
         };
-        if let Some((at, org)) = self.resolved.lock().await.get(registered)
-            && at.elapsed() < CLIENT_CACHE_TTL
-        {
-            return Ok(org.clone());
-        }
-        let org = super::compartment::resolve_organization(&self.store, registered).await?;
         self.resolved
-            .lock()
+            .get_or_load(registered, async || {
+                super::compartment::resolve_organization(&self.store, registered).await
+            })
             .await
-            .insert(registered.to_string(), (Instant::now(), org.clone()));
-        Ok(org)
     }
 
     async fn organisation(&self, site: &str) -> Result<Option<Arc<ClientRecord>>, StoreError> {
-        if let Some((at, c)) = self.organisations.lock().await.get(site)
-            && at.elapsed() < CLIENT_CACHE_TTL
-        {
-            return Ok(c.clone());
-        }
-        let c = self
-            .store
-            .clients_of_organization(site)
-            .await?
-            .into_iter()
-            .next()
-            .map(Arc::new);
         self.organisations
-            .lock()
+            .get_or_load(site, async || {
+                Ok(self
+                    .store
+                    .clients_of_organization(site)
+                    .await?
+                    .into_iter()
+                    .next()
+                    .map(Arc::new))
+            })
             .await
-            .insert(site.to_string(), (Instant::now(), c.clone()));
-        Ok(c)
     }
 
     pub fn missing(&self) -> AuthError {

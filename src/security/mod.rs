@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod auth;
+mod cache;
 pub mod certs;
 pub mod compartment;
 pub mod consent;
