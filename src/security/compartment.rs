@@ -92,30 +92,32 @@ pub async fn resolve_organization(store: &Store, registered: &str) -> Result<Opt
         ],
         _ => return Ok(None),
     };
-    let mut found: HashSet<String> = HashSet::new();
-    for system in systems {
-        // idNatSt prefixes the number: 3 + SIRET, 1 + FINESS, 2 + SIREN.
-        let values: Vec<String> = if system.starts_with("urn:oid") {
-            ["1", "2", "3"].iter().map(|p| format!("{p}{registered}")).collect()
-        } else {
-            vec![registered.to_string()]
-        };
-        for value in values {
-            let pairs = vec![("identifier".to_string(), format!("{system}|{value}"))];
-            let opts = ParseOptions {
-                strict: true,
-                default_count: 2,
-                max_count: 2,
+    // One search, the candidate identifiers OR-ed; idNatSt prefixes the
+    // number: 3 + SIRET, 1 + FINESS, 2 + SIREN.
+    let candidates: Vec<String> = systems
+        .iter()
+        .flat_map(|system| {
+            let prefixes: &[&str] = if system.starts_with("urn:oid") {
+                &["1", "2", "3"]
+            } else {
+                &[""]
             };
-            let Ok(req) = parse_search(Registry::r4(), Some("Organization"), &pairs, &opts) else {
-                continue;
-            };
-            let page = store.search(&req, &Visibility::All).await?;
-            found.extend(page.matches.into_iter().map(|v| v.id));
-        }
-    }
-    Ok(match found.len() {
-        1 => found.into_iter().next(),
+            prefixes.iter().map(move |p| format!("{system}|{p}{registered}"))
+        })
+        .collect();
+    let pairs = vec![("identifier".to_string(), candidates.join(","))];
+    let opts = ParseOptions {
+        strict: true,
+        default_count: 2,
+        max_count: 2,
+    };
+    let Ok(req) = parse_search(Registry::r4(), Some("Organization"), &pairs, &opts) else {
+        return Ok(None);
+    };
+    let page = store.search(&req, &Visibility::All).await?;
+    // Two matches are as ambiguous as none.
+    Ok(match page.matches.as_slice() {
+        [one] => Some(one.id.clone()),
         _ => None,
     })
 }
