@@ -254,6 +254,21 @@ pub async fn admit(tx: &mut WriteTx, writes: &mut [Write]) -> Result<(), FhirErr
         .filter(|g| !g.denied)
         .map(|g| (g.party.as_str(), g.patient.as_str()))
         .collect();
+    let granted_here = |p: &String| {
+        author
+            .as_deref()
+            .is_some_and(|a| established.contains(&(a, p.as_str())))
+    };
+    // One lookup for the whole job.
+    let mut pending: Vec<String> = writes
+        .iter()
+        .flat_map(|w| &w.patients)
+        .filter(|p| !granted_here(p))
+        .cloned()
+        .collect();
+    pending.sort();
+    pending.dedup();
+    let outside: HashSet<String> = tx.ungranted(&pending).await?.into_iter().collect();
     for w in writes.iter() {
         if w.pk.is_none() && tx.exists(&w.resource_type, &w.id).await? {
             return Err(FhirError::new(
@@ -262,17 +277,7 @@ pub async fn admit(tx: &mut WriteTx, writes: &mut [Write]) -> Result<(), FhirErr
                 format!("the id {}/{} is already in use", w.resource_type, w.id),
             ));
         }
-        let pending: Vec<String> = w
-            .patients
-            .iter()
-            .filter(|p| {
-                !author
-                    .as_deref()
-                    .is_some_and(|a| established.contains(&(a, p.as_str())))
-            })
-            .cloned()
-            .collect();
-        if !tx.ungranted(&pending).await?.is_empty() {
+        if w.patients.iter().any(|p| outside.contains(p)) {
             return Err(FhirError::new(
                 403,
                 "forbidden",
