@@ -1120,23 +1120,14 @@ async fn load_worker(client: Client, s: Arc<LoadShared>) -> LoadWorker {
         let n = s.next_n.fetch_add(1, Ordering::Relaxed);
         let body = prescription_bundle(s.seed, n);
         let started = Instant::now();
-        let outcome = async {
-            let r = s
-                .auth
+        let outcome = send_ok(
+            "POST",
+            s.auth
                 .apply(client.post(&url))
                 .header("content-type", FHIR_JSON)
                 .header("accept", FHIR_JSON)
-                .body(body)
-                .send()
-                .await
-                .map_err(|e| format!("POST: {e}"))?;
-            let status = r.status();
-            let bytes = r.bytes().await.map_err(|e| format!("reading the response: {e}"))?;
-            if status != reqwest::StatusCode::OK {
-                return Err(format!("status {status}: {}", short(&bytes)));
-            }
-            Ok(bytes)
-        }
+                .body(body),
+        )
         .await;
         let latency = started.elapsed();
         match outcome.and_then(|bytes| created_ids(&bytes)) {
@@ -1311,6 +1302,18 @@ struct PhaseWorker {
     samples: Samples,
 }
 
+/// Sends a request and reads its body; anything but `200 OK` is an error
+/// quoting the start of the body.
+async fn send_ok(method: &str, req: reqwest::RequestBuilder) -> Result<bytes::Bytes, String> {
+    let r = req.send().await.map_err(|e| format!("{method}: {e}"))?;
+    let status = r.status();
+    let bytes = r.bytes().await.map_err(|e| format!("reading the response: {e}"))?;
+    if status != reqwest::StatusCode::OK {
+        return Err(format!("status {status}: {}", short(&bytes)));
+    }
+    Ok(bytes)
+}
+
 async fn phase_worker(
     client: Client,
     auth: Arc<Auth>,
@@ -1340,21 +1343,7 @@ async fn phase_worker(
                 due
             }
         };
-        let outcome = async {
-            let r = auth
-                .apply(client.get(&url))
-                .header("accept", FHIR_JSON)
-                .send()
-                .await
-                .map_err(|e| format!("GET: {e}"))?;
-            let status = r.status();
-            let bytes = r.bytes().await.map_err(|e| format!("reading the response: {e}"))?;
-            if status != reqwest::StatusCode::OK {
-                return Err(format!("status {status}: {}", short(&bytes)));
-            }
-            Ok(bytes)
-        }
-        .await;
+        let outcome = send_ok("GET", auth.apply(client.get(&url)).header("accept", FHIR_JSON)).await;
         let latency = started.elapsed();
         w.requests += 1;
         record(&mut w.hist, latency);
