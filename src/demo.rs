@@ -13,7 +13,8 @@ use crate::fhir::error::FhirError;
 use crate::fhir::interaction::bundle::{self, BundleInput};
 use crate::security::Caller;
 use crate::security::audit::{self, AuditScope, Gateway, RequestInfo};
-use crate::store::{Store, Visibility};
+use crate::server::Running;
+use crate::store::Visibility;
 
 /// The territory: a transaction Bundle of `PUT Type/id` entries, fixed ids
 /// (the README names them). Checked against profiles/ by
@@ -118,7 +119,8 @@ pub struct Loaded {
 /// one audited transaction as the gateway itself ([`Caller::system`]). Those it
 /// holds, or held and were deleted, are left as they are: a second start
 /// changes nothing, and what a newcomer changed while exploring stays.
-pub async fn load(store: &Store, base: &str) -> Result<Loaded, FhirError> {
+pub async fn load(gateway: &Running) -> Result<Loaded, FhirError> {
+    let (store, rules, base) = (&gateway.store, &gateway.rules, gateway.base.as_str());
     let mut territory: Value = serde_json::from_str(TERRITORY)
         .map_err(|e| FhirError::internal(format!("the demo territory is not JSON: {e}")))?;
     let entries = territory
@@ -169,7 +171,7 @@ pub async fn load(store: &Store, base: &str) -> Result<Loaded, FhirError> {
                 body: &body,
                 representation: false,
             };
-            bundle::process(store, &caller, input).await
+            bundle::process(store, rules, &caller, input).await
         })
         .await?;
     Ok(Loaded { created, present })

@@ -196,7 +196,7 @@ fn data_dir(cfg: &Config) -> PathBuf {
 /// kept under the data folder) and prints how to get their tokens.
 /// Authentication stays on.
 async fn demo_mode(cfg: &Config, running: &server::Running) -> Result<(), CliError> {
-    let loaded = demo::load(&running.store, &running.base)
+    let loaded = demo::load(running)
         .await
         .map_err(|e| CliError::Msg(format!("loading the demo territory: {e}")))?;
     let dir = data_dir(cfg);

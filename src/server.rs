@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::fhir::interaction::capabilities::capability_statement;
+use crate::fhir::rules::SharedRules;
 use crate::http::{AppState, Limits, router};
 use crate::security::auth::Auth;
 use crate::security::oidc::OidcSettings;
@@ -36,6 +37,8 @@ pub enum ServerError {
 pub struct Running {
     pub addr: SocketAddr,
     pub store: Store,
+    /// The rules every write goes through (the demo loader uses them too).
+    pub rules: SharedRules,
     pub base: String,
     shutdown: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
@@ -78,8 +81,10 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
         _ => return Err(ServerError::Tls("tls_cert and tls_key go together".into())),
     };
     let auth = Auth::new(store.clone(), &base, cfg.token_lifetime_secs, oidc_settings(cfg)?).await?;
+    let rules: SharedRules = Arc::new(crate::apa::rules::ApaRules::new());
     let state = AppState {
         store: store.clone(),
+        rules: rules.clone(),
         base: base.clone().into(),
         metrics: crate::telemetry::metrics(),
         auth: Arc::new(auth),
@@ -147,6 +152,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
     Ok(Running {
         addr,
         store,
+        rules,
         base,
         shutdown: tx,
         task,

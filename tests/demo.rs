@@ -40,9 +40,8 @@ async fn versions(app: &TestApp) -> Vec<(String, String, String)> {
 }
 
 async fn the_demo_start_loads_the_territory_once(app: &TestApp) {
-    let store = &app.running().store;
     let total = territory_ids().len();
-    let first = demo::load(store, &app.base).await.unwrap();
+    let first = demo::load(app.running()).await.unwrap();
     assert_eq!(
         first,
         Loaded {
@@ -58,7 +57,7 @@ async fn the_demo_start_loads_the_territory_once(app: &TestApp) {
         .as_array()
         .unwrap()
         .len();
-    let second = demo::load(store, &app.base).await.unwrap();
+    let second = demo::load(app.running()).await.unwrap();
     assert_eq!(
         second,
         Loaded {
@@ -99,19 +98,18 @@ async fn a_client_may_post_the_territory_and_the_demo_start_then_adds_nothing(ap
     for (e, id) in entries.iter().zip(territory_ids()) {
         assert_eq!(e["response"]["status"], "201 Created", "{id}");
     }
-    let loaded = demo::load(&app.running().store, &app.base).await.unwrap();
+    let loaded = demo::load(app.running()).await.unwrap();
     assert_eq!(loaded.created, 0);
     assert!(versions(app).await.iter().all(|(_, v, _)| v == "1"));
 }
 
 async fn a_resource_deleted_while_exploring_stays_deleted(app: &TestApp) {
-    let store = &app.running().store;
-    demo::load(store, &app.base).await.unwrap();
+    demo::load(app.running()).await.unwrap();
     assert_eq!(
         app.delete("Task/referral-le-bihan").await.status(),
         StatusCode::NO_CONTENT
     );
-    let again = demo::load(store, &app.base).await.unwrap();
+    let again = demo::load(app.running()).await.unwrap();
     assert_eq!(again.created, 0);
     assert_eq!(app.get("Task/referral-le-bihan").await.status(), StatusCode::GONE);
 }
@@ -120,7 +118,7 @@ async fn a_resource_deleted_while_exploring_stays_deleted(app: &TestApp) {
 /// MSS that owns the referral see the patient; the other MSS, the other
 /// practice and the CPTS do not; everyone sees the directory.
 async fn each_demo_organisation_sees_its_compartment(app: &TestApp) {
-    demo::load(&app.running().store, &app.base).await.unwrap();
+    demo::load(app.running()).await.unwrap();
     let patient = "Patient/patient-le-bihan";
     for c in CLIENTS {
         // The demo's own scopes, through the real token endpoint.
@@ -161,7 +159,7 @@ async fn each_demo_organisation_sees_its_compartment(app: &TestApp) {
 /// The last step of the README's walk-through: the MSS that owns the
 /// referral accepts it; the other MSS cannot even find it.
 async fn the_mss_that_owns_the_referral_accepts_it(app: &TestApp) {
-    demo::load(&app.running().store, &app.base).await.unwrap();
+    demo::load(app.running()).await.unwrap();
     let accept = r#"[{"op":"replace","path":"/status","value":"accepted"}]"#;
     let mss = |id: &'static str| async move {
         let c = CLIENTS.iter().find(|c| c.id == id).unwrap();

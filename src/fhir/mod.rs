@@ -6,5 +6,7 @@ pub mod error;
 pub mod fhirpath;
 pub mod interaction;
 pub mod resource;
+pub mod rules;
 pub mod search;
 pub mod summary;
+pub mod validate;

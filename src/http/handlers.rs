@@ -96,7 +96,7 @@ pub async fn create(
     Ok(reply(
         &s,
         &h,
-        fi::create::create(&s.store, &caller, &rtype, &body, cond.as_deref()).await?,
+        fi::create::create(&s.store, &s.rules, &caller, &rtype, &body, cond.as_deref()).await?,
     ))
 }
 
@@ -108,7 +108,7 @@ pub async fn update(
     body: Bytes,
 ) -> Result<Response> {
     known_type(&rtype)?;
-    let r = fi::update::update(&s.store, &caller, &rtype, &id, &body, if_match(&h)?).await?;
+    let r = fi::update::update(&s.store, &s.rules, &caller, &rtype, &id, &body, if_match(&h)?).await?;
     Ok(reply(&s, &h, r))
 }
 
@@ -123,6 +123,7 @@ pub async fn conditional_update(
     known_type(&rtype)?;
     let r = fi::update::conditional_update(
         &s.store,
+        &s.rules,
         &caller,
         &rtype,
         q.as_deref().unwrap_or_default(),
@@ -141,7 +142,7 @@ pub async fn patch(
     body: Bytes,
 ) -> Result<Response> {
     known_type(&rtype)?;
-    let r = fi::patch::patch(&s.store, &caller, &rtype, &id, &body, if_match(&h)?).await?;
+    let r = fi::patch::patch(&s.store, &s.rules, &caller, &rtype, &id, &body, if_match(&h)?).await?;
     Ok(reply(&s, &h, r))
 }
 
@@ -155,7 +156,7 @@ pub async fn delete(
     Ok(reply(
         &s,
         &h,
-        fi::delete::delete(&s.store, &caller, &rtype, &id, if_match(&h)?).await?,
+        fi::delete::delete(&s.store, &s.rules, &caller, &rtype, &id, if_match(&h)?).await?,
     ))
 }
 
@@ -167,7 +168,8 @@ pub async fn conditional_delete(
     RawQuery(q): RawQuery,
 ) -> Result<Response> {
     known_type(&rtype)?;
-    let r = fi::delete::conditional_delete(&s.store, &caller, &rtype, q.as_deref().unwrap_or_default()).await?;
+    let r =
+        fi::delete::conditional_delete(&s.store, &s.rules, &caller, &rtype, q.as_deref().unwrap_or_default()).await?;
     Ok(reply(&s, &h, r))
 }
 
@@ -281,6 +283,7 @@ pub async fn bundle(State(s): State<AppState>, caller: Caller, h: HeaderMap, bod
     let prefer = Prefer::from_headers(&h);
     let r = fi::bundle::process(
         &s.store,
+        &s.rules,
         &caller,
         BundleInput {
             base: &s.base,

@@ -29,6 +29,8 @@ use crate::store::Store;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
+    /// What the product checks on every write (validation, workflow).
+    pub rules: crate::fhir::rules::SharedRules,
     /// The public base URL of the FHIR endpoint, e.g. `https://host/fhir`.
     pub base: Arc<str>,
     pub metrics: Option<PrometheusHandle>,

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use crate::fhir::bundle_writer::BundleWriter;
 use crate::fhir::error::FhirError;
 use crate::fhir::resource::{self, Resource, valid_id};
+use crate::fhir::rules::{self, Rules, SharedRules};
 use crate::fhir::search::model::{IndexValue, SearchRequest};
 use crate::fhir::search::registry::Registry;
 use crate::fhir::search::values::format_instant;
@@ -83,7 +84,12 @@ struct Entry {
     index: Option<Vec<(String, IndexValue)>>,
 }
 
-pub async fn process(store: &Store, caller: &Caller, input: BundleInput<'_>) -> Result<Reply, FhirError> {
+pub async fn process(
+    store: &Store,
+    rules: &SharedRules,
+    caller: &Caller,
+    input: BundleInput<'_>,
+) -> Result<Reply, FhirError> {
     let bundle = resource::parse(input.body, None)?;
     if bundle.resource_type != "Bundle" {
         return Err(FhirError::invalid(format!(
@@ -104,10 +110,10 @@ pub async fn process(store: &Store, caller: &Caller, input: BundleInput<'_>) -> 
         Some(_) => return Err(FhirError::structure("Bundle.entry must be an array").at("Bundle.entry")),
     };
     match kind.as_str() {
-        "transaction" => transaction(store, caller, &input, entries).await,
+        "transaction" => transaction(store, rules, caller, &input, entries).await,
         "batch" => {
             crate::security::audit::note_interaction("batch");
-            batch(store, caller, &input, entries).await
+            batch(store, rules, caller, &input, entries).await
         }
         other => Err(FhirError::invalid(format!(
             "Bundle.type must be 'transaction' or 'batch' to be processed, not '{other}'"
@@ -133,6 +139,17 @@ fn in_entry(i: usize, mut e: FhirError) -> FhirError {
         }
     }
     e
+}
+
+/// Checks the resource of a create or update entry where it stands in the
+/// Bundle, so that issues point at `Bundle.entry[i].resource…`.
+fn validate_entry(rules: &dyn Rules, i: usize, entry: &Entry) -> Result<(), FhirError> {
+    match &entry.op {
+        Op::Create { res, .. } | Op::Update { res, .. } | Op::CondUpdate { res, .. } => {
+            rules::check(rules, res, Some(&format!("Bundle.entry[{i}].resource")))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Strips our own base from an absolute request URL.
@@ -316,6 +333,7 @@ fn rewrite_and_index(entries: &mut [Entry], map: &HashMap<String, String>) {
 
 async fn transaction(
     store: &Store,
+    rules: &SharedRules,
     caller: &Caller,
     input: &BundleInput<'_>,
     raw: Vec<Value>,
@@ -324,6 +342,7 @@ async fn transaction(
     for (i, e) in raw.iter().enumerate() {
         let entry = parse_entry(input.base, i, e).map_err(|err| in_entry(i, err))?;
         check_scopes(caller, &entry.op).map_err(|err| in_entry(i, err))?;
+        validate_entry(&**rules, i, &entry)?;
         entries.push(entry);
     }
     // One resource may be the target of one entry only (R4 3.1.0.11.2).
@@ -368,6 +387,7 @@ async fn transaction(
         rewrite_and_index(&mut entries, &map);
     }
     let representation = input.representation;
+    let job_rules = rules.clone();
     let (entries, replies) = store
         .write(caller.visibility(), move |tx| {
             Box::pin(async move {
@@ -376,7 +396,7 @@ async fn transaction(
                     resolve_conditionals(tx, &mut entries, &mut map).await?;
                     rewrite_and_index(&mut entries, &map);
                 }
-                let replies = plan_and_store(tx, &mut entries).await?;
+                let replies = plan_and_store(tx, &*job_rules, &mut entries).await?;
                 Ok::<_, FhirError>((entries, replies))
             })
         })
@@ -524,7 +544,11 @@ async fn resolve_conditionals(
 
 /// Plans every write in R4 order and stores them together. Returns the
 /// reply of each entry (None for GET and no-op entries).
-async fn plan_and_store(tx: &mut WriteTx, entries: &mut [Entry]) -> Result<Vec<Option<Reply>>, FhirError> {
+async fn plan_and_store(
+    tx: &mut WriteTx,
+    rules: &dyn Rules,
+    entries: &mut [Entry],
+) -> Result<Vec<Option<Reply>>, FhirError> {
     let mut replies: Vec<Option<Reply>> = (0..entries.len()).map(|_| None).collect();
     let mut writes = Vec::new();
     let rank = |op: &Op| match op {
@@ -573,7 +597,7 @@ async fn plan_and_store(tx: &mut WriteTx, entries: &mut [Entry]) -> Result<Vec<O
                 ops,
                 if_match,
             } => Some(
-                patch_in(tx, rtype, id, ops, *if_match)
+                patch_in(tx, rules, rtype, id, ops, *if_match)
                     .await
                     .map_err(|err| in_entry(i, err))?,
             ),
@@ -584,18 +608,24 @@ async fn plan_and_store(tx: &mut WriteTx, entries: &mut [Entry]) -> Result<Vec<O
             replies[i] = Some(p.reply);
         }
     }
-    super::store_writes(tx, writes).await?;
+    super::store_writes(tx, rules, writes).await?;
     Ok(replies)
 }
 
-async fn batch(store: &Store, caller: &Caller, input: &BundleInput<'_>, raw: Vec<Value>) -> Result<Reply, FhirError> {
+async fn batch(
+    store: &Store,
+    rules: &SharedRules,
+    caller: &Caller,
+    input: &BundleInput<'_>,
+    raw: Vec<Value>,
+) -> Result<Reply, FhirError> {
     let mut w = BundleWriter::new("batch-response", None, &[]);
     for (i, e) in raw.iter().enumerate() {
         let (reply, is_get) = match parse_entry(input.base, i, e) {
             Err(err) => (Err(err), false),
             Ok(entry) => {
                 let is_get = matches!(entry.op, Op::Get { .. });
-                (run_one(store, caller, input.base, entry).await, is_get)
+                (run_one(store, rules, caller, input.base, entry).await, is_get)
             }
         };
         write_response(&mut w, input.base, reply, input.representation || is_get);
@@ -604,7 +634,13 @@ async fn batch(store: &Store, caller: &Caller, input: &BundleInput<'_>, raw: Vec
 }
 
 /// One batch entry, on its own.
-async fn run_one(store: &Store, caller: &Caller, base: &str, mut entry: Entry) -> Result<Reply, FhirError> {
+async fn run_one(
+    store: &Store,
+    rules: &SharedRules,
+    caller: &Caller,
+    base: &str,
+    mut entry: Entry,
+) -> Result<Reply, FhirError> {
     check_scopes(caller, &entry.op)?;
     if let Op::Get { url } = &entry.op {
         return get(store, caller, base, url).await;
@@ -615,13 +651,17 @@ async fn run_one(store: &Store, caller: &Caller, base: &str, mut entry: Entry) -
     if matches!(entry.op, Op::Create { .. }) {
         entry.new_id = Some(new_id());
     }
+    if let Some(res) = op_resource(&mut entry.op) {
+        rules::check(&**rules, res, None)?;
+    }
+    let rules = rules.clone();
     store
         .write(caller.visibility(), move |tx| {
             Box::pin(async move {
                 let mut one = [entry];
                 let mut map = HashMap::new();
                 resolve_conditionals(tx, &mut one, &mut map).await?;
-                let mut replies = plan_and_store(tx, &mut one).await?;
+                let mut replies = plan_and_store(tx, &*rules, &mut one).await?;
                 Ok(replies.pop().flatten().unwrap_or_else(|| Reply::empty(204)))
             })
         })

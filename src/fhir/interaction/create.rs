@@ -3,6 +3,7 @@
 use crate::clock::now_micros;
 use crate::fhir::error::FhirError;
 use crate::fhir::resource::{self, Resource};
+use crate::fhir::rules::{self, SharedRules};
 use crate::fhir::search::model::{IndexValue, SearchRequest};
 use crate::security::Caller;
 use crate::security::scopes::Perm;
@@ -12,6 +13,7 @@ use super::{Planned, Reply, commit_one, conditional_matches, conditional_query, 
 
 pub async fn create(
     store: &Store,
+    rules: &SharedRules,
     caller: &Caller,
     resource_type: &str,
     body: &[u8],
@@ -19,15 +21,17 @@ pub async fn create(
 ) -> Result<Reply, FhirError> {
     caller.require(resource_type, Perm::Create)?;
     let res = resource::parse(body, Some(resource_type))?;
+    rules::check(&**rules, &res, None)?;
     let cond = if_none_exist.map(|q| conditional_query(resource_type, q)).transpose()?;
     // The server assigns the id; one sent by the client is replaced (R4 3.1.0.4.1).
     let id = new_id();
     let index = index_of(&res);
+    let rules = rules.clone();
     store
         .write(caller.visibility(), move |tx| {
             Box::pin(async move {
                 let planned = create_in(tx, res, id, index, cond.as_ref()).await?;
-                commit_one(tx, planned).await
+                commit_one(tx, &*rules, planned).await
             })
         })
         .await

@@ -3,6 +3,7 @@
 
 use crate::clock::now_micros;
 use crate::fhir::error::FhirError;
+use crate::fhir::rules::SharedRules;
 use crate::security::Caller;
 use crate::security::scopes::Perm;
 use crate::store::{Method, Store, Write, WriteTx};
@@ -12,6 +13,7 @@ use super::{Planned, Reply, commit_one, conditional_matches, conditional_query};
 
 pub async fn delete(
     store: &Store,
+    rules: &SharedRules,
     caller: &Caller,
     resource_type: &str,
     id: &str,
@@ -20,11 +22,12 @@ pub async fn delete(
     caller.require(resource_type, Perm::Delete)?;
     check_id(id)?;
     let (rtype, id) = (resource_type.to_string(), id.to_string());
+    let rules = rules.clone();
     store
         .write(caller.visibility(), move |tx| {
             Box::pin(async move {
                 let planned = delete_in(tx, &rtype, &id, if_match).await?;
-                commit_one(tx, planned).await
+                commit_one(tx, &*rules, planned).await
             })
         })
         .await
@@ -71,12 +74,14 @@ pub async fn delete_in(tx: &mut WriteTx, rtype: &str, id: &str, if_match: Option
 /// (412) rather than deleting more than the client may have meant.
 pub async fn conditional_delete(
     store: &Store,
+    rules: &SharedRules,
     caller: &Caller,
     resource_type: &str,
     query: &str,
 ) -> Result<Reply, FhirError> {
     caller.require(resource_type, Perm::Delete)?;
     let cond = conditional_query(resource_type, query)?;
+    let rules = rules.clone();
     store
         .write(caller.visibility(), move |tx| {
             Box::pin(async move {
@@ -85,7 +90,7 @@ pub async fn conditional_delete(
                     [] => Ok(Reply::empty(204)),
                     [(t, id, _)] => {
                         let planned = delete_in(tx, t, id, None).await?;
-                        commit_one(tx, planned).await
+                        commit_one(tx, &*rules, planned).await
                     }
                     _ => Err(FhirError::precondition(
                         "the conditional delete matches more than one resource",

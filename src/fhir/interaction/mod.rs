@@ -18,6 +18,7 @@ use bytes::Bytes;
 
 use crate::fhir::error::FhirError;
 use crate::fhir::resource::Resource;
+use crate::fhir::rules::Rules;
 use crate::fhir::search::extract::Extractor;
 use crate::fhir::search::model::{IndexValue, SearchRequest};
 use crate::fhir::search::parse::{ParseOptions, parse_search};
@@ -147,13 +148,15 @@ pub struct Planned {
 }
 
 /// Stores one planned write.
-pub async fn commit_one(tx: &mut WriteTx, p: Planned) -> Result<Reply, FhirError> {
-    store_writes(tx, p.write.into_iter().collect()).await?;
+pub async fn commit_one(tx: &mut WriteTx, rules: &dyn Rules, p: Planned) -> Result<Reply, FhirError> {
+    store_writes(tx, rules, p.write.into_iter().collect()).await?;
     Ok(p.reply)
 }
 
-/// Stores the writes of a job once the caller's compartment admits them.
-pub async fn store_writes(tx: &mut WriteTx, mut writes: Vec<Write>) -> Result<(), FhirError> {
+/// Stores the writes of a job once the product's rules accept them (and
+/// perhaps add some) and the caller's compartment admits them all.
+pub async fn store_writes(tx: &mut WriteTx, rules: &dyn Rules, mut writes: Vec<Write>) -> Result<(), FhirError> {
+    rules.apply(tx, &mut writes).await?;
     crate::security::compartment::admit(tx, &mut writes).await?;
     tx.put_all(writes).await?;
     Ok(())

@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use crate::fhir::error::FhirError;
 use crate::fhir::resource;
+use crate::fhir::rules::{self, Rules, SharedRules};
 use crate::security::Caller;
 use crate::security::scopes::Perm;
 use crate::store::{Store, WriteTx};
@@ -15,6 +16,7 @@ use super::{Planned, Reply, commit_one, index_of};
 
 pub async fn patch(
     store: &Store,
+    rules: &SharedRules,
     caller: &Caller,
     resource_type: &str,
     id: &str,
@@ -25,11 +27,12 @@ pub async fn patch(
     check_id(id)?;
     let ops = parse_patch(body)?;
     let (rtype, id) = (resource_type.to_string(), id.to_string());
+    let rules = rules.clone();
     store
         .write(caller.visibility(), move |tx| {
             Box::pin(async move {
-                let planned = patch_in(tx, &rtype, &id, &ops, if_match).await?;
-                commit_one(tx, planned).await
+                let planned = patch_in(tx, &*rules, &rtype, &id, &ops, if_match).await?;
+                commit_one(tx, &*rules, planned).await
             })
         })
         .await
@@ -45,6 +48,7 @@ pub fn parse_patch(body: &[u8]) -> Result<json_patch::Patch, FhirError> {
 
 pub async fn patch_in(
     tx: &mut WriteTx,
+    rules: &dyn Rules,
     rtype: &str,
     id: &str,
     ops: &json_patch::Patch,
@@ -74,6 +78,8 @@ pub async fn patch_in(
     if patched.id() != Some(id) {
         return Err(FhirError::unprocessable("a patch may not change the id").at(format!("{rtype}.id")));
     }
+    // The patched resource is checked like any other version.
+    rules::check(rules, &patched, None)?;
     let index = index_of(&patched);
     update_in(tx, patched, id, index, Some(current.version)).await
 }

@@ -3,6 +3,7 @@
 use crate::clock::now_micros;
 use crate::fhir::error::FhirError;
 use crate::fhir::resource::{self, Resource};
+use crate::fhir::rules::{self, SharedRules};
 use crate::fhir::search::model::IndexValue;
 use crate::security::Caller;
 use crate::security::scopes::Perm;
@@ -13,6 +14,7 @@ use super::{Planned, Reply, commit_one, conditional_matches, conditional_query, 
 
 pub async fn update(
     store: &Store,
+    rules: &SharedRules,
     caller: &Caller,
     resource_type: &str,
     id: &str,
@@ -37,13 +39,15 @@ pub async fn update(
         }
         Some(_) => {}
     }
+    rules::check(&**rules, &res, None)?;
     let index = index_of(&res);
     let id = id.to_string();
+    let rules = rules.clone();
     store
         .write(caller.visibility(), move |tx| {
             Box::pin(async move {
                 let planned = update_in(tx, res, &id, index, if_match).await?;
-                commit_one(tx, planned).await
+                commit_one(tx, &*rules, planned).await
             })
         })
         .await
@@ -118,6 +122,7 @@ pub async fn update_in(
 /// are refused (412).
 pub async fn conditional_update(
     store: &Store,
+    rules: &SharedRules,
     caller: &Caller,
     resource_type: &str,
     query: &str,
@@ -127,7 +132,9 @@ pub async fn conditional_update(
     caller.require(resource_type, Perm::Update)?;
     let cond = conditional_query(resource_type, query)?;
     let res = resource::parse(body, Some(resource_type))?;
+    rules::check(&**rules, &res, None)?;
     let index = index_of(&res);
+    let rules = rules.clone();
     store
         .write(caller.visibility(), move |tx| {
             Box::pin(async move {
@@ -149,7 +156,7 @@ pub async fn conditional_update(
                     }
                 };
                 let planned = update_in(tx, res, &id, index, if_match).await?;
-                commit_one(tx, planned).await
+                commit_one(tx, &*rules, planned).await
             })
         })
         .await

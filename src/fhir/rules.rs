@@ -1,0 +1,71 @@
+//! What a product adds to the generic write path, behind one trait: the
+//! core calls it on every write and knows nothing of what it checks.
+//!
+//! Two moments, because they need different things:
+//! - [`Rules::validate`] sees one resource as the client sent it (after
+//!   parsing, before the write job): structure, profiles, identity rules.
+//!   It needs no database, so it runs on the request's task, in parallel
+//!   with other requests, never inside the single writer.
+//! - [`Rules::apply`] sees every write of one job, inside the database
+//!   transaction, with what is stored: workflow transitions, routing. It
+//!   may refuse the job or add writes to it (a routed referral), which are
+//!   stored atomically with the rest.
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use crate::fhir::error::{FhirError, Issue, Severity};
+use crate::fhir::resource::Resource;
+use crate::store::{Write, WriteTx};
+
+pub trait Rules: Send + Sync {
+    /// The issues of `res`, errors and warnings, their `expression`s rooted
+    /// at the resource type (`Patient.identifier[0].value`).
+    fn validate(&self, res: &Resource) -> Vec<Issue>;
+
+    /// Checks (and may complete) the writes of one job against the stored
+    /// state. The acting party is `tx.visibility()`.
+    fn apply<'a>(&'a self, tx: &'a mut WriteTx, writes: &'a mut Vec<Write>) -> BoxFuture<'a, Result<(), FhirError>>;
+}
+
+/// The rules of a plain FHIR server: none.
+pub struct NoRules;
+
+impl Rules for NoRules {
+    fn validate(&self, _: &Resource) -> Vec<Issue> {
+        Vec::new()
+    }
+
+    fn apply<'a>(&'a self, _: &'a mut WriteTx, _: &'a mut Vec<Write>) -> BoxFuture<'a, Result<(), FhirError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+pub type SharedRules = Arc<dyn Rules>;
+
+/// Validates `res` and refuses it (422, every issue listed) when an issue
+/// is an error. `at` relocates the expressions when the resource sits in a
+/// Bundle entry (`Bundle.entry[3].resource`); warnings alone pass.
+pub fn check(rules: &dyn Rules, res: &Resource, at: Option<&str>) -> Result<(), FhirError> {
+    let mut issues = rules.validate(res);
+    if !issues
+        .iter()
+        .any(|i| matches!(i.severity, Severity::Error | Severity::Fatal))
+    {
+        return Ok(());
+    }
+    if let Some(prefix) = at {
+        for issue in &mut issues {
+            for x in &mut issue.expression {
+                let rest = x.split_once('.').map_or("", |(_, r)| r);
+                *x = if rest.is_empty() {
+                    prefix.to_string()
+                } else {
+                    format!("{prefix}.{rest}")
+                };
+            }
+        }
+    }
+    Err(FhirError { status: 422, issues })
+}

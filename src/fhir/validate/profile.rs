@@ -1,0 +1,1 @@
+//! Validation against the StructureDefinitions of a conformance package.
