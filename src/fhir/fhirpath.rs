@@ -118,6 +118,20 @@ impl Expr {
     }
 }
 
+impl Expr {
+    /// The expression as an invariant on an element: evaluated with
+    /// `context` as its input and `resource` as `%resource`, the result as
+    /// a boolean (`None` when it is empty or not a single item: unknown).
+    pub fn evaluate_bool_at(&self, resource: &Value, context: &Value) -> Option<bool> {
+        let focus = [Item::Json {
+            value: context,
+            hint: None,
+            ext: None,
+        }];
+        eval_bool(&self.ast, resource, &focus)
+    }
+}
+
 /// The type a Reference points at: from its `reference` (`Patient/1`,
 /// `https://host/fhir/Patient/1`, `Patient/1/_history/2`), else its `type`.
 /// Not for contained (`#id`) references.
