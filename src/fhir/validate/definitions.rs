@@ -88,11 +88,33 @@ pub(super) enum Check {
     /// `low <= high` for two Quantities (rng-2): the engine does not
     /// compare quantities.
     QuantityOrder,
+    /// At least one of these elements (org-1, ipn-1: `(identifier.count()
+    /// + name.count()) > 0`; the engine has no arithmetic).
+    AnyOf(&'static [&'static str]),
+    /// ref-1: a `#id` reference names a resource contained in the root
+    /// resource (`substring()`).
+    LocalReference,
+    /// dom-3: every contained resource is referenced from elsewhere in the
+    /// resource, or refers to its container (`+`, `descendants()`).
+    ContainedReferenced,
+    /// obs-7: with a value, no component has a coding of the
+    /// Observation's code (`intersect()`).
+    ComponentCode,
 }
 
 /// The invariants evaluated natively instead of by their expression.
-fn native(expression: &str) -> Option<Check> {
+fn native(key: &str, expression: &str) -> Option<Check> {
+    match key {
+        "ref-1" => return Some(Check::LocalReference),
+        "dom-3" => return Some(Check::ContainedReferenced),
+        "obs-7" => return Some(Check::ComponentCode),
+        _ => {}
+    }
     Some(match expression {
+        "(identifier.count() + name.count()) > 0" => Check::AnyOf(&["identifier", "name"]),
+        "(description.count() + software.count() + implementation.count()) > 0" => {
+            Check::AnyOf(&["description", "software", "implementation"])
+        }
         "start.hasValue().not() or end.hasValue().not() or (start <= end)" => Check::DateOrder {
             earlier: "start",
             later: "end",
@@ -263,7 +285,7 @@ impl Definitions {
         let mut constraints = Vec::with_capacity(raw.constraints.len());
         let mut skipped_constraints = Vec::new();
         for (key, expression, human) in raw.constraints {
-            let check = match native(&expression) {
+            let check = match native(&key, &expression) {
                 Some(check) => Ok(check),
                 None => Expr::parse(&expression).map(Check::FhirPath),
             };
