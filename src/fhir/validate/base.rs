@@ -47,8 +47,18 @@ impl BaseValidator {
             path: String::with_capacity(64),
             root: resource,
             container: resource,
+            depth: 0,
+            dropped: 0,
         };
         w.resource(resource, false);
+        if w.dropped > 0 {
+            w.issues.push(Issue {
+                severity: Severity::Error,
+                code: "too-costly",
+                diagnostics: format!("{} more issues are not listed", w.dropped),
+                expression: Vec::new(),
+            });
+        }
         w.issues
     }
 
@@ -75,10 +85,24 @@ struct Walk<'v, 'r> {
     root: &'r Value,
     /// The resource that contains it, or itself (`%rootResource`).
     container: &'r Value,
+    /// Objects entered: bounds the recursion on hostile nesting.
+    depth: u32,
+    /// Issues past `MAX_ISSUES`, counted, not listed.
+    dropped: usize,
 }
+
+/// A response lists this many issues at most: a body of thousands of
+/// unknown keys gets a readable answer, and costs no more to refuse.
+const MAX_ISSUES: usize = 100;
+/// Deeper than any R4 resource nests (serde_json stops at 128 anyway).
+const MAX_DEPTH: u32 = 128;
 
 impl<'v, 'r> Walk<'v, 'r> {
     fn issue(&mut self, code: &'static str, diagnostics: String) {
+        if self.issues.len() >= MAX_ISSUES {
+            self.dropped += 1;
+            return;
+        }
         self.issues.push(Issue {
             severity: Severity::Error,
             code,
@@ -171,6 +195,16 @@ impl<'v, 'r> Walk<'v, 'r> {
             );
             return;
         }
+        if self.depth >= MAX_DEPTH {
+            self.issue("structure", format!("nested deeper than {MAX_DEPTH} levels"));
+            return;
+        }
+        self.depth += 1;
+        self.object_elements(st, map, value, is_resource);
+        self.depth -= 1;
+    }
+
+    fn object_elements(&mut self, st: &'v Struct, map: &'r Map<String, Value>, value: &'r Value, is_resource: bool) {
         // The choice element already seen, to refuse `valueString` and
         // `valueQuantity` side by side; rarely more than a couple.
         let mut choices: [(u16, &str); 4] = [(u16::MAX, ""); 4];
@@ -467,6 +501,7 @@ impl<'v, 'r> Walk<'v, 'r> {
                 Check::LocalReference => local_reference_resolves(context, self.container),
                 Check::ContainedReferenced => contained_referenced(context),
                 Check::ComponentCode => component_codes_differ(context),
+                Check::FullUrlUnique => full_urls_unique(context),
             };
             if !holds {
                 self.issue("invariant", format!("{}: {}", c.key, c.human));
@@ -542,6 +577,24 @@ fn codings(code: Option<&Value>) -> &[Value] {
     code.and_then(|c| c.get("coding"))
         .and_then(Value::as_array)
         .map_or(&[][..], Vec::as_slice)
+}
+
+/// bdl-7
+fn full_urls_unique(bundle: &Value) -> bool {
+    if bundle.get("type").and_then(Value::as_str) == Some("history") {
+        return true;
+    }
+    let Some(entries) = bundle.get("entry").and_then(Value::as_array) else {
+        return true;
+    };
+    let mut seen = std::collections::HashSet::with_capacity(entries.len());
+    entries.iter().filter_map(full_url_key).all(|k| seen.insert(k))
+}
+
+fn full_url_key(entry: &Value) -> Option<(&str, Option<&str>)> {
+    let url = entry.get("fullUrl")?.as_str()?;
+    let version = entry.pointer("/resource/meta/versionId").and_then(Value::as_str);
+    Some((url, version))
 }
 
 /// obs-7
@@ -1130,6 +1183,37 @@ mod tests {
     }
 
     #[test]
+    fn full_urls_are_unique_in_a_bundle() {
+        let mut b = transaction();
+        b["entry"][1]["fullUrl"] = b["entry"][0]["fullUrl"].clone();
+        let i = one_fault(b, "invariant", "Bundle");
+        assert!(i.diagnostics.starts_with("bdl-7"), "{i:?}");
+    }
+
+    #[test]
+    fn hostile_bodies_get_a_bounded_answer() {
+        let mut p = patient();
+        for n in 0..500 {
+            p[format!("unknown{n}")] = json!(1);
+        }
+        let issues = errors(&p);
+        assert_eq!(issues.len(), MAX_ISSUES + 1);
+        let last = issues.last().expect("issues");
+        assert_eq!(last.code, "too-costly");
+        assert!(last.diagnostics.starts_with("400 more"), "{last:?}");
+        // Extensions nested deeper than any resource: refused, no overflow.
+        let mut ext = json!({"url": "x", "valueString": "leaf"});
+        for _ in 0..200 {
+            ext = json!({"url": "x", "extension": [ext]});
+        }
+        let issues = errors(&with(patient(), "extension", json!([ext])));
+        assert!(
+            issues.iter().any(|i| i.diagnostics.contains("nested deeper")),
+            "{issues:#?}"
+        );
+    }
+
+    #[test]
     fn not_a_resource() {
         one_fault(json!([1]), "structure", "Resource");
         one_fault(json!({"id": "x"}), "required", "Resource");
@@ -1149,9 +1233,9 @@ mod coverage {
     fn skipped_invariants_are_the_documented_ones() {
         let skipped: BTreeSet<&str> = BaseValidator::r4().skipped_invariants().map(|(k, _)| k).collect();
         let documented: BTreeSet<&str> = [
-            "bdl-7", "cnt-3", "cpb-7", "cpb-9", "cpb-12", "csd-1", "eld-2", "eld-3", "eld-13", "eld-14", "evv-1",
-            "md-1", "msq-6", "nsd-2", "que-2", "sdf-1", "sdf-8", "sdf-8a", "sdf-16", "sdf-17", "tim-9", "tst-5",
-            "tst-6", "tst-7", "tst-8", "tst-9", "txt-1", "txt-2",
+            "cnt-3", "cpb-7", "cpb-9", "cpb-12", "csd-1", "eld-2", "eld-3", "eld-13", "eld-14", "evv-1", "md-1",
+            "msq-6", "nsd-2", "que-2", "sdf-1", "sdf-8", "sdf-8a", "sdf-16", "sdf-17", "tim-9", "tst-5", "tst-6",
+            "tst-7", "tst-8", "tst-9", "txt-1", "txt-2",
         ]
         .into_iter()
         .collect();

@@ -100,6 +100,9 @@ pub(super) enum Check {
     /// obs-7: with a value, no component has a coding of the
     /// Observation's code (`intersect()`).
     ComponentCode,
+    /// bdl-7: no two entries with one fullUrl, unless their versionIds
+    /// differ, except in a history (`&`, `isDistinct()`).
+    FullUrlUnique,
 }
 
 /// The invariants evaluated natively instead of by their expression.
@@ -108,6 +111,7 @@ fn native(key: &str, expression: &str) -> Option<Check> {
         "ref-1" => return Some(Check::LocalReference),
         "dom-3" => return Some(Check::ContainedReferenced),
         "obs-7" => return Some(Check::ComponentCode),
+        "bdl-7" => return Some(Check::FullUrlUnique),
         _ => {}
     }
     Some(match expression {
