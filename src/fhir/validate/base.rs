@@ -151,7 +151,7 @@ impl<'v, 'r> Walk<'v, 'r> {
         };
         let Some(&sid) = defs.resources.get(rt) else {
             let len = self.enter("resourceType");
-            self.issue("invalid", format!("'{rt}' is not a FHIR R4 resource type"));
+            self.issue("invalid", format!("{} is not a FHIR R4 resource type", shown(rt)));
             self.path.truncate(len);
             return;
         };
@@ -414,7 +414,7 @@ impl<'v, 'r> Walk<'v, 'r> {
                     if !vs.has_code(code) {
                         self.issue(
                             "code-invalid",
-                            format!("'{code}' is not a code of the required value set {}", vs.url),
+                            format!("{} is not a code of the required value set {}", shown(code), vs.url),
                         );
                     }
                 }
@@ -639,6 +639,16 @@ fn order_quantities(low: Option<&Value>, high: Option<&Value>) -> Option<Orderin
     }
     let (a, b) = (low.get("value")?.as_f64()?, high.get("value")?.as_f64()?);
     a.partial_cmp(&b)
+}
+
+/// A client's value repeated in a message when it looks like a code (codes
+/// and type names are not personal data; free text may be).
+fn shown(value: &str) -> String {
+    if value.len() <= 64 && value.bytes().all(|b| b.is_ascii_graphic()) {
+        format!("'{value}'")
+    } else {
+        "the value".to_string()
+    }
 }
 
 /// `valueQuantityy` → `value`: the name looks like a choice element of the
