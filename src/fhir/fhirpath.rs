@@ -118,6 +118,20 @@ impl Expr {
     }
 }
 
+impl Expr {
+    /// The expression as an invariant on an element: evaluated with
+    /// `context` as its input and `resource` as `%resource`, the result as
+    /// a boolean (`None` when it is empty or not a single item: unknown).
+    pub fn evaluate_bool_at(&self, resource: &Value, context: &Value) -> Option<bool> {
+        let focus = [Item::Json {
+            value: context,
+            hint: None,
+            ext: None,
+        }];
+        eval_bool(&self.ast, resource, &focus)
+    }
+}
+
 /// The type a Reference points at: from its `reference` (`Patient/1`,
 /// `https://host/fhir/Patient/1`, `Patient/1/_history/2`), else its `type`.
 /// Not for contained (`#id`) references.
@@ -225,7 +239,9 @@ enum Func {
     Contains(Box<Ast>),
     /// `matches(regex)`: the regex is found in the string (anchors make it
     /// a whole-string match, as the profiles' invariants write it).
-    Matches(Box<Ast>),
+    /// The regex is compiled once when it is a literal (as in every
+    /// invariant), not on each evaluation.
+    Matches(Box<Ast>, Option<Box<regex::Regex>>),
     Iif(Box<Ast>, Box<Ast>, Option<Box<Ast>>),
     Trace,
 }
@@ -789,7 +805,14 @@ impl Parser<'_> {
             ("startsWith", 1) => Func::StartsWith(one().ok_or_else(bad_arity)?),
             ("endsWith", 1) => Func::EndsWith(one().ok_or_else(bad_arity)?),
             ("contains", 1) => Func::Contains(one().ok_or_else(bad_arity)?),
-            ("matches", 1) => Func::Matches(one().ok_or_else(bad_arity)?),
+            ("matches", 1) => {
+                let a = one().ok_or_else(bad_arity)?;
+                let re = match &*a {
+                    Ast::Lit(Lit::Str(p)) => matches_regex(p).map(Box::new),
+                    _ => None,
+                };
+                Func::Matches(a, re)
+            }
             ("iif", 2 | 3) => {
                 let c = one().ok_or_else(bad_arity)?;
                 let t = one().ok_or_else(bad_arity)?;
@@ -988,6 +1011,10 @@ fn eval<'a, 'e>(ast: &'e Ast, root: &'a Value, focus: &[Item<'a, 'e>], out: &mut
             out.append(&mut v);
         }
     }
+}
+
+fn matches_regex(pattern: &str) -> Option<regex::Regex> {
+    regex::RegexBuilder::new(pattern).size_limit(1 << 20).build().ok()
 }
 
 fn collect<'a, 'e>(ast: &'e Ast, root: &'a Value, focus: &[Item<'a, 'e>]) -> Vec<Item<'a, 'e>> {
@@ -1261,12 +1288,16 @@ fn call<'a, 'e>(f: &'e Func, root: &'a Value, cur: &[Item<'a, 'e>], out: &mut Ve
                 _ => s.contains(arg),
             }));
         }
-        Func::Matches(a) => {
+        Func::Matches(_, Some(re)) => {
+            let Some(s) = single_str(cur) else { return };
+            out.push(Item::Bool(re.is_match(s)));
+        }
+        Func::Matches(a, None) => {
             let Some(s) = single_str(cur) else { return };
             let Some(pattern) = str_arg(a, root, cur) else { return };
             // An invalid (or oversized) pattern gives no result, as an
             // unknown value does: the invariant then is not satisfied.
-            let Ok(re) = regex::RegexBuilder::new(pattern.as_str()).size_limit(1 << 20).build() else {
+            let Some(re) = matches_regex(pattern.as_str()) else {
                 return;
             };
             out.push(Item::Bool(re.is_match(s)));

@@ -3,4 +3,6 @@
 //! requires of its resources comes in through its package.
 
 pub mod base;
+mod definitions;
+mod primitives;
 pub mod profile;
