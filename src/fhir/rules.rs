@@ -24,6 +24,21 @@ pub trait Rules: Send + Sync {
     /// at the resource type (`Patient.identifier[0].value`).
     fn validate(&self, res: &Resource) -> Vec<Issue>;
 
+    /// `$validate`: the issues of `res` against `profile` (and what it
+    /// claims) instead of the defaults `validate` applies.
+    fn validate_against(&self, res: &Resource, profile: Option<&str>) -> Vec<Issue> {
+        let mut issues = self.validate(res);
+        if let Some(p) = profile {
+            issues.push(Issue {
+                severity: Severity::Error,
+                code: "not-supported",
+                diagnostics: format!("{p} is not a profile known to this server"),
+                expression: Vec::new(),
+            });
+        }
+        issues
+    }
+
     /// Checks (and may complete) the writes of one job against the stored
     /// state. The acting party is `tx.visibility()`.
     fn apply<'a>(&'a self, tx: &'a mut WriteTx, writes: &'a mut Vec<Write>) -> BoxFuture<'a, Result<(), FhirError>>;
