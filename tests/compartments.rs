@@ -92,8 +92,8 @@ async fn a_gp_refers_a_patient_to_mss_a(app: &TestApp) -> Territory {
         "resourceType": "Bundle", "type": "transaction",
         "entry": [
             {"fullUrl": "urn:uuid:8c1d0f46-0001-4c55-9a0e-000000000001",
-             "resource": {"resourceType": "Patient",
-                          "identifier": [{"system": INS, "value": "2800175123456"}],
+             "resource": {"resourceType": "Patient", "extension": [common::apa::qualified_identity()], 
+                          "identifier": [{"system": INS, "value": "280017512345610"}],
                           "name": [{"family": "Martin", "given": ["Claire"]}]},
              "request": {"method": "POST", "url": "Patient"}},
             {"fullUrl": "urn:uuid:8c1d0f46-0001-4c55-9a0e-000000000002",
@@ -184,7 +184,7 @@ async fn another_mss_learns_nothing_of_the_patient(app: &TestApp) {
     }
     // search, by every route that could lead to it.
     for (query, rtype) in [
-        (format!("Patient?identifier={INS}|2800175123456"), "Patient"),
+        (format!("Patient?identifier={INS}|280017512345610"), "Patient"),
         ("Patient?family=martin".to_string(), "Patient"),
         (format!("Observation?subject=Patient/{p}"), "Observation"),
         ("Observation?subject:Patient.family=martin".to_string(), "Observation"),
@@ -335,12 +335,12 @@ async fn an_organisation_registered_by_siret_acts_for_its_organization_resource(
         .put(
             "Organization/mss-siret",
             &json!({"resourceType": "Organization", "id": "mss-siret",
-                    "identifier": [{"system": "https://sirene.fr", "value": "12345678900017"}]}),
+                    "identifier": [{"system": "https://sirene.fr", "value": "12345678200010"}]}),
         )
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let gp = Org::new(app, "gp", "cabinet").await;
-    let mss = Org::new(app, "mss-by-siret", "12345678900017").await;
+    let mss = Org::new(app, "mss-by-siret", "12345678200010").await;
     let p = json(
         gp.send(
             reqwest::Method::POST,
