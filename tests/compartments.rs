@@ -102,7 +102,7 @@ async fn a_gp_refers_a_patient_to_mss_a(app: &TestApp) -> Territory {
         "resourceType": "Bundle", "type": "transaction",
         "entry": [
             {"fullUrl": "urn:uuid:8c1d0f46-0001-4c55-9a0e-000000000001",
-             "resource": {"resourceType": "Patient", "extension": [common::apa::qualified_identity()], 
+             "resource": {"resourceType": "Patient", "extension": [common::apa::qualified_identity()],
                           "identifier": [{"system": INS, "value": "280017512345610"}],
                           "name": [{"family": "Martin", "given": ["Claire"]}]},
              "request": {"method": "POST", "url": "Patient"}},
@@ -359,7 +359,12 @@ async fn an_organisation_registered_by_siret_acts_for_its_organization_resource(
     let r = gp.send(reqwest::Method::POST, "ServiceRequest", &prescription).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let sr = format!("ServiceRequest/{}", json(r).await["id"].as_str().unwrap());
-    let task = common::apa::referral(&sr, &format!("Patient/{p}"), "Organization/cabinet", "Organization/mss-siret");
+    let task = common::apa::referral(
+        &sr,
+        &format!("Patient/{p}"),
+        "Organization/cabinet",
+        "Organization/mss-siret",
+    );
     assert_eq!(
         gp.send(reqwest::Method::POST, "Task", &task).await.status(),
         StatusCode::CREATED

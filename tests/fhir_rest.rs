@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 fn patient(ins: &str, family: &str) -> Value {
     json!({
-        "resourceType": "Patient", "extension": [common::apa::qualified_identity()], 
+        "resourceType": "Patient", "extension": [common::apa::qualified_identity()],
         "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": ins}],
         "name": [{"family": family, "given": ["Hélène"]}],
         "gender": "female",

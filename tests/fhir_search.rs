@@ -28,16 +28,20 @@ async fn ids(app: &TestApp, query: &str) -> Vec<String> {
 
 async fn seed(app: &TestApp) -> (String, String, String) {
     let pat = app
-        .create(&json!({"resourceType": "Patient", "extension": [common::apa::qualified_identity()], 
+        .create(
+            &json!({"resourceType": "Patient", "extension": [common::apa::qualified_identity()], 
             "identifier": [{"system": INS, "value": "258020300000115"}],
             "name": [{"family": "Lefèvre", "given": ["Hélène"]}],
             "birthDate": "1958-02-03", "gender": "female",
-            "address": [{"city": "Saint-Étienne", "postalCode": "42000"}]}))
+            "address": [{"city": "Saint-Étienne", "postalCode": "42000"}]}),
+        )
         .await;
     let other = app
-        .create(&json!({"resourceType": "Patient", "extension": [common::apa::qualified_identity()], 
+        .create(
+            &json!({"resourceType": "Patient", "extension": [common::apa::qualified_identity()], 
             "identifier": [{"system": INS, "value": "170010100000989"}],
-            "name": [{"family": "Lefort"}], "birthDate": "1970-01-01", "gender": "male"}))
+            "name": [{"family": "Lefort"}], "birthDate": "1970-01-01", "gender": "male"}),
+        )
         .await;
     let gp = app
         .create(&json!({"resourceType": "Practitioner", "identifier": [{"system": "https://rpps.esante.gouv.fr", "value": "10001234565"}], "name": [{"family": "Durand"}]}))
@@ -71,7 +75,10 @@ async fn parameters_of_every_type(app: &TestApp) {
         [pat.as_str()]
     );
     assert_eq!(ids(app, "Patient?identifier=258020300000115").await, [pat.as_str()]);
-    assert_eq!(ids(app, "Patient?identifier=http://other|258020300000115").await.len(), 0);
+    assert_eq!(
+        ids(app, "Patient?identifier=http://other|258020300000115").await.len(),
+        0
+    );
     // string: prefix, case- and accent-insensitive; :exact; :contains
     let mut both = ids(app, "Patient?family=lef").await;
     both.sort();

@@ -27,7 +27,7 @@ fn prescription(ins: &str) -> Value {
         "type": "transaction",
         "entry": [
             {"fullUrl": "urn:uuid:11111111-1111-4111-8111-111111111111",
-             "resource": {"resourceType": "Patient", "extension": [common::apa::qualified_identity()], 
+             "resource": {"resourceType": "Patient", "extension": [common::apa::qualified_identity()],
                 "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": ins}],
                 "name": [{"family": "Lefèvre", "given": ["Anne"]}], "birthDate": "1958-02-03"},
              "request": {"method": "POST", "url": "Patient"}},

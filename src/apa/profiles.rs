@@ -181,9 +181,7 @@ mod tests {
     #[test]
     fn an_observation_is_held_to_the_profile_of_its_code() {
         let pkg = package().expect("profiles/ loads");
-        let obs = |system: &str, code: &str| {
-            json!({"resourceType": "Observation", "code": {"coding": [{"system": system, "code": code}]}})
-        };
+        let obs = |system: &str, code: &str| json!({"resourceType": "Observation", "code": {"coding": [{"system": system, "code": code}]}});
         let sport = "https://apa-gateway.fr/fhir/CodeSystem/sport-sante";
         assert_eq!(
             default_profiles(pkg, &obs("http://loinc.org", "64098-7")),

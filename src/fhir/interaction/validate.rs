@@ -40,8 +40,13 @@ pub fn validate(
     let req = parse_request(body, id)?;
     let issues = match resource::from_value(req.resource, Some(resource_type), "") {
         Ok(res) => rules.validate_against(&res, req.profile.as_deref()),
-        // A malformed id or meta: an issue of the resource, not of the request.
-        Err(e) if e.status == 400 && e.issues.iter().all(|i| !i.expression.iter().any(|x| x.ends_with("resourceType"))) => {
+        // A malformed id or meta is an issue of the resource; what is not
+        // a resource of the URL's type is a malformed request.
+        Err(e)
+            if e.issues
+                .iter()
+                .all(|i| i.expression.iter().any(|x| x.ends_with(".id") || x.ends_with(".meta"))) =>
+        {
             e.issues
         }
         Err(e) => return Err(e),
@@ -68,16 +73,24 @@ fn parse_request(body: &[u8], id: Option<&str>) -> Result<Request, FhirError> {
             "$validate needs a body: the resource, or a Parameters with a `resource` parameter",
         ));
     }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| FhirError::structure(format!("the body is not valid JSON: {e}")))?;
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| FhirError::structure(format!("the body is not valid JSON: {e}")))?;
     let (resource, profile, mode) = if value.get("resourceType").and_then(Value::as_str) == Some("Parameters") {
         let mut resource = None;
         let mut profile = None;
         let mut mode = None;
-        let params = value.get("parameter").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
+        let params = value
+            .get("parameter")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         for (i, p) in params.iter().enumerate() {
             let at = format!("Parameters.parameter[{i}]");
-            let text = |keys: &[&str]| keys.iter().find_map(|k| p.get(*k).and_then(Value::as_str)).map(str::to_string);
+            let text = |keys: &[&str]| {
+                keys.iter()
+                    .find_map(|k| p.get(*k).and_then(Value::as_str))
+                    .map(str::to_string)
+            };
             match p.get("name").and_then(Value::as_str) {
                 Some("resource") => {
                     resource = Some(
@@ -87,10 +100,10 @@ fn parse_request(body: &[u8], id: Option<&str>) -> Result<Request, FhirError> {
                     );
                 }
                 Some("profile") => {
-                    profile = Some(
-                        text(&["valueCanonical", "valueUri", "valueString"])
-                            .ok_or_else(|| FhirError::invalid("the profile parameter must be a canonical URL").at(at))?,
-                    );
+                    profile =
+                        Some(text(&["valueCanonical", "valueUri", "valueString"]).ok_or_else(|| {
+                            FhirError::invalid("the profile parameter must be a canonical URL").at(at)
+                        })?);
                 }
                 Some("mode") => {
                     mode = Some(
@@ -128,10 +141,10 @@ fn parse_request(body: &[u8], id: Option<&str>) -> Result<Request, FhirError> {
     if let (Some(url_id), Some(body_id)) = (id, body_id)
         && url_id != body_id
     {
-        return Err(
-            FhirError::invalid(format!("the resource's id '{body_id}' is not the id of the URL ('{url_id}')"))
-                .at("id"),
-        );
+        return Err(FhirError::invalid(format!(
+            "the resource's id '{body_id}' is not the id of the URL ('{url_id}')"
+        ))
+        .at("id"));
     }
     if mode.as_deref() == Some("update") && id.or(body_id).is_none() {
         return Err(FhirError::invalid("$validate mode 'update' needs the resource's id"));
@@ -173,14 +186,30 @@ mod tests {
     #[test]
     fn malformed_requests_are_4xx_and_invalid_resources_are_not() {
         let status = |scope: &str, id: Option<&str>, body: &str| run(scope, id, body).err().map(|e| e.status);
-        assert_eq!(status("system/Observation.rs", None, r#"{"resourceType":"Patient"}"#), Some(403));
+        assert_eq!(
+            status("system/Observation.rs", None, r#"{"resourceType":"Patient"}"#),
+            Some(403)
+        );
         assert_eq!(status("system/Patient.r", None, ""), Some(400));
         assert_eq!(status("system/Patient.r", None, "{"), Some(400));
-        assert_eq!(status("system/Patient.r", None, r#"{"resourceType":"Observation"}"#), Some(400));
-        assert_eq!(status("system/Patient.r", None, r#"{"resourceType":"Parameters","parameter":[]}"#), Some(400));
+        assert_eq!(
+            status("system/Patient.r", None, r#"{"resourceType":"Observation"}"#),
+            Some(400)
+        );
+        assert_eq!(
+            status(
+                "system/Patient.r",
+                None,
+                r#"{"resourceType":"Parameters","parameter":[]}"#
+            ),
+            Some(400)
+        );
         let delete = r#"{"resourceType":"Parameters","parameter":[{"name":"mode","valueCode":"delete"}]}"#;
         assert_eq!(status("system/Patient.r", None, delete), Some(400));
-        assert_eq!(status("system/Patient.r", Some("a"), r#"{"resourceType":"Patient","id":"b"}"#), Some(400));
+        assert_eq!(
+            status("system/Patient.r", Some("a"), r#"{"resourceType":"Patient","id":"b"}"#),
+            Some(400)
+        );
         // A bad id is an issue of the resource.
         let out = run("system/Patient.r", None, r#"{"resourceType":"Patient","id":"a b"}"#).expect("200");
         assert_eq!(out["issue"][0]["expression"][0], "Patient.id");

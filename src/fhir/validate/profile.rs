@@ -271,11 +271,9 @@ impl Package {
             }
             let mut stated = false;
             let mut met = false;
-            for el in p
-                .elements
-                .iter()
-                .filter(|e| e.id == full || (e.id.starts_with(&slice_prefix) && !e.id[slice_prefix.len()..].contains('.')))
-            {
+            for el in p.elements.iter().filter(|e| {
+                e.id == full || (e.id.starts_with(&slice_prefix) && !e.id[slice_prefix.len()..].contains('.'))
+            }) {
                 let test: Box<dyn Fn(&Value) -> bool> = if let Some(f) = &el.fixed {
                     Box::new(move |v| v == f)
                 } else if let Some(pt) = &el.pattern {
@@ -423,7 +421,11 @@ impl Package {
                     issues.push(issue(
                         Severity::Error,
                         "structure",
-                        format!("extension {} is not allowed on {element} (only on {})", p.id, p.context.join(", ")),
+                        format!(
+                            "extension {} is not allowed on {element} (only on {})",
+                            p.id,
+                            p.context.join(", ")
+                        ),
                         ext.path.clone(),
                     ));
                 }
@@ -533,8 +535,7 @@ fn expand(
                 }
             }
         } else if let Some(codes) = code_systems.get(system) {
-            exp.codes
-                .extend(codes.iter().map(|c| (system.to_string(), c.clone())));
+            exp.codes.extend(codes.iter().map(|c| (system.to_string(), c.clone())));
         } else {
             exp.whole_systems.insert(system.to_string());
         }
@@ -544,17 +545,16 @@ fn expand(
 
 impl Profile {
     fn load(file: &str, sd: &Value) -> Result<Profile, PackageError> {
-        let rtype = str_field(sd, "type").ok_or_else(|| invalid(file, "no type"))?.to_string();
+        let rtype = str_field(sd, "type")
+            .ok_or_else(|| invalid(file, "no type"))?
+            .to_string();
         let id = str_field(sd, "id").unwrap_or(file).to_string();
         let context = array_field(sd, "context")
             .iter()
             .filter(|c| str_field(c, "type") == Some("element"))
             .filter_map(|c| str_field(c, "expression").map(str::to_string))
             .collect();
-        let differential = sd
-            .get("differential")
-            .map(|d| array_field(d, "element"))
-            .unwrap_or(&[]);
+        let differential = sd.get("differential").map(|d| array_field(d, "element")).unwrap_or(&[]);
         let mut elements = Vec::with_capacity(differential.len());
         let mut slicings = HashMap::new();
         for el in differential {
@@ -814,7 +814,9 @@ impl Profile {
                 if let Some(Some(max)) = el.max
                     && n > max
                 {
-                    let at = kids.get(max).map_or_else(|| format!("{}.{shown}", p.path), |k| k.path.clone());
+                    let at = kids
+                        .get(max)
+                        .map_or_else(|| format!("{}.{shown}", p.path), |k| k.path.clone());
                     issues.push(issue(
                         Severity::Error,
                         "structure",
@@ -833,7 +835,10 @@ impl Profile {
                 {
                     for k in obj.keys() {
                         if is_choice_key(k, prefix)
-                            && !el.types.iter().any(|t| format!("{prefix}{}", capitalise(&t.code)) == *k)
+                            && !el
+                                .types
+                                .iter()
+                                .any(|t| format!("{prefix}{}", capitalise(&t.code)) == *k)
                         {
                             let allowed: Vec<&str> = el.types.iter().map(|t| t.code.as_str()).collect();
                             issues.push(issue(
@@ -866,19 +871,29 @@ impl Profile {
                 }
             }
         }
-        for t in el.types.iter().filter(|t| t.code == "Reference" && !t.target_profiles.is_empty()) {
+        for t in el
+            .types
+            .iter()
+            .filter(|t| t.code == "Reference" && !t.target_profiles.is_empty())
+        {
             let wanted: Option<Vec<&str>> = t.target_profiles.iter().map(|u| pkg.target_type(u)).collect();
             let Some(wanted) = wanted.filter(|w| !w.contains(&"Resource")) else {
                 continue;
             };
-            for n in nodes.iter().filter(|n| n.v.get("reference").is_some() || n.v.get("type").is_some()) {
+            for n in nodes
+                .iter()
+                .filter(|n| n.v.get("reference").is_some() || n.v.get("type").is_some())
+            {
                 if let Some(rt) = reference_type(n.v)
                     && !wanted.contains(&rt)
                 {
                     issues.push(issue(
                         Severity::Error,
                         "value",
-                        who(format!("a reference to {rt}, where {} is expected", wanted.join(" or "))),
+                        who(format!(
+                            "a reference to {rt}, where {} is expected",
+                            wanted.join(" or ")
+                        )),
                         n.path.clone(),
                     ));
                 }
@@ -1116,7 +1131,10 @@ mod tests {
         let at = |p: &str| e.iter().any(|x| x.starts_with(&format!("{p} |")));
         assert!(at("ServiceRequest.extension[0].valueCodeableConcept"), "{e:?}");
         assert!(at("ServiceRequest.category"), "{e:?}");
-        assert!(at("ServiceRequest.occurrenceTiming.repeat.boundsDuration.code"), "{e:?}");
+        assert!(
+            at("ServiceRequest.occurrenceTiming.repeat.boundsDuration.code"),
+            "{e:?}"
+        );
         assert!(at("ServiceRequest.subject"), "{e:?}");
         assert!(at("ServiceRequest.doNotPerform"), "{e:?}");
         assert!(at("ServiceRequest"), "{e:?}");
@@ -1131,15 +1149,25 @@ mod tests {
         v["occurrenceDateTime"] = json!("2026-01-01");
         let e = errors(&v);
         assert!(e.iter().any(|x| x.starts_with("ServiceRequest.extension |")), "{e:?}");
-        assert!(e.iter().any(|x| x.starts_with("ServiceRequest.occurrenceDateTime |")), "{e:?}");
+        assert!(
+            e.iter().any(|x| x.starts_with("ServiceRequest.occurrenceDateTime |")),
+            "{e:?}"
+        );
         // An extension of the package is checked where it is, claimed or not.
         let obs = json!({"resourceType": "Observation",
             "extension": [{"url": "https://ex.org/fhir/StructureDefinition/level", "valueBoolean": true},
                           {"url": "https://ex.org/fhir/StructureDefinition/nope", "valueBoolean": true}]});
         let e = errors(&obs);
         assert!(e.iter().any(|x| x.contains("not allowed on Observation")), "{e:?}");
-        assert!(e.iter().any(|x| x.starts_with("Observation.extension[0].valueBoolean |")), "{e:?}");
-        assert!(e.iter().any(|x| x.starts_with("Observation.extension[1].url |")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|x| x.starts_with("Observation.extension[0].valueBoolean |")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|x| x.starts_with("Observation.extension[1].url |")),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -1157,6 +1185,9 @@ mod tests {
             p.profiles_matching(&good(), "category"),
             ["https://ex.org/fhir/StructureDefinition/order"]
         );
-        assert!(p.profiles_matching(&json!({"resourceType": "ServiceRequest"}), "category").is_empty());
+        assert!(
+            p.profiles_matching(&json!({"resourceType": "ServiceRequest"}), "category")
+                .is_empty()
+        );
     }
 }
