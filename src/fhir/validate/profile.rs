@@ -48,8 +48,38 @@ struct Profile {
     /// Element expressions an extension may sit on (`context` of type element).
     context: Vec<String>,
     elements: Vec<Element>,
-    slicings: HashMap<String, Vec<Discriminator>>,
-    by_id: HashMap<String, usize>,
+    /// What an item must be to belong to a slice, by slice id
+    /// (`ServiceRequest.extension:intensity`), read from the slicing's
+    /// discriminators once.
+    slices: Vec<Vec<SliceTest>>,
+    /// How many distinct id prefixes the elements have.
+    prefixes: usize,
+}
+
+enum SliceTest {
+    /// An extension of one of these urls.
+    Url(Vec<String>),
+    /// A value at `path` (empty: the item itself) equal to (`exact`) or
+    /// containing `value`.
+    At {
+        path: Vec<String>,
+        value: Value,
+        exact: bool,
+    },
+    /// One of these keys (a choice of one of the slice's types).
+    AnyKey(Vec<String>),
+}
+
+impl SliceTest {
+    fn matches(&self, item: &Value) -> bool {
+        match self {
+            SliceTest::Url(urls) => str_field(item, "url").is_some_and(|u| urls.iter().any(|x| x == u)),
+            SliceTest::At { path, value, exact } => walk(item, path)
+                .iter()
+                .any(|x| if *exact { *x == value } else { contains(x, value) }),
+            SliceTest::AnyKey(keys) => item.as_object().is_some_and(|o| keys.iter().any(|k| o.contains_key(k))),
+        }
+    }
 }
 
 struct Element {
@@ -68,6 +98,13 @@ struct Element {
 struct Seg {
     name: String,
     slice: Option<String>,
+    /// Where this segment ends in the element's id: `id[..end]` is the id
+    /// of the element up to here (`Task.output:performedActivityType`).
+    end: usize,
+    /// That id's number among the profile's id prefixes (`Profile::prefixes`).
+    prefix: usize,
+    /// The tests of this segment's slice (`Profile::slices`).
+    slice_tests: Option<usize>,
 }
 
 struct TypeRef {
@@ -112,16 +149,17 @@ struct Discriminator {
 /// the package does not hold (which can then only be checked for the system).
 #[derive(Default)]
 struct Expansion {
-    codes: HashSet<(String, String)>,
+    /// Codes by system.
+    codes: HashMap<String, HashSet<String>>,
     whole_systems: HashSet<String>,
 }
 
 impl Expansion {
     fn contains(&self, system: Option<&str>, code: &str) -> bool {
         match system {
-            Some(s) => self.whole_systems.contains(s) || self.codes.contains(&(s.to_string(), code.to_string())),
+            Some(s) => self.whole_systems.contains(s) || self.codes.get(s).is_some_and(|c| c.contains(code)),
             // A `code` element: its system is the value set's.
-            None => !self.whole_systems.is_empty() || self.codes.iter().any(|(_, c)| c == code),
+            None => !self.whole_systems.is_empty() || self.codes.values().any(|c| c.contains(code)),
         }
     }
 }
@@ -366,47 +404,50 @@ impl Package {
                 )),
             }
         }
-        self.check_extensions(&root(resource, rtype), &mut issues);
+        self.check_extensions(resource, &mut rtype.to_string(), &mut issues);
         issues
     }
 
     /// Every extension of the package, wherever it sits (not inside
     /// contained resources, which are resources of their own).
-    fn check_extensions(&self, node: &Node<'_>, issues: &mut Vec<Issue>) {
-        let Some(obj) = node.v.as_object() else {
-            if let Some(a) = node.v.as_array() {
-                for (i, x) in a.iter().enumerate() {
-                    self.check_extensions(
-                        &Node {
-                            v: x,
-                            path: format!("{}[{i}]", node.path),
-                        },
-                        issues,
-                    );
+    /// `path` is the location of `v`, grown and shrunk in place: most of
+    /// a resource is no extension of ours, and needs no string of its own.
+    fn check_extensions(&self, v: &Value, path: &mut String, issues: &mut Vec<Issue>) {
+        use std::fmt::Write as _;
+        let len = path.len();
+        match v {
+            Value::Array(items) => {
+                for (i, x) in items.iter().enumerate() {
+                    let _ = write!(path, "[{i}]");
+                    self.check_extensions(x, path, issues);
+                    path.truncate(len);
                 }
             }
-            return;
-        };
-        for (k, v) in obj {
-            if k == "contained" {
-                continue;
-            }
-            let child = Node {
-                v,
-                path: format!("{}.{k}", node.path),
-            };
-            if matches!(k.as_str(), "extension" | "modifierExtension")
-                && let Some(items) = v.as_array()
-            {
-                for (i, ext) in items.iter().enumerate() {
-                    let at = Node {
-                        v: ext,
-                        path: format!("{}[{i}]", child.path),
-                    };
-                    self.check_extension(&node.path, &at, issues);
+            Value::Object(obj) => {
+                for (k, child) in obj {
+                    if k == "contained" || !(child.is_object() || child.is_array()) {
+                        continue;
+                    }
+                    if matches!(k.as_str(), "extension" | "modifierExtension")
+                        && let Some(items) = child.as_array()
+                    {
+                        for (i, ext) in items.iter().enumerate() {
+                            if str_field(ext, "url").is_some_and(|u| u.starts_with(&self.canonical)) {
+                                let at = Node {
+                                    v: ext,
+                                    path: format!("{path}.{k}[{i}]"),
+                                };
+                                self.check_extension(path, &at, issues);
+                            }
+                        }
+                    }
+                    path.push('.');
+                    path.push_str(k);
+                    self.check_extensions(child, path, issues);
+                    path.truncate(len);
                 }
             }
-            self.check_extensions(&child, issues);
+            _ => {}
         }
     }
 
@@ -417,7 +458,7 @@ impl Package {
         match self.profiles.get(url) {
             Some(p) if p.rtype == "Extension" => {
                 let element = strip_indexes(parent);
-                if !p.context.is_empty() && !p.context.iter().any(|c| *c == element) {
+                if !p.context.is_empty() && !p.context.contains(&element) {
                     issues.push(issue(
                         Severity::Error,
                         "structure",
@@ -531,11 +572,17 @@ fn expand(
         if !listed.is_empty() {
             for c in listed {
                 if let Some(code) = str_field(c, "code") {
-                    exp.codes.insert((system.to_string(), code.to_string()));
+                    exp.codes
+                        .entry(system.to_string())
+                        .or_default()
+                        .insert(code.to_string());
                 }
             }
         } else if let Some(codes) = code_systems.get(system) {
-            exp.codes.extend(codes.iter().map(|c| (system.to_string(), c.clone())));
+            exp.codes
+                .entry(system.to_string())
+                .or_default()
+                .extend(codes.iter().cloned());
         } else {
             exp.whole_systems.insert(system.to_string());
         }
@@ -556,20 +603,25 @@ impl Profile {
             .collect();
         let differential = sd.get("differential").map(|d| array_field(d, "element")).unwrap_or(&[]);
         let mut elements = Vec::with_capacity(differential.len());
-        let mut slicings = HashMap::new();
+        let mut slicings: HashMap<String, Vec<Discriminator>> = HashMap::new();
         for el in differential {
             let eid = str_field(el, "id").ok_or_else(|| invalid(file, "an element has no id"))?;
+            let mut end = 0;
             let segs: Vec<Seg> = eid
                 .split('.')
-                .map(|s| match s.split_once(':') {
-                    Some((n, sl)) => Seg {
-                        name: n.to_string(),
-                        slice: Some(sl.to_string()),
-                    },
-                    None => Seg {
-                        name: s.to_string(),
-                        slice: None,
-                    },
+                .map(|s| {
+                    end += s.len() + usize::from(end > 0);
+                    let (name, slice) = match s.split_once(':') {
+                        Some((n, sl)) => (n, Some(sl.to_string())),
+                        None => (s, None),
+                    };
+                    Seg {
+                        name: name.to_string(),
+                        slice,
+                        end,
+                        prefix: 0,
+                        slice_tests: None,
+                    }
                 })
                 .collect();
             if segs.first().map(|s| s.name.as_str()) != Some(rtype.as_str()) {
@@ -665,140 +717,101 @@ impl Profile {
                 constraints,
             });
         }
-        let by_id = elements.iter().enumerate().map(|(i, e)| (e.id.clone(), i)).collect();
+        let by_id: HashMap<String, usize> = elements.iter().enumerate().map(|(i, e)| (e.id.clone(), i)).collect();
+        let mut slices = Vec::new();
+        let mut slice_index: HashMap<String, usize> = HashMap::new();
+        for el in &elements {
+            if let Some(slice) = el.segs.last().and_then(|s| s.slice.as_deref()) {
+                let sliced = &el.id[..el.id.len() - slice.len() - 1];
+                if let Some(discs) = slicings.get(sliced) {
+                    let element = |id: &str| by_id.get(id).and_then(|i| elements.get(*i));
+                    slice_index.insert(el.id.clone(), slices.len());
+                    slices.push(slice_tests(discs, el, element));
+                }
+            }
+        }
+        // Numbers for id prefixes and slices: no hashing while validating.
+        let mut prefixes: HashMap<String, usize> = HashMap::new();
+        for el in &mut elements {
+            for seg in &mut el.segs {
+                let key = &el.id[..seg.end];
+                let n = prefixes.len();
+                seg.prefix = *prefixes.entry(key.to_string()).or_insert(n);
+                if seg.slice.is_some() {
+                    seg.slice_tests = slice_index.get(key).copied();
+                }
+            }
+        }
         Ok(Profile {
             id,
             rtype,
             context,
             elements,
-            slicings,
-            by_id,
+            slices,
+            prefixes: prefixes.len(),
         })
     }
 
-    fn element(&self, id: &str) -> Option<&Element> {
-        self.by_id.get(id).and_then(|i| self.elements.get(*i))
-    }
-
-    /// The instance nodes of the first `n` segments of an element id,
-    /// slices applied.
-    fn nodes<'a>(&self, root: &Node<'a>, segs: &[Seg]) -> Vec<Node<'a>> {
-        let mut current = vec![root.clone()];
-        let Some(first) = segs.first() else {
-            return current;
-        };
-        let mut id = first.name.clone();
-        for seg in &segs[1..] {
-            let sliced = format!("{id}.{}", seg.name);
-            let mut next: Vec<Node<'a>> = current.iter().flat_map(|n| children(n, &seg.name)).collect();
-            if let Some(s) = &seg.slice {
-                next.retain(|n| self.in_slice(&sliced, s, n.v));
-                id = format!("{sliced}:{s}");
-            } else {
-                id = sliced;
+    /// Computes the instance nodes of every id prefix of `el`, slices
+    /// applied, into `memo` (indexed by `Seg::prefix`): elements share
+    /// their parents, each is walked once per validation.
+    fn walk_element<'a>(&self, el: &Element, root: &Node<'a>, memo: &mut [Option<Vec<Node<'a>>>]) {
+        for (j, seg) in el.segs.iter().enumerate() {
+            if memo.get(seg.prefix).is_some_and(Option::is_some) {
+                continue;
             }
-            current = next;
-            if current.is_empty() {
-                break;
+            let next = match j.checked_sub(1).and_then(|i| el.segs.get(i)) {
+                None => vec![root.clone()],
+                Some(prev) => {
+                    let prev = memo.get(prev.prefix).and_then(Option::as_deref).unwrap_or(&[]);
+                    let mut next: Vec<Node<'a>> = prev.iter().flat_map(|n| children(n, &seg.name)).collect();
+                    if seg.slice.is_some() {
+                        next.retain(|n| self.in_slice(seg, n.v));
+                    }
+                    next
+                }
+            };
+            if let Some(slot) = memo.get_mut(seg.prefix) {
+                *slot = Some(next);
             }
         }
-        current
     }
 
-    /// Whether an item of a sliced element belongs to a slice, by the
-    /// slicing's discriminators. A discriminator the slice states no value
-    /// for does not restrict it.
-    fn in_slice(&self, sliced: &str, slice: &str, item: &Value) -> bool {
-        let Some(discs) = self.slicings.get(sliced) else {
-            return false;
-        };
-        let slice_id = format!("{sliced}:{slice}");
-        let Some(slice_el) = self.element(&slice_id) else {
-            return false;
-        };
-        for d in discs {
-            match d.kind {
-                DiscKind::Type => {
-                    let el = self
-                        .element(&format!("{slice_id}.{}[x]", d.path))
-                        .or_else(|| self.element(&format!("{slice_id}.{}", d.path)));
-                    let Some(el) = el.filter(|e| !e.types.is_empty()) else {
-                        continue;
-                    };
-                    let Some(obj) = item.as_object() else {
-                        return false;
-                    };
-                    if !el
-                        .types
-                        .iter()
-                        .any(|t| obj.contains_key(&format!("{}{}", d.path, capitalise(&t.code))))
-                    {
-                        return false;
-                    }
-                }
-                DiscKind::Value | DiscKind::Pattern => {
-                    if d.path == "url" {
-                        let urls: Vec<&str> = slice_el
-                            .types
-                            .iter()
-                            .flat_map(|t| t.profiles.iter().map(String::as_str))
-                            .collect();
-                        if !urls.is_empty() {
-                            if !str_field(item, "url").is_some_and(|u| urls.contains(&u)) {
-                                return false;
-                            }
-                            continue;
-                        }
-                    }
-                    let target = if d.path == "$this" {
-                        Some(slice_el)
-                    } else {
-                        self.element(&format!("{slice_id}.{}", d.path))
-                    };
-                    if let Some((v, exact)) = target.and_then(Element::fixed_or_pattern) {
-                        let at = if d.path == "$this" {
-                            vec![item]
-                        } else {
-                            walk(item, &d.path)
-                        };
-                        if !at.iter().any(|x| if exact { *x == v } else { contains(x, v) }) {
-                            return false;
-                        }
-                    } else if let Some((v, _)) = slice_el.fixed_or_pattern() {
-                        // `coding.code` + `coding.system` read from the slice's
-                        // own pattern: the item must contain it.
-                        if !contains(item, v) {
-                            return false;
-                        }
-                    }
-                }
-                DiscKind::Other => {}
-            }
-        }
-        true
+    /// Whether an item of a sliced element belongs to the slice of `seg`.
+    fn in_slice(&self, seg: &Seg, item: &Value) -> bool {
+        seg.slice_tests
+            .and_then(|i| self.slices.get(i))
+            .is_some_and(|tests| tests.iter().all(|t| t.matches(item)))
     }
 
     fn validate(&self, pkg: &Package, root: &Node<'_>, issues: &mut Vec<Issue>) {
+        let mut memo = vec![None; self.prefixes];
         for el in &self.elements {
-            self.check_element(pkg, root, el, issues);
+            self.walk_element(el, root, &mut memo);
+        }
+        for el in &self.elements {
+            self.check_element(pkg, el, &memo, issues);
         }
     }
 
-    fn check_element(&self, pkg: &Package, root: &Node<'_>, el: &Element, issues: &mut Vec<Issue>) {
+    fn check_element(&self, pkg: &Package, el: &Element, memo: &[Option<Vec<Node<'_>>>], issues: &mut Vec<Issue>) {
         let who = |what: String| format!("{} ({}): {what}", self.id, el.id);
-        let nodes = self.nodes(root, &el.segs);
+        let at = |seg: Option<&Seg>| {
+            seg.and_then(|s| memo.get(s.prefix))
+                .and_then(Option::as_deref)
+                .unwrap_or(&[])
+        };
+        let nodes = at(el.segs.last());
         if let Some((last, parent_segs)) = el.segs.split_last()
             && !parent_segs.is_empty()
             && (el.min.is_some() || el.max.is_some() || last.name.ends_with("[x]"))
         {
-            let parents = self.nodes(root, parent_segs);
-            let parent_id = el.id.rsplit_once('.').map_or("", |(p, _)| p);
-            let sliced = format!("{parent_id}.{}", last.name);
+            let parents = at(parent_segs.last());
             let shown = last.name.trim_end_matches("[x]");
-            for p in &parents {
+            for p in parents {
                 let mut kids = children(p, &last.name);
-                if let Some(s) = &last.slice {
-                    kids.retain(|k| self.in_slice(&sliced, s, k.v));
+                if last.slice.is_some() {
+                    kids.retain(|k| self.in_slice(last, k.v));
                 }
                 let n = kids.len();
                 if let Some(min) = el.min
@@ -853,7 +866,7 @@ impl Profile {
             }
         }
         if let Some((v, exact)) = el.fixed_or_pattern() {
-            for n in &nodes {
+            for n in nodes {
                 if exact && n.v != v {
                     issues.push(issue(
                         Severity::Error,
@@ -903,7 +916,7 @@ impl Profile {
             && b.strength != Strength::Other
             && let Some(vs) = pkg.expansion(&b.value_set)
         {
-            for n in &nodes {
+            for n in nodes {
                 let codes = codes_of(n.v);
                 if codes.iter().any(|(s, c)| vs.contains(*s, c)) {
                     continue;
@@ -926,7 +939,7 @@ impl Profile {
             }
         }
         for c in &el.constraints {
-            for n in &nodes {
+            for n in nodes {
                 let result = c.expr.evaluate(n.v);
                 let holds = matches!(result.as_slice(), [one] if one.value == &Value::Bool(true));
                 if !holds {
@@ -940,6 +953,69 @@ impl Profile {
             }
         }
     }
+}
+
+/// What an item must be to belong to `slice` (an element of the
+/// differential), from the discriminators of its slicing. A discriminator
+/// the slice states no value for does not restrict it.
+fn slice_tests<'e>(
+    discs: &[Discriminator],
+    slice: &Element,
+    element: impl Fn(&str) -> Option<&'e Element>,
+) -> Vec<SliceTest> {
+    let path_of = |p: &str| -> Vec<String> {
+        if p == "$this" {
+            Vec::new()
+        } else {
+            p.split('.').map(str::to_string).collect()
+        }
+    };
+    let mut tests = Vec::new();
+    for d in discs {
+        match d.kind {
+            DiscKind::Type => {
+                let el = element(&format!("{}.{}[x]", slice.id, d.path))
+                    .or_else(|| element(&format!("{}.{}", slice.id, d.path)));
+                if let Some(el) = el.filter(|e| !e.types.is_empty()) {
+                    tests.push(SliceTest::AnyKey(
+                        el.types
+                            .iter()
+                            .map(|t| format!("{}{}", d.path, capitalise(&t.code)))
+                            .collect(),
+                    ));
+                }
+            }
+            DiscKind::Value | DiscKind::Pattern => {
+                let urls: Vec<String> = slice.types.iter().flat_map(|t| t.profiles.iter().cloned()).collect();
+                if d.path == "url" && !urls.is_empty() {
+                    tests.push(SliceTest::Url(urls));
+                    continue;
+                }
+                let target = if d.path == "$this" {
+                    Some(slice)
+                } else {
+                    element(&format!("{}.{}", slice.id, d.path))
+                };
+                if let Some((v, exact)) = target.and_then(Element::fixed_or_pattern) {
+                    tests.push(SliceTest::At {
+                        path: path_of(&d.path),
+                        value: v.clone(),
+                        exact,
+                    });
+                } else if let Some((v, _)) = slice.fixed_or_pattern() {
+                    // `coding.code` + `coding.system` read from the slice's own
+                    // pattern: the item must contain it.
+                    tests.push(SliceTest::At {
+                        path: Vec::new(),
+                        value: v.clone(),
+                        exact: false,
+                    });
+                }
+            }
+            DiscKind::Other => {}
+        }
+    }
+    tests
 }
 
 impl Element {
@@ -1004,10 +1080,10 @@ fn children<'a>(node: &Node<'a>, name: &str) -> Vec<Node<'a>> {
     out
 }
 
-/// The values at a dotted path below `v` (arrays flattened).
-fn walk<'a>(v: &'a Value, path: &str) -> Vec<&'a Value> {
+/// The values at a path below `v` (arrays flattened; empty: `v`).
+fn walk<'a>(v: &'a Value, path: &[String]) -> Vec<&'a Value> {
     let mut current = vec![v];
-    for part in path.split('.') {
+    for part in path {
         let mut next = Vec::new();
         for c in current {
             match c.get(part) {
