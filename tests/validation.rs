@@ -252,8 +252,15 @@ async fn validate_operation(app: &TestApp) {
         .await
         .unwrap();
     assert_eq!(errors_at(&json(r).await), ["Patient.identifier[0].value"]);
+    // A Bundle: each entry as a transaction would check it.
+    let mut tx = prescription_bundle(INS_OK);
+    tx["entry"][2]["resource"].as_object_mut().unwrap().remove("owner");
+    let r = post("Bundle/$validate", tx).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(errors_at(&json(r).await), ["Bundle.entry[2].resource.owner"]);
     // Nothing was stored.
     assert_eq!(count(app, "ServiceRequest?status=active").await, 0);
+    assert_eq!(count(app, "Task?status=requested").await, 0);
     assert_eq!(app.get("Patient/p1").await.status(), 404);
     // Malformed requests are 4xx.
     assert_eq!(post("Patient/$validate", json!([1])).await.unwrap().status(), 400);

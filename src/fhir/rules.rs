@@ -71,16 +71,22 @@ pub fn check(rules: &dyn Rules, res: &Resource, at: Option<&str>) -> Result<(), 
         return Ok(());
     }
     if let Some(prefix) = at {
-        for issue in &mut issues {
-            for x in &mut issue.expression {
-                let rest = x.split_once('.').map_or("", |(_, r)| r);
-                *x = if rest.is_empty() {
-                    prefix.to_string()
-                } else {
-                    format!("{prefix}.{rest}")
-                };
-            }
-        }
+        relocate(&mut issues, prefix);
     }
     Err(FhirError { status: 422, issues })
+}
+
+/// Roots the expressions of a resource's issues at `prefix`, where the
+/// resource sits (`Patient.name` → `Bundle.entry[3].resource.name`).
+pub fn relocate(issues: &mut [Issue], prefix: &str) {
+    for issue in issues {
+        for x in &mut issue.expression {
+            let rest = x.split_once('.').map_or("", |(_, r)| r);
+            *x = if rest.is_empty() {
+                prefix.to_string()
+            } else {
+                format!("{prefix}.{rest}")
+            };
+        }
+    }
 }

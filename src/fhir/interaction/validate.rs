@@ -4,7 +4,8 @@
 //! `resource` and optionally `profile` and `mode`.
 //!
 //! A resource that fails validation is a successful `$validate` (200, its
-//! issues listed); only a request that cannot be understood is a 4xx.
+//! issues listed); only a request that cannot be understood is a 4xx. A
+//! Bundle's entries are validated too, as a transaction would validate them.
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -39,7 +40,11 @@ pub fn validate(
     }
     let req = parse_request(body, id)?;
     let issues = match resource::from_value(req.resource, Some(resource_type), "") {
-        Ok(res) => rules.validate_against(&res, req.profile.as_deref()),
+        Ok(res) => {
+            let mut issues = rules.validate_against(&res, req.profile.as_deref());
+            issues.extend(entries(rules, &res.json));
+            issues
+        }
         // A malformed id or meta is an issue of the resource; what is not
         // a resource of the URL's type is a malformed request.
         Err(e)
@@ -52,6 +57,37 @@ pub fn validate(
         Err(e) => return Err(e),
     };
     Ok(outcome(issues))
+}
+
+/// The issues of a Bundle's entries, each validated as a write of it
+/// would be, located in the Bundle (`Bundle.entry[2].resource.owner`).
+fn entries(rules: &dyn Rules, bundle: &Value) -> Vec<Issue> {
+    let mut issues = Vec::new();
+    if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+        return issues;
+    }
+    let items = bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    for (i, entry) in items.iter().enumerate() {
+        let Some(r) = entry.get("resource") else {
+            continue;
+        };
+        let at = format!("Bundle.entry[{i}].resource");
+        let mut found = match resource::from_value(r.clone(), None, &at) {
+            Ok(res) => {
+                let mut found = rules.validate(&res);
+                crate::fhir::rules::relocate(&mut found, &at);
+                found
+            }
+            // Already located in the Bundle.
+            Err(e) => e.issues,
+        };
+        issues.append(&mut found);
+    }
+    issues
 }
 
 fn outcome(mut issues: Vec<Issue>) -> Reply {

@@ -409,7 +409,7 @@ impl Package {
     }
 
     /// Every extension of the package, wherever it sits (not inside
-    /// contained resources, which are resources of their own).
+    /// contained resources or Bundle entries, resources of their own).
     /// `path` is the location of `v`, grown and shrunk in place: most of
     /// a resource is no extension of ours, and needs no string of its own.
     fn check_extensions(&self, v: &Value, path: &mut String, issues: &mut Vec<Issue>) {
@@ -423,9 +423,12 @@ impl Package {
                     path.truncate(len);
                 }
             }
+            // A resource inside this one (contained, a Bundle entry's) is
+            // validated as a resource of its own.
+            Value::Object(obj) if obj.contains_key("resourceType") && path.contains(['.', '[']) => {}
             Value::Object(obj) => {
                 for (k, child) in obj {
-                    if k == "contained" || !(child.is_object() || child.is_array()) {
+                    if !(child.is_object() || child.is_array()) {
                         continue;
                     }
                     if matches!(k.as_str(), "extension" | "modifierExtension")
