@@ -1247,6 +1247,9 @@ mod tests {
             e.iter().any(|x| x.starts_with("Observation.extension[1].url |")),
             "{e:?}"
         );
+        // Resources inside another one are not its elements.
+        let bundle = json!({"resourceType": "Bundle", "entry": [{"resource": good()}]});
+        assert!(errors(&bundle).is_empty());
     }
 
     #[test]
