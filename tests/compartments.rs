@@ -85,6 +85,16 @@ async fn a_gp_refers_a_patient_to_mss_a(app: &TestApp) -> Territory {
             .await;
         assert_eq!(r.status(), StatusCode::CREATED);
     }
+    // Dr Dupont prescribes for the practice.
+    let r = app
+        .put(
+            "PractitionerRole/dr-dupont",
+            &json!({"resourceType": "PractitionerRole", "id": "dr-dupont",
+                    "practitioner": {"display": "Dr Dupont"},
+                    "organization": {"reference": "Organization/cabinet-dupont"}}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
     let gp = Org::new(app, "gp-software", "cabinet-dupont").await;
     let mss_a = Org::new(app, "mss-a-software", "mss-a").await;
     let mss_b = Org::new(app, "mss-b-software", "Organization/mss-b").await;
@@ -92,22 +102,18 @@ async fn a_gp_refers_a_patient_to_mss_a(app: &TestApp) -> Territory {
         "resourceType": "Bundle", "type": "transaction",
         "entry": [
             {"fullUrl": "urn:uuid:8c1d0f46-0001-4c55-9a0e-000000000001",
-             "resource": {"resourceType": "Patient",
-                          "identifier": [{"system": INS, "value": "2800175123456"}],
+             "resource": {"resourceType": "Patient", "extension": [common::apa::qualified_identity()],
+                          "identifier": [{"system": INS, "value": "280017512345610"}],
                           "name": [{"family": "Martin", "given": ["Claire"]}]},
              "request": {"method": "POST", "url": "Patient"}},
             {"fullUrl": "urn:uuid:8c1d0f46-0001-4c55-9a0e-000000000002",
-             "resource": {"resourceType": "ServiceRequest", "status": "active", "intent": "order",
-                          "code": {"coding": [{"system": "http://snomed.info/sct", "code": "390893007"}]},
-                          "subject": {"reference": "urn:uuid:8c1d0f46-0001-4c55-9a0e-000000000001"},
-                          "requester": {"reference": "Organization/cabinet-dupont"}},
+             "resource": common::apa::prescription(
+                 "urn:uuid:8c1d0f46-0001-4c55-9a0e-000000000001", "PractitionerRole/dr-dupont"),
              "request": {"method": "POST", "url": "ServiceRequest"}},
             {"fullUrl": "urn:uuid:8c1d0f46-0001-4c55-9a0e-000000000003",
-             "resource": {"resourceType": "Task", "status": "requested", "intent": "order",
-                          "focus": {"reference": "urn:uuid:8c1d0f46-0001-4c55-9a0e-000000000002"},
-                          "for": {"reference": "urn:uuid:8c1d0f46-0001-4c55-9a0e-000000000001"},
-                          "requester": {"reference": "Organization/cabinet-dupont"},
-                          "owner": {"reference": "Organization/mss-a"}},
+             "resource": common::apa::referral(
+                 "urn:uuid:8c1d0f46-0001-4c55-9a0e-000000000002", "urn:uuid:8c1d0f46-0001-4c55-9a0e-000000000001",
+                 "Organization/cabinet-dupont", "Organization/mss-a"),
              "request": {"method": "POST", "url": "Task"}}
         ]
     });
@@ -143,10 +149,7 @@ async fn the_referred_patient_is_seen_by_the_gp_and_the_mss_it_is_addressed_to(a
         StatusCode::OK
     );
     // The MSS records the initial assessment.
-    let bilan = json!({"resourceType": "Observation", "status": "final",
-        "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
-        "subject": {"reference": patient},
-        "valueQuantity": {"value": 82.5, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}});
+    let bilan = common::apa::body_weight(&patient, 82.5);
     let r = t.mss_a.send(reqwest::Method::POST, "Observation", &bilan).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(t.gp.found("Observation?code=29463-7", "Observation").await.len(), 1);
@@ -158,9 +161,7 @@ async fn the_referred_patient_is_seen_by_the_gp_and_the_mss_it_is_addressed_to(a
 
 async fn another_mss_learns_nothing_of_the_patient(app: &TestApp) {
     let t = a_gp_refers_a_patient_to_mss_a(app).await;
-    let bilan = json!({"resourceType": "Observation", "status": "final",
-        "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
-        "subject": {"reference": format!("Patient/{}", t.patient)}});
+    let bilan = common::apa::body_weight(&format!("Patient/{}", t.patient), 82.5);
     assert_eq!(
         t.mss_a
             .send(reqwest::Method::POST, "Observation", &bilan)
@@ -184,7 +185,7 @@ async fn another_mss_learns_nothing_of_the_patient(app: &TestApp) {
     }
     // search, by every route that could lead to it.
     for (query, rtype) in [
-        (format!("Patient?identifier={INS}|2800175123456"), "Patient"),
+        (format!("Patient?identifier={INS}|280017512345610"), "Patient"),
         ("Patient?family=martin".to_string(), "Patient"),
         (format!("Observation?subject=Patient/{p}"), "Observation"),
         ("Observation?subject:Patient.family=martin".to_string(), "Observation"),
@@ -335,12 +336,12 @@ async fn an_organisation_registered_by_siret_acts_for_its_organization_resource(
         .put(
             "Organization/mss-siret",
             &json!({"resourceType": "Organization", "id": "mss-siret",
-                    "identifier": [{"system": "https://sirene.fr", "value": "12345678900017"}]}),
+                    "identifier": [{"system": "https://sirene.fr", "value": "12345678200010"}]}),
         )
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let gp = Org::new(app, "gp", "cabinet").await;
-    let mss = Org::new(app, "mss-by-siret", "12345678900017").await;
+    let mss = Org::new(app, "mss-by-siret", "12345678200010").await;
     let p = json(
         gp.send(
             reqwest::Method::POST,
@@ -354,9 +355,16 @@ async fn an_organisation_registered_by_siret_acts_for_its_organization_resource(
         .unwrap()
         .to_string();
     assert_eq!(mss.get(&format!("Patient/{p}")).await.status(), StatusCode::NOT_FOUND);
-    let task = json!({"resourceType": "Task", "status": "requested", "intent": "order",
-        "for": {"reference": format!("Patient/{p}")},
-        "owner": {"reference": "Organization/mss-siret"}});
+    let prescription = common::apa::prescription(&format!("Patient/{p}"), "Practitioner/dr-petit");
+    let r = gp.send(reqwest::Method::POST, "ServiceRequest", &prescription).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let sr = format!("ServiceRequest/{}", json(r).await["id"].as_str().unwrap());
+    let task = common::apa::referral(
+        &sr,
+        &format!("Patient/{p}"),
+        "Organization/cabinet",
+        "Organization/mss-siret",
+    );
     assert_eq!(
         gp.send(reqwest::Method::POST, "Task", &task).await.status(),
         StatusCode::CREATED
@@ -379,10 +387,12 @@ async fn the_patient_opposes_sharing_with_the_cpts(app: &TestApp) {
     let cpts = Org::new(app, "cpts-software", "cpts-est").await;
     let patient = format!("Patient/{}", t.patient);
     // The GP asks the CPTS to coordinate the pathway.
-    let coordination = json!({"resourceType": "Task", "status": "requested", "intent": "order",
-        "for": {"reference": patient}, "focus": {"reference": format!("ServiceRequest/{}", t.referral)},
-        "requester": {"reference": "Organization/cabinet-dupont"},
-        "owner": {"reference": "Organization/cpts-est"}});
+    let coordination = common::apa::referral(
+        &format!("ServiceRequest/{}", t.referral),
+        &patient,
+        "Organization/cabinet-dupont",
+        "Organization/cpts-est",
+    );
     assert_eq!(
         t.gp.send(reqwest::Method::POST, "Task", &coordination).await.status(),
         StatusCode::CREATED
@@ -393,6 +403,7 @@ async fn the_patient_opposes_sharing_with_the_cpts(app: &TestApp) {
         "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
         "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
         "patient": {"reference": patient},
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTOUT"}]},
         "provision": {"type": "deny",
                       "actor": [{"role": {"coding": [{"system": RECIPIENT_KIND, "code": "CPTS"}]},
                                  "reference": {"display": "toute CPTS"}}]}});

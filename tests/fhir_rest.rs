@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 fn patient(ins: &str, family: &str) -> Value {
     json!({
-        "resourceType": "Patient",
+        "resourceType": "Patient", "extension": [common::apa::qualified_identity()],
         "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": ins}],
         "name": [{"family": family, "given": ["Hélène"]}],
         "gender": "female",
@@ -21,7 +21,7 @@ fn patient(ins: &str, family: &str) -> Value {
 
 async fn a_created_resource_reads_back_byte_for_byte(app: &TestApp) {
     // Numbers keep their written precision and fraction digits survive.
-    let sent = r#"{"resourceType":"Observation","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"29463-7"}]},"valueQuantity":{"value":72,"unit":"kg","system":"http://unitsofmeasure.org","code":"kg"},"component":[{"code":{"text":"x"},"valueQuantity":{"value":1.50}}],"effectiveInstant":"2024-03-05T10:00:00.250Z","contained":[{"resourceType":"Patient","id":"p1"}]}"#;
+    let sent = r##"{"resourceType":"Observation","contained":[{"resourceType":"Patient","id":"p1"}],"status":"final","category":[{"coding":[{"system":"http://hl7.org/fhir/us/physical-activity/CodeSystem/pa-temporary-codes","code":"PhysicalActivity"}]}],"code":{"coding":[{"system":"http://loinc.org","code":"29463-7"}]},"subject":{"reference":"#p1"},"valueQuantity":{"value":72,"unit":"kg","system":"http://unitsofmeasure.org","code":"kg"},"component":[{"code":{"text":"x"},"valueQuantity":{"value":1.50}}],"effectiveDateTime":"2024-03-05T10:00:00.250Z"}"##;
     let r = app
         .req(Method::POST, "Observation")
         .header("content-type", "application/fhir+json")
@@ -41,7 +41,7 @@ async fn a_created_resource_reads_back_byte_for_byte(app: &TestApp) {
     let v: Value = serde_json::from_str(&created).unwrap();
     let id = v["id"].as_str().unwrap();
     assert!(created.contains(r#""value":72,"#) && created.contains(r#""value":1.50}"#));
-    assert!(created.contains(r#""effectiveInstant":"2024-03-05T10:00:00.250Z""#));
+    assert!(created.contains(r#""effectiveDateTime":"2024-03-05T10:00:00.250Z""#));
 
     let read = app.get(&format!("Observation/{id}")).await;
     assert_eq!(read.status(), 200);
@@ -56,8 +56,8 @@ async fn a_created_resource_reads_back_byte_for_byte(app: &TestApp) {
 }
 
 async fn update_versions_and_if_match(app: &TestApp) {
-    let id = app.create(&patient("1610512345678", "Martin")).await;
-    let mut p = patient("1610512345678", "Martin-Durand");
+    let id = app.create(&patient("161051234567845", "Martin")).await;
+    let mut p = patient("161051234567845", "Martin-Durand");
     p["id"] = json!(id);
     // A stale If-Match is refused with 412 and changes nothing.
     let stale = app
@@ -92,7 +92,7 @@ async fn update_versions_and_if_match(app: &TestApp) {
 }
 
 async fn update_as_create_with_a_client_id(app: &TestApp) {
-    let mut p = patient("2750612345678", "Bernard");
+    let mut p = patient("275061234567804", "Bernard");
     p["id"] = json!("pat-bernard");
     let r = app.put("Patient/pat-bernard", &p).await;
     assert_eq!(r.status(), 201);
@@ -104,7 +104,7 @@ async fn update_as_create_with_a_client_id(app: &TestApp) {
 }
 
 async fn delete_keeps_history_and_reads_gone(app: &TestApp) {
-    let id = app.create(&patient("1610512345679", "Petit")).await;
+    let id = app.create(&patient("161051234567944", "Petit")).await;
     assert_eq!(app.delete(&format!("Patient/{id}")).await.status(), 204);
     assert_eq!(app.get(&format!("Patient/{id}")).await.status(), 410);
     // Deleting again changes nothing.
@@ -125,7 +125,7 @@ async fn delete_keeps_history_and_reads_gone(app: &TestApp) {
 }
 
 async fn prefer_return(app: &TestApp) {
-    let p = patient("1610512345670", "Moreau");
+    let p = patient("161051234567053", "Moreau");
     let minimal = app
         .req(Method::POST, "Patient")
         .header("content-type", "application/fhir+json")
@@ -212,7 +212,7 @@ async fn bad_input_gets_an_operation_outcome(app: &TestApp) {
 }
 
 async fn json_patch(app: &TestApp) {
-    let id = app.create(&patient("1610512345671", "Roux")).await;
+    let id = app.create(&patient("161051234567152", "Roux")).await;
     let ops = json!([{"op": "replace", "path": "/name/0/family", "value": "Leroux"}]);
     let r = app
         .req(Method::PATCH, &format!("Patient/{id}"))

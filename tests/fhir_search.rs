@@ -28,32 +28,32 @@ async fn ids(app: &TestApp, query: &str) -> Vec<String> {
 
 async fn seed(app: &TestApp) -> (String, String, String) {
     let pat = app
-        .create(&json!({"resourceType": "Patient",
-            "identifier": [{"system": INS, "value": "2580203000001"}],
+        .create(
+            &json!({"resourceType": "Patient", "extension": [common::apa::qualified_identity()], 
+            "identifier": [{"system": INS, "value": "258020300000115"}],
             "name": [{"family": "Lefèvre", "given": ["Hélène"]}],
             "birthDate": "1958-02-03", "gender": "female",
-            "address": [{"city": "Saint-Étienne", "postalCode": "42000"}]}))
-        .await;
-    let other = app
-        .create(&json!({"resourceType": "Patient",
-            "identifier": [{"system": INS, "value": "1700101000009"}],
-            "name": [{"family": "Lefort"}], "birthDate": "1970-01-01", "gender": "male"}))
-        .await;
-    let gp = app
-        .create(&json!({"resourceType": "Practitioner", "identifier": [{"system": "https://rpps.esante.gouv.fr", "value": "10001234567"}], "name": [{"family": "Durand"}]}))
-        .await;
-    for (status, who) in [("active", &pat), ("on-hold", &pat), ("completed", &other)] {
-        app.create(
-            &json!({"resourceType": "ServiceRequest", "status": status, "intent": "order",
-            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "390893007"}]},
-            "subject": {"reference": format!("Patient/{who}")},
-            "requester": {"reference": format!("Practitioner/{gp}")}}),
+            "address": [{"city": "Saint-Étienne", "postalCode": "42000"}]}),
         )
         .await;
+    let other = app
+        .create(
+            &json!({"resourceType": "Patient", "extension": [common::apa::qualified_identity()], 
+            "identifier": [{"system": INS, "value": "170010100000989"}],
+            "name": [{"family": "Lefort"}], "birthDate": "1970-01-01", "gender": "male"}),
+        )
+        .await;
+    let gp = app
+        .create(&json!({"resourceType": "Practitioner", "identifier": [{"system": "https://rpps.esante.gouv.fr", "value": "10001234565"}], "name": [{"family": "Durand"}]}))
+        .await;
+    for (status, who) in [("active", &pat), ("on-hold", &pat), ("completed", &other)] {
+        let mut sr = common::apa::prescription(&format!("Patient/{who}"), &format!("Practitioner/{gp}"));
+        sr["status"] = json!(status);
+        app.create(&sr).await;
     }
     for (day, kg) in [("2025-01-10", "81.5"), ("2025-02-10", "80"), ("2025-03-10", "78.25")] {
         let body = format!(
-            r#"{{"resourceType":"Observation","status":"final","code":{{"coding":[{{"system":"http://loinc.org","code":"29463-7"}}]}},"subject":{{"reference":"Patient/{pat}"}},"effectiveDateTime":"{day}T09:00:00Z","valueQuantity":{{"value":{kg},"unit":"kg","system":"http://unitsofmeasure.org","code":"kg"}}}}"#
+            r#"{{"resourceType":"Observation","status":"final","category":[{{"coding":[{{"system":"http://hl7.org/fhir/us/physical-activity/CodeSystem/pa-temporary-codes","code":"PhysicalActivity"}}]}}],"code":{{"coding":[{{"system":"http://loinc.org","code":"29463-7"}}]}},"subject":{{"reference":"Patient/{pat}"}},"effectiveDateTime":"{day}T09:00:00Z","valueQuantity":{{"value":{kg},"unit":"kg","system":"http://unitsofmeasure.org","code":"kg"}}}}"#
         );
         let r = app
             .req(Method::POST, "Observation")
@@ -71,11 +71,14 @@ async fn parameters_of_every_type(app: &TestApp) {
     let (pat, other, gp) = seed(app).await;
     // token, with and without system
     assert_eq!(
-        ids(app, &format!("Patient?identifier={INS}|2580203000001")).await,
+        ids(app, &format!("Patient?identifier={INS}|258020300000115")).await,
         [pat.as_str()]
     );
-    assert_eq!(ids(app, "Patient?identifier=2580203000001").await, [pat.as_str()]);
-    assert_eq!(ids(app, "Patient?identifier=http://other|2580203000001").await.len(), 0);
+    assert_eq!(ids(app, "Patient?identifier=258020300000115").await, [pat.as_str()]);
+    assert_eq!(
+        ids(app, "Patient?identifier=http://other|258020300000115").await.len(),
+        0
+    );
     // string: prefix, case- and accent-insensitive; :exact; :contains
     let mut both = ids(app, "Patient?family=lef").await;
     both.sort();
@@ -138,7 +141,7 @@ async fn chains_reverse_chains_and_includes(app: &TestApp) {
     assert_eq!(
         ids(
             app,
-            &format!("ServiceRequest?subject:Patient.identifier={INS}|2580203000001")
+            &format!("ServiceRequest?subject:Patient.identifier={INS}|258020300000115")
         )
         .await
         .len(),

@@ -8,6 +8,17 @@ use common::{TestApp, json};
 use reqwest::Method;
 use serde_json::{Value, json};
 
+/// The ServiceRequest of `prescription`: its subject, requester and reason
+/// are the Bundle's other entries.
+fn prescription_with_reason() -> Value {
+    let mut sr = common::apa::prescription(
+        "urn:uuid:11111111-1111-4111-8111-111111111111",
+        "urn:uuid:22222222-2222-4222-8222-222222222222",
+    );
+    sr["reasonReference"] = json!([{"reference": "urn:uuid:33333333-3333-4333-8333-333333333333"}]);
+    sr
+}
+
 /// A GP's prescription: Patient, Practitioner, Condition, ServiceRequest
 /// and Observation linked by urn:uuid.
 fn prescription(ins: &str) -> Value {
@@ -16,13 +27,13 @@ fn prescription(ins: &str) -> Value {
         "type": "transaction",
         "entry": [
             {"fullUrl": "urn:uuid:11111111-1111-4111-8111-111111111111",
-             "resource": {"resourceType": "Patient",
+             "resource": {"resourceType": "Patient", "extension": [common::apa::qualified_identity()],
                 "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": ins}],
                 "name": [{"family": "Lefèvre", "given": ["Anne"]}], "birthDate": "1958-02-03"},
              "request": {"method": "POST", "url": "Patient"}},
             {"fullUrl": "urn:uuid:22222222-2222-4222-8222-222222222222",
              "resource": {"resourceType": "Practitioner",
-                "identifier": [{"system": "https://rpps.esante.gouv.fr", "value": "10001234567"}]},
+                "identifier": [{"system": "https://rpps.esante.gouv.fr", "value": "10001234565"}]},
              "request": {"method": "POST", "url": "Practitioner"}},
             {"fullUrl": "urn:uuid:33333333-3333-4333-8333-333333333333",
              "resource": {"resourceType": "Condition",
@@ -30,15 +41,11 @@ fn prescription(ins: &str) -> Value {
                 "subject": {"reference": "urn:uuid:11111111-1111-4111-8111-111111111111"}},
              "request": {"method": "POST", "url": "Condition"}},
             {"fullUrl": "urn:uuid:44444444-4444-4444-8444-444444444444",
-             "resource": {"resourceType": "ServiceRequest", "status": "active", "intent": "order",
-                "code": {"coding": [{"system": "http://snomed.info/sct", "code": "390893007"}]},
-                "subject": {"reference": "urn:uuid:11111111-1111-4111-8111-111111111111"},
-                "requester": {"reference": "urn:uuid:22222222-2222-4222-8222-222222222222"},
-                "reasonReference": [{"reference": "urn:uuid:33333333-3333-4333-8333-333333333333"}],
-                "authoredOn": "2025-01-15"},
+             "resource": prescription_with_reason(),
              "request": {"method": "POST", "url": "ServiceRequest"}},
             {"fullUrl": "urn:uuid:55555555-5555-4555-8555-555555555555",
              "resource": {"resourceType": "Observation", "status": "final",
+                "category": [{"coding": [{"system": "http://hl7.org/fhir/us/physical-activity/CodeSystem/pa-temporary-codes", "code": "PhysicalActivity"}]}],
                 "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
                 "subject": {"reference": "urn:uuid:11111111-1111-4111-8111-111111111111"},
                 "effectiveDateTime": "2025-01-15T09:30:00+01:00",
@@ -49,7 +56,7 @@ fn prescription(ins: &str) -> Value {
 }
 
 async fn a_transaction_stores_all_and_links_them(app: &TestApp) {
-    let r = app.post("", &prescription("2580203123456")).await;
+    let r = app.post("", &prescription("258020312345641")).await;
     assert_eq!(r.status(), 200);
     let b = json(r).await;
     assert_eq!(b["type"], "transaction-response");
@@ -83,7 +90,7 @@ async fn a_transaction_stores_all_and_links_them(app: &TestApp) {
 }
 
 async fn a_failing_entry_stores_nothing(app: &TestApp) {
-    let mut b = prescription("2580203123457");
+    let mut b = prescription("258020312345740");
     // The third entry names another type than its URL.
     b["entry"][2]["request"]["url"] = json!("Observation");
     let r = app.post("", &b).await;
@@ -98,7 +105,7 @@ async fn a_failing_entry_stores_nothing(app: &TestApp) {
     );
     // An If-Match failing inside the transaction also stores nothing.
     let id = app.create(&json!({"resourceType": "Patient", "active": true})).await;
-    let mut b = prescription("2580203123458");
+    let mut b = prescription("258020312345839");
     b["entry"].as_array_mut().unwrap().push(json!({
         "resource": {"resourceType": "Patient", "id": id, "active": false},
         "request": {"method": "PUT", "url": format!("Patient/{id}"), "ifMatch": "W/\"9\""}
@@ -164,7 +171,7 @@ async fn transaction_order_put_delete_and_get(app: &TestApp) {
 }
 
 async fn conditional_create_update_delete(app: &TestApp) {
-    let p = json!({"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "1700101000001"}]});
+    let p = json!({"resourceType": "Patient", "extension": [common::apa::qualified_identity()], "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "170010100000197"}]});
     let create = |q: &'static str| {
         app.req(Method::POST, "Patient")
             .header("content-type", "application/fhir+json")
@@ -172,7 +179,7 @@ async fn conditional_create_update_delete(app: &TestApp) {
             .body(p.to_string())
             .send()
     };
-    let q = "identifier=urn:oid:1.2.250.1.213.1.4.10|1700101000001";
+    let q = "identifier=urn:oid:1.2.250.1.213.1.4.10|170010100000197";
     let first = create(q).await.unwrap();
     assert_eq!(first.status(), 201);
     let id = json(first).await["id"].as_str().unwrap().to_string();
@@ -184,9 +191,9 @@ async fn conditional_create_update_delete(app: &TestApp) {
     assert_eq!(create(q).await.unwrap().status(), 412);
 
     // Conditional update of a unique match, and creation when none.
-    let q2 = "identifier=urn:oid:1.2.250.1.213.1.4.10|1700101000002";
+    let q2 = "identifier=urn:oid:1.2.250.1.213.1.4.10|170010100000296";
     let mut p2 = p.clone();
-    p2["identifier"][0]["value"] = json!("1700101000002");
+    p2["identifier"][0]["value"] = json!("170010100000296");
     let r = app.put(&format!("Patient?{q2}"), &p2).await;
     assert_eq!(r.status(), 201);
     let id2 = json(r).await["id"].as_str().unwrap().to_string();
@@ -206,17 +213,17 @@ async fn conditional_create_update_delete(app: &TestApp) {
 
 async fn conditional_references_in_a_transaction(app: &TestApp) {
     let pid = app
-        .create(&json!({"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "1700101000003"}]}))
+        .create(&json!({"resourceType": "Patient", "extension": [common::apa::qualified_identity()], "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "170010100000395"}]}))
         .await;
     let b = json!({
         "resourceType": "Bundle", "type": "transaction",
         "entry": [
             {"fullUrl": "urn:uuid:66666666-6666-4666-8666-666666666666",
-             "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "1700101000003"}]},
-             "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:oid:1.2.250.1.213.1.4.10|1700101000003"}},
+             "resource": {"resourceType": "Patient", "extension": [common::apa::qualified_identity()], "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "170010100000395"}]},
+             "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:oid:1.2.250.1.213.1.4.10|170010100000395"}},
             {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "poids"},
                 "subject": {"reference": "urn:uuid:66666666-6666-4666-8666-666666666666"},
-                "performer": [{"reference": "Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|1700101000003"}]},
+                "performer": [{"reference": "Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|170010100000395"}]},
              "request": {"method": "POST", "url": "Observation"}}
         ]
     });

@@ -20,7 +20,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const ISSUER: &str = "https://auth.bas.psc.esante.gouv.fr/auth/realms/esante-wallet";
 const AUDIENCE: &str = "apa-gateway-bas";
-const SIRET_GP: &str = "12345678900017";
+const SIRET_GP: &str = "12345678200010";
 const ID_NAT_PS: &str = "810002345678";
 
 /// A signing key of the issuer.

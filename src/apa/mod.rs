@@ -5,6 +5,7 @@
 //! import share one implementation of each rule.
 
 pub mod identity;
+pub mod profiles;
 pub mod routing;
 pub mod rules;
 pub mod units;

@@ -9,7 +9,10 @@ use crate::fhir::resource::Resource;
 use crate::fhir::rules::Rules;
 use crate::store::{Write, WriteTx};
 
-use super::{routing, workflow};
+use crate::fhir::validate::base::BaseValidator;
+
+use super::identity::{self, IdentityPolicy};
+use super::{profiles, routing, workflow};
 
 /// The rules of the APA gateway.
 #[derive(Default)]
@@ -22,8 +25,17 @@ impl ApaRules {
 }
 
 impl Rules for ApaRules {
-    fn validate(&self, _res: &Resource) -> Vec<Issue> {
-        Vec::new()
+    fn validate(&self, res: &Resource) -> Vec<Issue> {
+        self.validate_against(res, None)
+    }
+
+    /// FHIR R4 base rules, the guide's profiles (claimed, named, or the
+    /// default of the resource type), and the French identity rules.
+    fn validate_against(&self, res: &Resource, profile: Option<&str>) -> Vec<Issue> {
+        let mut issues = BaseValidator::r4().validate(&res.json);
+        issues.extend(profiles::validate(&res.json, profile));
+        issues.extend(identity::check_identifiers(&res.json, IdentityPolicy::default()));
+        issues
     }
 
     fn apply<'a>(&'a self, tx: &'a mut WriteTx, writes: &'a mut Vec<Write>) -> BoxFuture<'a, Result<(), FhirError>> {

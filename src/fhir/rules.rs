@@ -24,6 +24,21 @@ pub trait Rules: Send + Sync {
     /// at the resource type (`Patient.identifier[0].value`).
     fn validate(&self, res: &Resource) -> Vec<Issue>;
 
+    /// `$validate`: the issues of `res` against `profile` (and what it
+    /// claims) instead of the defaults `validate` applies.
+    fn validate_against(&self, res: &Resource, profile: Option<&str>) -> Vec<Issue> {
+        let mut issues = self.validate(res);
+        if let Some(p) = profile {
+            issues.push(Issue {
+                severity: Severity::Error,
+                code: "not-supported",
+                diagnostics: format!("{p} is not a profile known to this server"),
+                expression: Vec::new(),
+            });
+        }
+        issues
+    }
+
     /// Checks (and may complete) the writes of one job against the stored
     /// state. The acting party is `tx.visibility()`.
     fn apply<'a>(&'a self, tx: &'a mut WriteTx, writes: &'a mut Vec<Write>) -> BoxFuture<'a, Result<(), FhirError>>;
@@ -56,16 +71,22 @@ pub fn check(rules: &dyn Rules, res: &Resource, at: Option<&str>) -> Result<(), 
         return Ok(());
     }
     if let Some(prefix) = at {
-        for issue in &mut issues {
-            for x in &mut issue.expression {
-                let rest = x.split_once('.').map_or("", |(_, r)| r);
-                *x = if rest.is_empty() {
-                    prefix.to_string()
-                } else {
-                    format!("{prefix}.{rest}")
-                };
-            }
-        }
+        relocate(&mut issues, prefix);
     }
     Err(FhirError { status: 422, issues })
+}
+
+/// Roots the expressions of a resource's issues at `prefix`, where the
+/// resource sits (`Patient.name` → `Bundle.entry[3].resource.name`).
+pub fn relocate(issues: &mut [Issue], prefix: &str) {
+    for issue in issues {
+        for x in &mut issue.expression {
+            let rest = x.split_once('.').map_or("", |(_, r)| r);
+            *x = if rest.is_empty() {
+                prefix.to_string()
+            } else {
+                format!("{prefix}.{rest}")
+            };
+        }
+    }
 }

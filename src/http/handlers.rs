@@ -295,6 +295,30 @@ pub async fn bundle(State(s): State<AppState>, caller: Caller, h: HeaderMap, bod
     Ok(render(&s.base, r, Return::Representation))
 }
 
+/// `POST [type]/$validate`
+pub async fn validate_type(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(rtype): Path<String>,
+    body: Bytes,
+) -> Result<Response> {
+    known_type(&rtype)?;
+    let r = fi::validate::validate(&*s.rules, &caller, &rtype, None, &body)?;
+    Ok(render(&s.base, r, Return::Representation))
+}
+
+/// `POST [type]/[id]/$validate`
+pub async fn validate_instance(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((rtype, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response> {
+    known_type(&rtype)?;
+    let r = fi::validate::validate(&*s.rules, &caller, &rtype, Some(&id), &body)?;
+    Ok(render(&s.base, r, Return::Representation))
+}
+
 pub async fn not_found() -> FhirError {
     FhirError::not_found("no such endpoint; the FHIR API is under /fhir")
 }

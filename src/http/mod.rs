@@ -69,6 +69,8 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         )
         .route("/{rtype}/_search", post(search_type_post))
         .route("/{rtype}/_history", get(history_type))
+        .route("/{rtype}/$validate", post(validate_type))
+        .route("/{rtype}/{id}/$validate", post(validate_instance))
         .route("/{rtype}/{id}", get(read).put(update).patch(patch).delete(delete))
         .route("/{rtype}/{id}/_history", get(history_instance))
         .route("/{rtype}/{id}/_history/{vid}", get(vread))

@@ -4,6 +4,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod apa;
+
 use apa_gateway::config::Config;
 use apa_gateway::server::{self, Running};
 use reqwest::{Client, Method, RequestBuilder, Response};

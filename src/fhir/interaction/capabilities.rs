@@ -9,6 +9,11 @@ use crate::fhir::search::model::ParamType;
 use crate::fhir::search::registry::Registry;
 use crate::security::audit::AUDIT_EVENT;
 
+/// `$validate` on every type (`interaction/validate.rs`).
+fn validate_operation() -> Value {
+    json!({"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"})
+}
+
 pub fn capability_statement(base: &str, software_version: &str, published: &str) -> Value {
     let reg = Registry::r4();
     let resources: Vec<Value> = reg
@@ -59,6 +64,7 @@ pub fn capability_statement(base: &str, software_version: &str, published: &str)
                     "conditionalDelete": "not-supported",
                     "referencePolicy": ["literal", "logical"],
                     "searchParam": audit_params,
+                    "operation": [validate_operation()],
                 });
             }
             json!({
@@ -79,6 +85,7 @@ pub fn capability_statement(base: &str, software_version: &str, published: &str)
                 "searchInclude": includes,
                 "searchRevInclude": revincludes,
                 "searchParam": search_params,
+                "operation": [validate_operation()],
             })
         })
         .collect();

@@ -13,6 +13,7 @@ pub mod patch;
 pub mod read;
 pub mod search;
 pub mod update;
+pub mod validate;
 
 use bytes::Bytes;
 
