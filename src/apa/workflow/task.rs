@@ -311,9 +311,10 @@ pub async fn check(
         return Ok(());
     };
     let new = Referral::parse(&json)?;
-    check_reason(&new, json.get("statusReason").is_some())?;
+    let has_reason_element = json.get("statusReason").is_some();
     let Some(old) = old else {
-        return check_issue(tx, writes, &new, &mut parties).await;
+        check_issue(tx, writes, &new, &mut parties).await?;
+        return check_reason(&new, has_reason_element);
     };
     for (before, after, element) in [
         (&old.patient, &new.patient, "Task.for"),
@@ -407,6 +408,9 @@ pub async fn check(
             "Task",
         ));
     }
+    // After the move itself: "cannot leave a final status" says more than
+    // "remove the reason".
+    check_reason(&new, has_reason_element)?;
     if from != to && matches!(to, Completed | Failed) {
         let owner = match parties.owner.take() {
             Some(o) => o,
