@@ -16,7 +16,7 @@ use crate::fhir::resource::Resource;
 use crate::fhir::search::values::format_instant;
 use crate::store::{Method, Write, WriteTx};
 
-use super::{Target, body_of, refuse};
+use super::{Target, body_of, has_token, indexes, refuse};
 
 /// FHIR R4 episode-of-care-status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,13 +103,13 @@ fn status_of(json: &Value) -> Result<EpisodeStatus, FhirError> {
 
 /// Checks a programme's new version against its stored one.
 pub async fn check(tx: &mut WriteTx, w: &Write) -> Result<(), FhirError> {
+    if w.method != Method::Update {
+        return Ok(());
+    }
     let Some(json) = body_of(w)? else {
         return Ok(());
     };
     let to = status_of(&json)?;
-    if w.method != Method::Update {
-        return Ok(());
-    }
     let Some(stored) = tx.read("EpisodeOfCare", &w.id).await? else {
         return Ok(());
     };
@@ -156,6 +156,9 @@ impl Follow {
     /// An Encounter written: attended (`finished`) sessions of a programme
     /// may start it.
     pub fn note_session(&mut self, w: &Write) {
+        if !has_token(w, "status", "finished") || !indexes(w, "episode-of-care") {
+            return;
+        }
         let Ok(Some(json)) = body_of(w) else {
             return;
         };

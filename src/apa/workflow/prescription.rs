@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::fhir::error::FhirError;
 use crate::store::{Method, Write, WriteTx};
 
-use super::{Acting, Profession, Target, body_of, organisations_of, profession_of, refuse};
+use super::{Acting, Profession, Target, body_of, indexes, organisations_of, profession_of, refuse};
 
 /// `apa-no-physio-renewal`: true when the physician forbids the
 /// physiotherapist's renewal.
@@ -127,6 +127,9 @@ fn status_code(json: &Value) -> &str {
 /// Checks the write `writes[i]` of a ServiceRequest.
 pub async fn check(tx: &mut WriteTx, writes: &[Write], i: usize, acting: &Acting) -> Result<(), FhirError> {
     let w = &writes[i];
+    if w.method == Method::Create && !indexes(w, "replaces") {
+        return Ok(());
+    }
     let stored = match w.method {
         Method::Create => None,
         Method::Update | Method::Delete => match tx.read("ServiceRequest", &w.id).await? {
