@@ -208,6 +208,34 @@ async fn the_pathway_from_prescription_to_follow_up(app: &TestApp) {
     let r = mss.move_referral("in-progress", None).await;
     assert_eq!(r.status(), StatusCode::OK);
 
+    // A sprained ankle: the referral waits, saying why, then resumes.
+    let r = mss.move_referral("on-hold", None).await;
+    refused(
+        r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "apa-wf-task-reason",
+        "Task.statusReason",
+    )
+    .await;
+    let r = mss.move_referral("on-hold", Some("Entorse de la cheville")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = mss.move_referral("in-progress", None).await;
+    refused(
+        r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "apa-wf-task-reason",
+        "Task.statusReason",
+    )
+    .await;
+    let r = mss
+        .patch(
+            TASK,
+            json!([{"op": "replace", "path": "/status", "value": "in-progress"},
+                   {"op": "remove", "path": "/statusReason"}]),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+
     // Sessions, one missed; the programme stays as it is.
     mss.create(&session(&episode, 2, "seance", "finished", "2026-11-19"))
         .await;
@@ -550,7 +578,30 @@ async fn a_programme_imported_with_its_first_session_is_under_way(app: &TestApp)
     assert_eq!(stored["meta"]["versionId"], "1");
 }
 
+/// A transaction with a refused move stores none of its entries; a status
+/// outside the workflow is refused.
+async fn a_refused_move_stores_nothing_of_its_transaction(app: &TestApp) {
+    demo::load(app.running()).await.unwrap();
+    let mss = Party::demo(app, "mss-bouger-plus").await;
+    let mut rejected = json(app.get(TASK).await).await;
+    rejected["status"] = json!("rejected");
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": programme(), "request": {"method": "POST", "url": "EpisodeOfCare"}},
+        {"resource": rejected, "request": {"method": "PUT", "url": TASK}}
+    ]});
+    let r = mss.send(Method::POST, "", &bundle).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let programmes = json(app.get("EpisodeOfCare?_summary=count").await).await;
+    assert_eq!(programmes["total"], 0);
+    assert_eq!(referral(app).await, ("requested".into(), "1".into()));
+
+    let r = mss.move_referral("received", None).await;
+    refused(r, StatusCode::UNPROCESSABLE_ENTITY, "apa-wf-task-status", "Task.status").await;
+    assert_eq!(referral(app).await, ("requested".into(), "1".into()));
+}
+
 on_both_backends!(pathway, the_pathway_from_prescription_to_follow_up);
+on_both_backends!(nothing_stored, a_refused_move_stores_nothing_of_its_transaction);
 on_both_backends!(refusal, a_refusal_says_why);
 on_both_backends!(cancellation, the_prescriber_cancels_the_referral);
 on_both_backends!(parties, only_the_parties_of_the_referral_touch_it);
