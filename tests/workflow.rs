@@ -405,9 +405,17 @@ async fn only_the_parties_of_the_referral_touch_it(app: &TestApp) {
     second["status"] = json!("accepted");
     let r = gp.send(Method::POST, "Task", &second).await;
     refused(r, StatusCode::UNPROCESSABLE_ENTITY, "apa-wf-task-start", "Task.status").await;
+    // Not by another organisation in the prescriber's name.
     second["status"] = json!("requested");
-    let r = bouger.send(Method::POST, "Task", &second).await;
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = cpts.send(Method::POST, "Task", &second).await;
+    refused(r, StatusCode::FORBIDDEN, "apa-wf-task-party", "Task.requester").await;
+    // A physician named as a Practitioner acts for the practices of their
+    // PractitionerRoles: Dr Le Goff's is the Cabinet du Colombier.
+    second["requester"] = json!({"reference": "Practitioner/dr-le-goff"});
+    let r = cpts.send(Method::POST, "Task", &second).await;
+    refused(r, StatusCode::FORBIDDEN, "apa-wf-task-party", "Task.requester").await;
+    let r = gp.send(Method::POST, "Task", &second).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
 
     // MSS Bouger+ cannot take the patient in and hands the referral over
     // to MSS Vilaine Active, which accepts it; Bouger+ no longer moves it.

@@ -292,7 +292,24 @@ pub async fn check(
             _ => None,
         },
     };
-    let old = stored.as_ref().map(Referral::parse).transpose()?;
+    let old = stored
+        .as_ref()
+        .map(|json| {
+            Referral::parse(json).map_err(|_| {
+                let code = json.get("status").and_then(Value::as_str).unwrap_or("");
+                refuse(
+                    409,
+                    "business-rule",
+                    "apa-wf-task-status",
+                    format!(
+                        "the stored referral is in '{code}', which the referral workflow does not know \
+                         (stored before it applied); it cannot move from there"
+                    ),
+                    "Task.status",
+                )
+            })
+        })
+        .transpose()?;
     let mut parties = Parties::new(acting);
     let Some(json) = body_of(w)? else {
         // Deleting a referral is the prescriber's withdrawal; a provider
