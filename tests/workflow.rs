@@ -512,7 +512,18 @@ async fn a_physiotherapist_renews_once_unless_forbidden(app: &TestApp) {
     let gp = Party::demo(app, "cabinet-colombier").await;
     let role = "PractitionerRole/kine-morel-bouger-plus";
 
-    // The physiotherapist renews Dr Lebreton's prescription once.
+    // The physiotherapist does not prescribe…
+    let mut own = renewal(app, PRESCRIPTION, role).await;
+    own.as_object_mut().unwrap().remove("replaces");
+    let r = kine.send(Method::POST, "ServiceRequest", &own).await;
+    refused(
+        r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "apa-wf-prescriber",
+        "ServiceRequest.requester",
+    )
+    .await;
+    // … but renews Dr Lebreton's prescription, once.
     let first = kine.create(&renewal(app, PRESCRIPTION, role).await).await;
     let r = kine
         .send(Method::POST, "ServiceRequest", &renewal(app, PRESCRIPTION, role).await)

@@ -8,6 +8,7 @@
 use serde_json::Value;
 
 use crate::fhir::error::FhirError;
+use crate::fhir::search::model::IndexValue;
 use crate::store::{Method, Write, WriteTx};
 
 use super::{Acting, Profession, Target, body_of, indexes, organisations_of, profession_of, refuse};
@@ -128,7 +129,7 @@ fn status_code(json: &Value) -> &str {
 pub async fn check(tx: &mut WriteTx, writes: &[Write], i: usize, acting: &Acting) -> Result<(), FhirError> {
     let w = &writes[i];
     if w.method == Method::Create && !indexes(w, "replaces") {
-        return Ok(());
+        return check_prescriber(tx, writes, w).await;
     }
     let stored = match w.method {
         Method::Create => None,
@@ -201,6 +202,39 @@ pub async fn check(tx: &mut WriteTx, writes: &[Write], i: usize, acting: &Acting
         return Ok(());
     }
     check_renewal(tx, writes, &w.id, &new).await
+}
+
+/// A new prescription that renews nothing is a physician's: a
+/// physiotherapist only renews (L.4321-1). Read from the index, so that
+/// the common case — a physician's prescription — costs no parsing.
+async fn check_prescriber(tx: &mut WriteTx, writes: &[Write], w: &Write) -> Result<(), FhirError> {
+    let requester = w.index.iter().find_map(|(code, v)| match v {
+        IndexValue::Reference {
+            rtype: Some(rtype),
+            id: Some(id),
+            ..
+        } if code == "requester" => Some(Target::Local {
+            rtype: rtype.clone(),
+            id: id.clone(),
+        }),
+        _ => None,
+    });
+    let Some(requester) = requester else {
+        return Ok(());
+    };
+    if profession_of(tx, writes, &requester).await? == Profession::Physiotherapist {
+        return Err(refuse(
+            422,
+            "business-rule",
+            "apa-wf-prescriber",
+            format!(
+                "{requester} is a physiotherapist, who renews a prescription once (name it in ServiceRequest.replaces) \
+                 but does not prescribe"
+            ),
+            "ServiceRequest.requester",
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses the job unless it acts for the prescription's requester.
