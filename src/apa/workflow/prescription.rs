@@ -364,9 +364,8 @@ async fn check_renewal(tx: &mut WriteTx, writes: &[Write], id: &str, new: &Presc
             return Err(renewal_refused(
                 409,
                 "apa-wf-renewal-once",
-                format!(
-                    "{original} was already renewed by a physiotherapist (ServiceRequest/{pid}); the physiotherapist renews once"
-                ),
+                // The renewal may be another organisation's: not named.
+                format!("{original} was already renewed by a physiotherapist; the physiotherapist renews once"),
             ));
         }
     }
