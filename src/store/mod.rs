@@ -8,6 +8,7 @@ mod exec;
 pub mod keys;
 #[cfg(target_os = "linux")]
 mod nodelay;
+mod reindex;
 mod rows;
 mod sql;
 mod writer;
@@ -25,6 +26,7 @@ pub use clients::ClientRecord;
 pub use detached::Deferred;
 use detached::Detached;
 pub use exec::Dialect;
+pub use reindex::IndexFn;
 use exec::{Bind, Conn, Frag, VersionRow, fetch_i64, fetch_versions};
 pub use writer::{JobHook, WriteTx, Writer, with_job_hook};
 

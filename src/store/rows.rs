@@ -529,6 +529,28 @@ pub async fn put_all(c: &mut Conn<'_>, writes: Vec<Write>) -> Result<(), StoreEr
     put_compartments(c, &writes, &pks).await
 }
 
+/// Replaces the index rows of stored resources, their versions untouched
+/// (indexing again after the search parameters changed): `(pk, type,
+/// values)` each.
+pub async fn replace_index(c: &mut Conn<'_>, items: &[(i64, String, Vec<(String, IndexValue)>)]) -> Result<(), StoreError> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    for tbl in INDEX_TABLES {
+        let mut f = Frag::new(format!("DELETE FROM {tbl} WHERE pk IN ("));
+        push_list(&mut f, items.iter().map(|(pk, _, _)| Bind::I64(*pk)));
+        f.push(")");
+        execute(c, &f).await?;
+    }
+    let mut rows = IndexRows::default();
+    for (pk, rtype, index) in items {
+        for (code, value) in index {
+            rows.add(rtype, code, value, *pk);
+        }
+    }
+    rows.insert(c).await
+}
+
 /// The patients of the written versions and the grants they establish.
 /// Both only grow: a grant outlives the Task that gave it (an MSS that
 /// owned a referral keeps seeing it), a patient outlives the version.

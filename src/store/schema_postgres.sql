@@ -109,3 +109,11 @@ CREATE TABLE IF NOT EXISTS server_secret (
     name  TEXT PRIMARY KEY,
     value BYTEA NOT NULL
 );
+
+-- The search parameters each resource type was indexed with (a hash of
+-- them): when they change, the stored resources of the type are indexed
+-- again at start (store/reindex.rs).
+CREATE TABLE IF NOT EXISTS index_fingerprint (
+    rtype       TEXT PRIMARY KEY,
+    fingerprint BIGINT NOT NULL
+);

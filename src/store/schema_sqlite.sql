@@ -106,3 +106,11 @@ CREATE TABLE IF NOT EXISTS server_secret (
     name  TEXT PRIMARY KEY,
     value BLOB NOT NULL
 );
+
+-- The search parameters each resource type was indexed with (a hash of
+-- them): when they change, the stored resources of the type are indexed
+-- again at start (store/reindex.rs).
+CREATE TABLE IF NOT EXISTS index_fingerprint (
+    rtype       TEXT PRIMARY KEY,
+    fingerprint INTEGER NOT NULL
+);
