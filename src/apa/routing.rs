@@ -277,12 +277,34 @@ pub struct Directory {
 
 impl Directory {
     /// Reads the organisations covering `communes` (or their départements)
-    /// and their programmes: one search, paged if it must be.
-    async fn load(tx: &mut WriteTx, communes: &[Commune]) -> Result<Directory, FhirError> {
+    /// and their programmes: one search, paged if it must be; then those
+    /// the job itself writes (a transaction may carry the directory and a
+    /// referral together) replace or remove the stored ones.
+    async fn load(tx: &mut WriteTx, communes: &[Commune], writes: &[Write]) -> Result<Directory, FhirError> {
         let mut dir = Directory::default();
         if communes.is_empty() {
             return Ok(dir);
         }
+        dir.read(tx, communes).await?;
+        for w in writes {
+            let json = || w.body.as_deref().and_then(|b| serde_json::from_slice::<Value>(b).ok());
+            match w.resource_type.as_str() {
+                "Organization" => {
+                    dir.organisations.retain(|o| o.id != w.id);
+                    dir.organisations.extend(json().as_ref().and_then(Organisation::of));
+                }
+                "HealthcareService" => {
+                    dir.programmes.retain(|p| p.id != w.id);
+                    dir.programmes.extend(json().as_ref().and_then(Programme::of));
+                }
+                _ => {}
+            }
+        }
+        Ok(dir)
+    }
+
+    async fn read(&mut self, tx: &mut WriteTx, communes: &[Commune]) -> Result<(), FhirError> {
+        let dir = self;
         let mut codes: Vec<&str> = communes.iter().flat_map(|c| [c.code(), c.departement()]).collect();
         codes.sort_unstable();
         codes.dedup();
@@ -314,7 +336,7 @@ impl Directory {
                 _ => break,
             }
         }
-        Ok(dir)
+        Ok(())
     }
 
     /// The organisations of a kind covering `c`, the most precise first,
@@ -447,12 +469,21 @@ pub fn home_commune(patient: &Value) -> Option<Commune> {
         .or_else(|| addresses.iter().find_map(commune))
 }
 
-/// The patient as the job leaves it: written in it, or stored (and visible
-/// to the job's party).
+/// The patient's commune as the job leaves it: the Patient written in it,
+/// or the stored one. Read whatever the job's compartment: a prescriber
+/// refers patients it has not seen yet (it gains them with this write), and
+/// the commune only decides grants and an owner — nothing of the patient
+/// goes back to the caller, and `compartment::admit` still refuses a job
+/// about a patient its party does not end up granted.
 async fn patient_commune(tx: &mut WriteTx, writes: &[Write], id: &str) -> Result<Option<Commune>, FhirError> {
     let body = match writes.iter().rev().find(|w| w.resource_type == "Patient" && w.id == id) {
         Some(w) => w.body.clone(),
-        None => tx.read("Patient", id).await?.and_then(|v| v.body),
+        None => tx
+            .of_patient("Patient", id)
+            .await?
+            .into_iter()
+            .find(|v| v.resource_type == "Patient" && v.id == id)
+            .and_then(|v| v.body),
     };
     Ok(body
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
@@ -489,7 +520,7 @@ pub async fn apply(tx: &mut WriteTx, writes: &mut Vec<Write>) -> Result<Vec<Note
     let mut wanted: Vec<Commune> = communes.iter().map(|(_, c)| c.clone()).collect();
     wanted.sort_by(|a, b| a.0.cmp(&b.0));
     wanted.dedup();
-    let dir = Directory::load(tx, &wanted).await?;
+    let dir = Directory::load(tx, &wanted, writes).await?;
 
     let mut notes = Vec::new();
     for p in &prescriptions {
