@@ -502,3 +502,77 @@ on_both_backends!(
     cpts_territory,
     the_cpts_sees_the_referrals_of_its_territory_unless_the_patient_opposes
 );
+
+/// Resources stored by a gateway that did not index the package's
+/// parameters yet (their rows missing, no record of the parameters, or a
+/// record of other ones) are indexed again at the next start: a search on
+/// the new parameters misses none of them.
+async fn stored_resources_are_indexed_again(database_url: String) {
+    use apa_gateway::config::Config;
+    use apa_gateway::server;
+    let cfg = Config {
+        listen: "127.0.0.1:0".into(),
+        database_url: database_url.clone(),
+        db_pool_size: 2,
+        ..Config::default()
+    };
+    let running = server::start(&cfg).await.unwrap();
+    demo::load(&running).await.unwrap();
+    running.stop().await;
+    // Organizations as if stored before any record: their token rows gone,
+    // no fingerprint. Programmes as if indexed with other parameters.
+    let statements = [
+        "DELETE FROM idx_token WHERE pk IN (SELECT pk FROM resource WHERE rtype = 'Organization')",
+        "DELETE FROM index_fingerprint WHERE rtype = 'Organization'",
+        "DELETE FROM idx_token WHERE pk IN (SELECT pk FROM resource WHERE rtype = 'HealthcareService')",
+        "UPDATE index_fingerprint SET fingerprint = 0 WHERE rtype = 'HealthcareService'",
+    ];
+    {
+        use sqlx::Connection;
+        if database_url.starts_with("sqlite") {
+            let mut c = sqlx::SqliteConnection::connect(&database_url).await.unwrap();
+            for s in statements {
+                sqlx::raw_sql(s).execute(&mut c).await.unwrap();
+            }
+        } else {
+            let mut c = sqlx::PgConnection::connect(&database_url).await.unwrap();
+            for s in statements {
+                sqlx::raw_sql(s).execute(&mut c).await.unwrap();
+            }
+        }
+    }
+    let running = server::start(&cfg).await.unwrap();
+    let token = register_client(&running, "operator", None, "system/*.rs operator").await.token;
+    let http = bearer_client(&token);
+    let count = |query: &'static str| {
+        let http = http.clone();
+        let url = format!("{}/{query}", running.base);
+        async move {
+            let page = json(http.get(url).send().await.unwrap()).await;
+            page["entry"].as_array().map_or(0, Vec::len)
+        }
+    };
+    assert_eq!(count("Organization?territory=35051").await, 2);
+    assert_eq!(count("Organization?identifier=https://sirene.fr|81122334600016").await, 1);
+    assert_eq!(count("HealthcareService?limitation-level=severe").await, 1);
+    assert_eq!(count("HealthcareService?condition=hta").await, 1);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_resources_are_indexed_again_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    stored_resources_are_indexed_again(format!("sqlite://{}/apa.db", dir.path().display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_resources_are_indexed_again_postgres() {
+    use sqlx::Connection;
+    let (schema, url) = common::fresh_pg_schema().await;
+    stored_resources_are_indexed_again(url).await;
+    let mut c = sqlx::PgConnection::connect(&common::pg_url()).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&mut c)
+        .await
+        .unwrap();
+}
