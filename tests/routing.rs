@@ -35,7 +35,9 @@ struct Org {
 impl Org {
     async fn demo(app: &TestApp, id: &str) -> Org {
         let c = CLIENTS.iter().find(|c| c.id == id).unwrap();
-        let token = register_client(app.running(), c.id, c.organization, c.scope).await.token;
+        let token = register_client(app.running(), c.id, c.organization, c.scope)
+            .await
+            .token;
         Org {
             http: bearer_client(&token),
             base: app.base.clone(),
@@ -116,7 +118,10 @@ fn prescription(patient: &str, requester: &str, level: &str, condition: &str) ->
     let o = sr.as_object_mut().unwrap();
     o.remove("id");
     o.insert("subject".into(), json!({"reference": format!("Patient/{patient}")}));
-    o.insert("requester".into(), json!({"reference": format!("PractitionerRole/{requester}")}));
+    o.insert(
+        "requester".into(),
+        json!({"reference": format!("PractitionerRole/{requester}")}),
+    );
     o.insert("authoredOn".into(), json!("2026-11-20"));
     sr["extension"][0] = json!({"url": LIMITATION_EXT,
         "valueCodeableConcept": {"coding": [{"system": LIMITATION, "code": level}]}});
@@ -182,8 +187,14 @@ async fn a_moderate_limitation_in_cesson_goes_to_the_mss_covering_cesson(app: &T
     // The MSS it is addressed to sees the referral and the patient; the other does not.
     assert_eq!(vilaine.get(&format!("Task/{task_id}")).await.status(), StatusCode::OK);
     assert_eq!(vilaine.get("Patient/patient-tanguy").await.status(), StatusCode::OK);
-    assert_eq!(bouger.get(&format!("Task/{task_id}")).await.status(), StatusCode::NOT_FOUND);
-    assert_eq!(bouger.get("Patient/patient-tanguy").await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        bouger.get(&format!("Task/{task_id}")).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        bouger.get("Patient/patient-tanguy").await.status(),
+        StatusCode::NOT_FOUND
+    );
 }
 
 async fn a_severe_limitation_goes_to_the_programme_with_a_physiotherapist(app: &TestApp) {
@@ -206,7 +217,9 @@ async fn a_severe_limitation_goes_to_the_programme_with_a_physiotherapist(app: &
         .unwrap()
         .push(json!({"coding": [{"system": LIMITATION, "code": "severe"}]}));
     assert_eq!(
-        app.put("HealthcareService/programme-vilaine-bouge", &programme).await.status(),
+        app.put("HealthcareService/programme-vilaine-bouge", &programme)
+            .await
+            .status(),
         StatusCode::OK
     );
     let (_, _, task) = prescribe(&gp, &sr).await;
@@ -214,12 +227,19 @@ async fn a_severe_limitation_goes_to_the_programme_with_a_physiotherapist(app: &
         task.expect("a referral")["owner"]["reference"],
         "Organization/mss-bouger-plus"
     );
-    assert!(vilaine.found("Task?owner=Organization/mss-vilaine-active").await.is_empty());
+    assert!(
+        vilaine
+            .found("Task?owner=Organization/mss-vilaine-active")
+            .await
+            .is_empty()
+    );
     // Bouger+ closes its programme: no MSS of Rennes can take her, the CPTS does.
     let mut closed = json(app.get("HealthcareService/programme-bouger-plus").await).await;
     closed["active"] = json!(false);
     assert_eq!(
-        app.put("HealthcareService/programme-bouger-plus", &closed).await.status(),
+        app.put("HealthcareService/programme-bouger-plus", &closed)
+            .await
+            .status(),
         StatusCode::OK
     );
     let (_, notes, task) = prescribe(&gp, &sr).await;
@@ -395,7 +415,14 @@ async fn the_directory_is_searched_by_commune_condition_and_level(app: &TestApp)
         ["ServiceRequest/prescription-le-bihan"]
     );
     // The CapabilityStatement lists the package's parameters.
-    let cs = json(app.anonymous.get(format!("{}/metadata", app.base)).send().await.unwrap()).await;
+    let cs = json(
+        app.anonymous
+            .get(format!("{}/metadata", app.base))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     let params = |t: &str| -> Vec<(String, String)> {
         cs["rest"][0]["resource"]
             .as_array()
@@ -421,7 +448,11 @@ async fn the_directory_is_searched_by_commune_condition_and_level(app: &TestApp)
     for code in ["condition", "limitation-level", "staff-kind"] {
         assert!(params("HealthcareService").iter().any(|(c, _)| c == code), "{code}");
     }
-    assert!(params("ServiceRequest").iter().any(|(c, _)| c == "functional-limitation"));
+    assert!(
+        params("ServiceRequest")
+            .iter()
+            .any(|(c, _)| c == "functional-limitation")
+    );
 }
 
 async fn the_cpts_sees_the_referrals_of_its_territory_unless_the_patient_opposes(app: &TestApp) {
@@ -450,14 +481,22 @@ async fn the_cpts_sees_the_referrals_of_its_territory_unless_the_patient_opposes
     sr["performer"] = json!([{"reference": "Organization/mss-bouger-plus"}]);
     let (sr_id, _, _) = prescribe(&gp, &sr).await;
     let (status, task, _) = gp
-        .create(&json!({"resourceType": "Task", "status": "requested", "intent": "order",
+        .create(
+            &json!({"resourceType": "Task", "status": "requested", "intent": "order",
             "focus": {"reference": format!("ServiceRequest/{sr_id}")}, "for": {"reference": format!("Patient/{far}")},
             "requester": {"reference": "PractitionerRole/dr-lebreton-colombier"},
-            "owner": {"reference": "Organization/mss-bouger-plus"}}))
+            "owner": {"reference": "Organization/mss-bouger-plus"}}),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED);
-    assert_eq!(cpts.get(&format!("Task/{}", task.unwrap())).await.status(), StatusCode::NOT_FOUND);
-    assert_eq!(cpts.get(&format!("Patient/{far}")).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        cpts.get(&format!("Task/{}", task.unwrap())).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        cpts.get(&format!("Patient/{far}")).await.status(),
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(
         cpts.ids("Patient?_count=50").await,
         ["Patient/patient-le-bihan"],
@@ -474,7 +513,10 @@ async fn the_cpts_sees_the_referrals_of_its_territory_unless_the_patient_opposes
     let (status, _, _) = gp.create(&opposition).await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(cpts.get("Task/referral-le-bihan").await.status(), StatusCode::NOT_FOUND);
-    assert_eq!(cpts.get("Patient/patient-le-bihan").await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        cpts.get("Patient/patient-le-bihan").await.status(),
+        StatusCode::NOT_FOUND
+    );
     // A new referral of hers is not shown to the CPTS either, while the
     // MSS it goes to sees it.
     let sr = prescription("patient-le-bihan", "dr-lebreton-colombier", "severe", "diabete-t2");
@@ -487,7 +529,10 @@ async fn the_cpts_sees_the_referrals_of_its_territory_unless_the_patient_opposes
     assert!(cpts.ids("Patient?_count=50").await.is_empty());
 }
 
-on_both_backends!(moderate_in_cesson, a_moderate_limitation_in_cesson_goes_to_the_mss_covering_cesson);
+on_both_backends!(
+    moderate_in_cesson,
+    a_moderate_limitation_in_cesson_goes_to_the_mss_covering_cesson
+);
 on_both_backends!(
     severe_to_physiotherapist,
     a_severe_limitation_goes_to_the_programme_with_a_physiotherapist
@@ -542,7 +587,9 @@ async fn stored_resources_are_indexed_again(database_url: String) {
         }
     }
     let running = server::start(&cfg).await.unwrap();
-    let token = register_client(&running, "operator", None, "system/*.rs operator").await.token;
+    let token = register_client(&running, "operator", None, "system/*.rs operator")
+        .await
+        .token;
     let http = bearer_client(&token);
     let count = |query: &'static str| {
         let http = http.clone();
@@ -553,7 +600,10 @@ async fn stored_resources_are_indexed_again(database_url: String) {
         }
     };
     assert_eq!(count("Organization?territory=35051").await, 2);
-    assert_eq!(count("Organization?identifier=https://sirene.fr|81122334600016").await, 1);
+    assert_eq!(
+        count("Organization?identifier=https://sirene.fr|81122334600016").await,
+        1
+    );
     assert_eq!(count("HealthcareService?limitation-level=severe").await, 1);
     assert_eq!(count("HealthcareService?condition=hta").await, 1);
     running.stop().await;

@@ -154,10 +154,14 @@ pub fn health_professional_kinds() -> &'static HashSet<String> {
             .into_iter()
             .flatten()
             .filter(|c| {
-                c.get("property").and_then(Value::as_array).into_iter().flatten().any(|p| {
-                    p.get("code").and_then(Value::as_str) == Some("health-professional")
-                        && p.get("valueBoolean").and_then(Value::as_bool) == Some(true)
-                })
+                c.get("property")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .any(|p| {
+                        p.get("code").and_then(Value::as_str) == Some("health-professional")
+                            && p.get("valueBoolean").and_then(Value::as_bool) == Some(true)
+                    })
             })
             .filter_map(|c| c.get("code").and_then(Value::as_str).map(str::to_string))
             .collect()
@@ -369,11 +373,9 @@ impl Directory {
                 });
             }
         }
-        self.covering(c, Kind::Cpts)
-            .first()
-            .map(|(cpts, _)| Route::Cpts {
-                organization: cpts.id.clone(),
-            })
+        self.covering(c, Kind::Cpts).first().map(|(cpts, _)| Route::Cpts {
+            organization: cpts.id.clone(),
+        })
     }
 }
 
@@ -393,19 +395,20 @@ impl Prescription {
         if w.resource_type != "ServiceRequest" || w.method != Method::Create {
             return None;
         }
+        // Decided on the index values first: the body is parsed (inside
+        // the single writer) only for a prescription that will be routed.
+        let claims = w.index.iter().any(|(code, v)| {
+            code == "_profile" && matches!(v, IndexValue::Uri(u) if u.split('|').next() == Some(PRESCRIPTION_PROFILE))
+        });
+        if !claims || has_task(writes, &w.id) {
+            return None;
+        }
         let json: Value = serde_json::from_slice(w.body.as_deref()?).ok()?;
-        let claims = json
-            .pointer("/meta/profile")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .any(|p| p.split('|').next() == Some(PRESCRIPTION_PROFILE));
         let chosen = json
             .get("performer")
             .and_then(Value::as_array)
             .is_some_and(|a| !a.is_empty());
-        if !claims || chosen || has_task(writes, &w.id) {
+        if chosen {
             return None;
         }
         let patient = patients_of(&w.resource_type, &w.id, &w.index).into_iter().next()?;
@@ -497,9 +500,7 @@ pub async fn apply(tx: &mut WriteTx, writes: &mut Vec<Write>) -> Result<Vec<Note
         .iter()
         .filter_map(|w| Prescription::to_route(w, writes))
         .collect();
-    let granting = |w: &Write| {
-        w.body.is_some() && TERRITORY_GRANTS.iter().any(|(t, _)| *t == w.resource_type)
-    };
+    let granting = |w: &Write| w.body.is_some() && TERRITORY_GRANTS.iter().any(|(t, _)| *t == w.resource_type);
     // The patients whose commune matters, and their communes.
     let mut patients: Vec<String> = prescriptions.iter().map(|p| p.patient.clone()).collect();
     for w in writes.iter().filter(|w| granting(w)) {
@@ -696,7 +697,11 @@ mod tests {
             .iter()
             .map(|l| json!({"coding": [{"system": LIMITATION_SYSTEM, "code": l}]}))
             .collect();
-        ch.extend(staff.iter().map(|s| json!({"coding": [{"system": STAFF_SYSTEM, "code": s}]})));
+        ch.extend(
+            staff
+                .iter()
+                .map(|s| json!({"coding": [{"system": STAFF_SYSTEM, "code": s}]})),
+        );
         json!({"resourceType": "HealthcareService", "id": id, "active": true,
                "providedBy": {"reference": format!("Organization/{provider}")},
                "eligibility": conditions.iter().map(|c| json!({"code": {"coding": [{"system": CONDITION_SYSTEM, "code": c}]}})).collect::<Vec<_>>(),
@@ -741,7 +746,13 @@ mod tests {
         // The programme claims every level, but is run by APA teachers only.
         let dir = directory(
             &[org("mss-a", "MSS", &["35238"]), org("cpts", "CPTS", &["35"])],
-            &[programme("p-a", "mss-a", &[], &["aucune", "moderee", "severe"], &["EAPA", "EDUC-SPORT"])],
+            &[programme(
+                "p-a",
+                "mss-a",
+                &[],
+                &["aucune", "moderee", "severe"],
+                &["EAPA", "EDUC-SPORT"],
+            )],
         );
         let severe = prescription(Some(Level::Severe), &[]);
         assert_eq!(
@@ -801,9 +812,15 @@ mod tests {
         let cpts = Some(Route::Cpts {
             organization: "cpts".into(),
         });
-        assert_eq!(dir.route(&prescription(Some(Level::Moderee), &["cancer"]), &commune("35238")), cpts);
+        assert_eq!(
+            dir.route(&prescription(Some(Level::Moderee), &["cancer"]), &commune("35238")),
+            cpts
+        );
         assert_eq!(dir.route(&prescription(None, &[]), &commune("35238")), cpts);
-        assert_eq!(dir.route(&prescription(Some(Level::Moderee), &[]), &commune("22278")), None);
+        assert_eq!(
+            dir.route(&prescription(Some(Level::Moderee), &[]), &commune("22278")),
+            None
+        );
     }
 
     #[test]
@@ -816,7 +833,10 @@ mod tests {
             &[closed, org("mss-b", "MSS", &["35238"])],
             &[programme("p-a", "mss-a", &[], &["moderee"], &["EAPA"]), paused],
         );
-        assert_eq!(dir.route(&prescription(Some(Level::Moderee), &[]), &commune("35238")), None);
+        assert_eq!(
+            dir.route(&prescription(Some(Level::Moderee), &[]), &commune("35238")),
+            None
+        );
     }
 
     #[test]

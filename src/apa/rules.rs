@@ -26,7 +26,11 @@ impl Rules for ApaRules {
         Vec::new()
     }
 
-    fn apply<'a>(&'a self, tx: &'a mut WriteTx, writes: &'a mut Vec<Write>) -> BoxFuture<'a, Result<Vec<Note>, FhirError>> {
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut WriteTx,
+        writes: &'a mut Vec<Write>,
+    ) -> BoxFuture<'a, Result<Vec<Note>, FhirError>> {
         Box::pin(async move {
             // Routing first: the Tasks it adds go through the workflow too.
             let notes = routing::apply(tx, writes).await?;

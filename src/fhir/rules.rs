@@ -27,8 +27,11 @@ pub trait Rules: Send + Sync {
 
     /// Checks (and may complete) the writes of one job against the stored
     /// state. The acting party is `tx.visibility()`.
-    fn apply<'a>(&'a self, tx: &'a mut WriteTx, writes: &'a mut Vec<Write>)
-    -> BoxFuture<'a, Result<Vec<Note>, FhirError>>;
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut WriteTx,
+        writes: &'a mut Vec<Write>,
+    ) -> BoxFuture<'a, Result<Vec<Note>, FhirError>>;
 }
 
 /// What the rules say of one write of a job that they accept: an

@@ -26,8 +26,8 @@ pub use clients::ClientRecord;
 pub use detached::Deferred;
 use detached::Detached;
 pub use exec::Dialect;
-pub use reindex::IndexFn;
 use exec::{Bind, Conn, Frag, VersionRow, fetch_i64, fetch_versions};
+pub use reindex::IndexFn;
 pub use writer::{JobHook, WriteTx, Writer, with_job_hook};
 
 #[derive(Debug, thiserror::Error)]

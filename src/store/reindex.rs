@@ -54,7 +54,8 @@ impl Store {
                 total += n;
             }
         }
-        let (types, fps): (Vec<String>, Vec<i64>) = now.into_iter().filter(|(t, fp)| recorded.get(t) != Some(fp)).unzip();
+        let (types, fps): (Vec<String>, Vec<i64>) =
+            now.into_iter().filter(|(t, fp)| recorded.get(t) != Some(fp)).unzip();
         if !types.is_empty() {
             self.write(Visibility::All, move |tx: &mut WriteTx| {
                 Box::pin(async move {
@@ -96,7 +97,7 @@ impl Store {
                         .bind(Bind::I64(CHUNK));
                         let found = fetch_versions(&mut tx.conn(), &f).await?;
                         let last = found.last().map(|v| v.pk);
-                        let items: Vec<(i64, String, Vec<(String, IndexValue)>)> = found
+                        let items: Vec<rows::Reindexed> = found
                             .iter()
                             .filter_map(|v| v.body.as_ref().map(|b| (v.pk, rtype.clone(), index(&rtype, b))))
                             .collect();

@@ -529,10 +529,12 @@ pub async fn put_all(c: &mut Conn<'_>, writes: Vec<Write>) -> Result<(), StoreEr
     put_compartments(c, &writes, &pks).await
 }
 
+/// The index values of one stored resource: (pk, type, (parameter, value)…).
+pub type Reindexed = (i64, String, Vec<(String, IndexValue)>);
+
 /// Replaces the index rows of stored resources, their versions untouched
-/// (indexing again after the search parameters changed): `(pk, type,
-/// values)` each.
-pub async fn replace_index(c: &mut Conn<'_>, items: &[(i64, String, Vec<(String, IndexValue)>)]) -> Result<(), StoreError> {
+/// (indexing again after the search parameters changed).
+pub async fn replace_index(c: &mut Conn<'_>, items: &[Reindexed]) -> Result<(), StoreError> {
     if items.is_empty() {
         return Ok(());
     }

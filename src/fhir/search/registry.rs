@@ -98,7 +98,8 @@ impl Registry {
             let mut reg = Registry::base_r4().expect("embedded R4 definitions are valid");
             for text in PACKAGE_SEARCH_PARAMETERS {
                 #[allow(clippy::expect_used)] // embedded data, checked by tests
-                reg.add_search_parameter(text).expect("the package's SearchParameters are valid");
+                reg.add_search_parameter(text)
+                    .expect("the package's SearchParameters are valid");
             }
             reg
         })
