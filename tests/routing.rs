@@ -209,6 +209,16 @@ async fn a_severe_limitation_goes_to_the_programme_with_a_physiotherapist(app: &
         task.expect("a referral")["owner"]["reference"],
         "Organization/mss-bouger-plus"
     );
+    // Nor when the GP chooses it: refused, the choice pointed at.
+    let mut chosen = sr.clone();
+    chosen["performer"] = json!([{"reference": "HealthcareService/programme-vilaine-bouge"}]);
+    let (status, _, outcome) = gp.create(&chosen).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{outcome}");
+    assert_eq!(outcome["issue"][0]["code"], "business-rule");
+    assert_eq!(outcome["issue"][0]["expression"][0], "ServiceRequest.performer[0]");
+    chosen["performer"] = json!([{"reference": "HealthcareService/programme-bouger-plus"}]);
+    let (_, notes, task) = prescribe(&gp, &chosen).await;
+    assert!(task.is_none() && notes.is_empty(), "{notes:?}");
     // Never to the programme without health professionals, whatever it
     // claims: Vilaine Active now says it takes severe limitations too.
     let mut programme = json(app.get("HealthcareService/programme-vilaine-bouge").await).await;

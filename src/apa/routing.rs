@@ -16,6 +16,10 @@
 //! 3. otherwise nobody: the prescription is stored without a Task and the
 //!    response carries a warning (a [`Note`]).
 //!
+//! A prescriber who chooses the programme (`performer`: a
+//! HealthcareService) for a severe limitation is refused (422) when its
+//! staff includes no health professional: the same rule, at the other door.
+//!
 //! Ties are broken the same way every time: an organisation that lists the
 //! commune itself before one that covers its whole département, then the
 //! smallest Organization id (then programme id). A prescription without a
@@ -215,10 +219,15 @@ struct Programme {
 }
 
 impl Programme {
+    /// An active programme.
     fn of(hs: &Value) -> Option<Programme> {
         if hs.get("active").and_then(Value::as_bool) == Some(false) {
             return None;
         }
+        Programme::parse(hs)
+    }
+
+    fn parse(hs: &Value) -> Option<Programme> {
         let id = hs.get("id").and_then(Value::as_str)?.to_string();
         let provider = reference_id(hs.get("providedBy")?, "Organization")?;
         let conditions = hs
@@ -241,6 +250,10 @@ impl Programme {
         })
     }
 
+    fn has_health_professionals(&self) -> bool {
+        self.staff.iter().any(|s| health_professional_kinds().contains(s))
+    }
+
     /// Does it take this prescription? A severe limitation needs a health
     /// professional among the staff, whatever levels the programme lists.
     fn fits(&self, p: &Prescription) -> bool {
@@ -248,7 +261,7 @@ impl Programme {
         if !self.levels.contains(&level) {
             return false;
         }
-        if level == Level::Severe && !self.staff.iter().any(|s| health_professional_kinds().contains(s)) {
+        if level == Level::Severe && !self.has_health_professionals() {
             return false;
         }
         p.conditions.is_empty() || p.conditions.iter().any(|c| self.conditions.contains(c))
@@ -412,14 +425,7 @@ impl Prescription {
             return None;
         }
         let patient = patients_of(&w.resource_type, &w.id, &w.index).into_iter().next()?;
-        let level = json
-            .get("extension")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter(|e| e.get("url").and_then(Value::as_str) == Some(LIMITATION_EXTENSION))
-            .flat_map(|e| codes(e.get("valueCodeableConcept"), LIMITATION_SYSTEM))
-            .find_map(Level::from_code);
+        let level = level_of(&json);
         let conditions = codes(json.get("reasonCode"), CONDITION_SYSTEM)
             .map(str::to_string)
             .collect();
@@ -431,6 +437,68 @@ impl Prescription {
             conditions,
         })
     }
+}
+
+/// The functional-limitation level a prescription states.
+fn level_of(sr: &Value) -> Option<Level> {
+    sr.get("extension")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.get("url").and_then(Value::as_str) == Some(LIMITATION_EXTENSION))
+        .flat_map(|e| codes(e.get("valueCodeableConcept"), LIMITATION_SYSTEM))
+        .find_map(Level::from_code)
+}
+
+/// A prescriber may choose the programme (`performer`: a
+/// HealthcareService): for a severe limitation it must be run by health
+/// professionals (CSP D.1172-3), or the prescription is refused (422).
+async fn check_chosen_programmes(tx: &mut WriteTx, writes: &[Write]) -> Result<(), FhirError> {
+    for w in writes.iter().filter(|w| w.resource_type == "ServiceRequest") {
+        // The index tells, without parsing, whether a programme is chosen.
+        let chooses = w.index.iter().any(|(code, v)| {
+            code == "performer" && matches!(v, IndexValue::Reference { rtype: Some(t), .. } if t == "HealthcareService")
+        });
+        let Some(json) = w
+            .body
+            .as_deref()
+            .filter(|_| chooses)
+            .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+        else {
+            continue;
+        };
+        if level_of(&json) != Some(Level::Severe) {
+            continue;
+        }
+        let performers = json.get("performer").and_then(Value::as_array).into_iter().flatten();
+        for (i, performer) in performers.enumerate() {
+            let Some(id) = reference_id(performer, "HealthcareService") else {
+                continue;
+            };
+            let body = match writes
+                .iter()
+                .find(|p| p.resource_type == "HealthcareService" && p.id == id)
+            {
+                Some(p) => p.body.clone(),
+                None => tx.read("HealthcareService", &id).await?.and_then(|v| v.body),
+            };
+            let programme = body
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .and_then(|hs| Programme::parse(&hs));
+            if programme.is_some_and(|p| !p.has_health_professionals()) {
+                return Err(FhirError::new(
+                    422,
+                    "business-rule",
+                    format!(
+                        "a severe functional limitation may only be followed by health professionals \
+                         (CSP D.1172-3): the staff of HealthcareService/{id} includes none"
+                    ),
+                )
+                .at(format!("ServiceRequest.performer[{i}]")));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Is a Task for this ServiceRequest (`focus` or `based-on`) in the job?
@@ -496,6 +564,7 @@ async fn patient_commune(tx: &mut WriteTx, writes: &[Write], id: &str) -> Result
 /// Adds the routed referrals of one job and proposes the territory grants
 /// of its Tasks; returns what the client should hear of the routing.
 pub async fn apply(tx: &mut WriteTx, writes: &mut Vec<Write>) -> Result<Vec<Note>, FhirError> {
+    check_chosen_programmes(tx, writes).await?;
     let prescriptions: Vec<Prescription> = writes
         .iter()
         .filter_map(|w| Prescription::to_route(w, writes))
