@@ -15,7 +15,7 @@ use std::sync::Arc;
 use crate::fhir::search::model::IndexValue;
 
 use super::exec::{Bind, Col, Frag, fetch_i64_text_text, fetch_versions, insert_columns};
-use super::{Store, StoreError, Visibility, WriteTx, rows};
+use super::{Pool, Store, StoreError, Visibility, WriteTx, rows};
 
 /// The index values of a resource: (type, JSON body) → (parameter, value).
 pub type IndexFn = Arc<dyn Fn(&str, &[u8]) -> Vec<(String, IndexValue)> + Send + Sync>;
@@ -31,6 +31,31 @@ impl Store {
     /// indexed before it kept records). Returns how many resources were
     /// indexed again.
     pub async fn reindex_changed(
+        &self,
+        now: Vec<(String, i64)>,
+        unrecorded: HashMap<String, i64>,
+        index: IndexFn,
+    ) -> Result<u64, StoreError> {
+        // PostgreSQL replicas starting together: one indexes, the others
+        // then find the new record and have nothing to do.
+        let mut lock = match &self.inner.pool {
+            Pool::Pg(p) => {
+                let mut c = p.acquire().await?;
+                sqlx::query("SELECT pg_advisory_lock(7422002)").execute(&mut *c).await?;
+                Some(c)
+            }
+            Pool::Sqlite(_) => None,
+        };
+        let result = self.reindex_unlocked(now, unrecorded, index).await;
+        if let Some(c) = lock.as_mut() {
+            sqlx::query("SELECT pg_advisory_unlock(7422002)")
+                .execute(&mut **c)
+                .await?;
+        }
+        result
+    }
+
+    async fn reindex_unlocked(
         &self,
         now: Vec<(String, i64)>,
         unrecorded: HashMap<String, i64>,
