@@ -108,7 +108,10 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
         (None, None) => None,
         _ => return Err(ServerError::Tls("tls_cert and tls_key go together".into())),
     };
-    let auth = Auth::new(store.clone(), &base, cfg.token_lifetime_secs, oidc_settings(cfg)?).await?;
+    let mut auth = Auth::new(store.clone(), &base, cfg.token_lifetime_secs, oidc_settings(cfg)?).await?;
+    if cfg.tls_client_ca.is_some() {
+        auth.bind_tokens_to_certificates();
+    }
     let rules: SharedRules = Arc::new(crate::apa::rules::ApaRules::new());
     let state = AppState {
         store: store.clone(),

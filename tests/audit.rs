@@ -464,12 +464,117 @@ async fn the_trail_is_read_only_and_needs_its_own_scope(app: &TestApp) {
         .iter()
         .map(|i| i["code"].as_str().unwrap())
         .collect();
+    // Events never change: no history, version 1 only.
+    assert_eq!(codes, ["read", "vread", "search-type"]);
+}
+
+/// An auditor reads the trail of one patient page by page, newest first,
+/// and is told when a filter cannot be applied rather than served more
+/// than asked.
+async fn the_trail_pages_by_date_and_refuses_what_it_cannot_filter(app: &TestApp) {
+    let auditor = auditor(app).await;
+    let pid = json(
+        app.post("Patient", &json!({"resourceType": "Patient", "active": true}))
+            .await,
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for _ in 0..4 {
+        assert_eq!(app.get(&format!("Patient/{pid}")).await.status(), 200);
+    }
+    wait_for(app, &auditor, &format!("patient={pid}&subtype=read"), 4).await;
+    // (The auditor's own searches naming the patient are in the trail too.)
+    let mut url = app.url(&format!(
+        "AuditEvent?patient={pid}&subtype=create,read&_sort=-date&_count=2"
+    ));
+    let mut seen: Vec<(String, String)> = Vec::new();
+    for _ in 0..10 {
+        let page = json(auditor.get(&url).send().await.unwrap()).await;
+        for e in page["entry"].as_array().unwrap() {
+            let e = &e["resource"];
+            seen.push((e["recorded"].as_str().unwrap().into(), e["id"].as_str().unwrap().into()));
+            assert_eq!(
+                e["entity"].as_array().unwrap().last().unwrap()["what"]["reference"],
+                format!("Patient/{pid}")
+            );
+        }
+        let next = page["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next");
+        match next {
+            Some(l) => url = l["url"].as_str().unwrap().to_string(),
+            None => break,
+        }
+    }
+    // The create and the four reads, newest first, each once.
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.reverse();
+    assert_eq!(seen, sorted);
+    // One event reads back by id, at version 1 only.
+    let id = &seen[0].1;
     assert_eq!(
-        codes,
-        ["read", "vread", "history-instance", "history-type", "search-type"]
+        auditor
+            .get(app.url(&format!("AuditEvent/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        auditor
+            .get(app.url(&format!("AuditEvent/{id}/_history/1")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        auditor
+            .get(app.url(&format!("AuditEvent/{id}/_history/2")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    for refused in [
+        "type=rest",
+        "agent=Device/x",
+        "_include=AuditEvent:patient",
+        "_summary=count",
+        "date=ne2026-01-01",
+    ] {
+        let r = auditor
+            .get(app.url(&format!("AuditEvent?{refused}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{refused}");
+        assert_eq!(json(r).await["resourceType"], "OperationOutcome");
+    }
+    assert_eq!(
+        auditor
+            .get(app.url(&format!("AuditEvent/{id}/_history")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        405
     );
 }
 
+on_both_backends!(
+    the_trail_pages_newest_first,
+    the_trail_pages_by_date_and_refuses_what_it_cannot_filter
+);
 on_both_backends!(every_interaction_leaves_an_audit_event, every_interaction_is_audited);
 on_both_backends!(
     the_audit_trail_is_read_only,
@@ -480,7 +585,7 @@ on_both_backends!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_queued_at_shutdown_are_stored() {
     use apa_gateway::config::Config;
-    use apa_gateway::fhir::search::model::{PageStart, SearchRequest, Total};
+    use apa_gateway::store::AuditQuery;
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/apa.db", dir.path().display());
     let cfg = Config {
@@ -504,27 +609,17 @@ async fn records_queued_at_shutdown_are_stored() {
     }
     running.stop().await;
     let store = apa_gateway::store::Store::open(&url, 1).await.unwrap();
-    let req = SearchRequest {
-        resource_type: Some("AuditEvent".into()),
-        filters: Vec::new(),
-        sort: Vec::new(),
-        count: 0,
-        page: PageStart::First,
-        include: Vec::new(),
-        revinclude: Vec::new(),
-        total: Total::Accurate,
-        summary: None,
-        elements: Vec::new(),
-        applied: Vec::new(),
-        ignored: Vec::new(),
+    let all = AuditQuery {
+        count: 1000,
+        ..AuditQuery::default()
     };
-    let total = store
-        .search(&req, &apa_gateway::store::Visibility::All)
+    let stored = store
+        .audit_search(&all, &apa_gateway::store::Visibility::All)
         .await
         .unwrap()
-        .total
-        .unwrap();
+        .records
+        .len();
     // The reads, and the token request.
-    assert_eq!(total, reads + 1);
+    assert_eq!(stored, reads + 1);
     store.close().await;
 }

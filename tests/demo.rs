@@ -72,7 +72,8 @@ async fn the_demo_start_loads_the_territory_once(app: &TestApp) {
         .len();
     assert_eq!(after, history);
 
-    // One AuditEvent records the load, with the gateway as the client.
+    // The load is recorded with the gateway as the client: one AuditEvent
+    // per patient it concerns (IHE BALP), each naming every resource.
     let auditor = register_client(app.running(), "auditor", None, "system/AuditEvent.rs operator").await;
     let found = bearer_client(&auditor.token)
         .get(format!("{}/AuditEvent?subtype=transaction", app.base))
@@ -81,11 +82,11 @@ async fn the_demo_start_loads_the_territory_once(app: &TestApp) {
         .unwrap();
     let events = json(found).await;
     let events = events["entry"].as_array().unwrap();
-    assert_eq!(events.len(), 1, "{events:?}");
-    assert_eq!(
-        events[0]["resource"]["agent"][0]["who"]["identifier"]["value"],
-        "apa-gateway"
-    );
+    assert_eq!(events.len(), 3, "{events:?}");
+    for e in events {
+        assert_eq!(e["resource"]["agent"][0]["who"]["identifier"]["value"], "apa-gateway");
+        assert_eq!(e["resource"]["entity"].as_array().unwrap().len(), total + 1);
+    }
 }
 
 async fn a_client_may_post_the_territory_and_the_demo_start_then_adds_nothing(app: &TestApp) {

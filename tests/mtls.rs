@@ -155,6 +155,14 @@ async fn mutual_tls(backend: Backend) {
             .is_err()
     );
 
+    // The discovery document says tokens are bound to certificates.
+    let smart = https(&ca, Some(&cert_a))
+        .get(app.url(".well-known/smart-configuration"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json(smart).await["tls_client_certificate_bound_access_tokens"], true);
+
     // Client A gets a token over a connection with its certificate, bound to it.
     let a = register_client_via(
         &https(&ca, Some(&cert_a)),

@@ -143,13 +143,20 @@ pub async fn token(
 
 /// `GET /fhir/.well-known/smart-configuration`
 pub async fn smart_configuration(State(s): State<AppState>) -> Response {
-    Json(json!({
+    let mut config = json!({
         "token_endpoint": s.auth.token_endpoint(),
         "token_endpoint_auth_methods_supported": ["private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
         "grant_types_supported": ["client_credentials"],
         "scopes_supported": ["system/*.cruds", "system/*.rs", "system/*.read", "system/*.write"],
         "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2"],
-    }))
-    .into_response()
+    });
+    // RFC 8705 §3.3: clients must present the certificate their token is
+    // bound to on every request.
+    if s.auth.certificate_bound()
+        && let Some(o) = config.as_object_mut()
+    {
+        o.insert("tls_client_certificate_bound_access_tokens".into(), json!(true));
+    }
+    Json(config).into_response()
 }

@@ -33,13 +33,13 @@ use base64::Engine;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
+use serde::{Deserialize, Serialize};
+
 use crate::clock::now_micros;
-use crate::fhir::interaction::{index_of, new_id};
-use crate::fhir::resource::Resource;
 use crate::fhir::search::extract::Extractor;
 use crate::fhir::search::model::IndexValue;
 use crate::fhir::search::values::format_instant;
-use crate::store::{Deferred, JobHook, Method, Write};
+use crate::store::{AuditRecord, Deferred, JobHook, Method, Write};
 
 use super::Caller;
 
@@ -230,10 +230,7 @@ impl AuditScope {
             let mut patients = Vec::new();
             match &served {
                 Some(s) => {
-                    entities.push(data_entity(&format!(
-                        "{}/{}/_history/{}",
-                        s.resource_type, s.id, s.version
-                    )));
+                    entities.push(format!("{}/{}/_history/{}", s.resource_type, s.id, s.version));
                     patients = patients_of(&s.resource_type, &s.id, s.body.as_deref());
                 }
                 None => {
@@ -242,22 +239,20 @@ impl AuditScope {
                             Some(v) => format!("{t}/{id}/_history/{v}"),
                             None => format!("{t}/{id}"),
                         };
-                        entities.push(data_entity(&what));
+                        entities.push(what);
                         if t == "Patient" && status < 300 {
                             patients.push(id.clone());
                         }
                     }
                 }
             }
-            if is_query(request.interaction) {
-                if let Some(p) = request
+            if is_query(request.interaction)
+                && let Some(p) = request
                     .resource_type
                     .as_deref()
                     .and_then(|t| queried_patient(t, request.query.as_deref().unwrap_or_default()))
-                {
-                    patients.push(p);
-                }
-                entities.push(query_entity(request.query.as_deref().unwrap_or_default()));
+            {
+                patients.push(p);
             }
             let mut outcome_desc = None;
             if status >= 400 {
@@ -270,17 +265,19 @@ impl AuditScope {
                 }
                 outcome_desc = Some(d);
             }
-            let event = Event {
-                gateway: &gateway,
-                request: &request,
-                subtype: request.interaction,
-                client: &client,
-                outcome: outcome_of(status),
+            let entities: Vec<String> = entities;
+            let query = is_query(request.interaction).then(|| request.query.clone().unwrap_or_default());
+            records(
+                &gateway,
+                &request,
+                request.interaction,
+                &client,
+                outcome_of(status),
                 outcome_desc,
                 entities,
+                query,
                 patients,
-            };
-            Some(to_write(event.to_json(now_micros())))
+            )
         }))
     }
 }
@@ -292,7 +289,7 @@ impl JobHook for AuditScope {
             .extend(writes.iter().filter(|w| w.resource_type != AUDIT_EVENT).map(Stored::of));
     }
 
-    fn finish(&self, ok: bool) -> Vec<Write> {
+    fn finish(&self, ok: bool) -> Vec<AuditRecord> {
         let mut st = self.state();
         let job = std::mem::take(&mut st.job);
         if !ok || job.is_empty() {
@@ -309,17 +306,17 @@ impl JobHook for AuditScope {
                 patients.push(p.clone());
             }
         }
-        let event = Event {
-            gateway: &self.gateway,
-            request: &st.request,
+        records(
+            &self.gateway,
+            &st.request,
             subtype,
-            client: &st.client,
-            outcome: "0",
-            outcome_desc: None,
-            entities: job.iter().map(|s| data_entity(&s.what)).collect(),
+            &st.client,
+            "0",
+            None,
+            job.iter().map(|s| s.what.clone()).collect(),
+            None,
             patients,
-        };
-        vec![to_write(event.to_json(now_micros()))]
+        )
     }
 
     fn committed(&self) {
@@ -480,129 +477,175 @@ fn queried_patient(resource_type: &str, query: &str) -> Option<String> {
     None
 }
 
-struct Event<'a> {
-    gateway: &'a Gateway,
-    request: &'a RequestInfo,
-    subtype: &'static str,
-    client: &'a Client,
-    outcome: &'static str,
+/// What an event's row keeps besides the columns it is searched by
+/// (`store::AuditRecord`): enough to render the AuditEvent later, as it was
+/// recorded, even if the gateway's address changes since.
+#[derive(Debug, Serialize, Deserialize)]
+struct Detail {
+    /// The token issuer (namespace of client ids) and the FHIR base URL.
+    issuer: String,
+    base: String,
+    /// When the request came in (µs).
+    started: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    organization: Option<String>,
+    verified: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     outcome_desc: Option<String>,
-    entities: Vec<Value>,
+    /// The resources acted on, `Type/id/_history/v` when the version is known.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    entities: Vec<String>,
+    /// The query string of a search or history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    query: Option<String>,
+}
+
+/// The records of one event: one per patient it concerns (as IHE BALP
+/// has it, so that each patient's trail is a plain index lookup), or one
+/// when it concerns none.
+#[allow(clippy::too_many_arguments)]
+fn records(
+    gateway: &Gateway,
+    request: &RequestInfo,
+    subtype: &str,
+    client: &Client,
+    outcome: &str,
+    outcome_desc: Option<String>,
+    entities: Vec<String>,
+    query: Option<String>,
     patients: Vec<String>,
-}
-
-impl Event<'_> {
-    fn to_json(&self, recorded: i64) -> Value {
-        let (event_type, subtype) = if self.subtype == LOGIN {
-            (
-                coding(DCM, "110114", "User Authentication"),
-                coding(DCM, "110122", "Login"),
-            )
-        } else {
-            (
-                coding(EVENT_TYPE, "rest", "Restful Operation"),
-                coding(INTERACTION, self.subtype, self.subtype),
-            )
-        };
-        let (client_type, server_type) = agent_types(self.subtype);
-        let mut who = Map::new();
-        if let Some(id) = &self.client.id {
-            who.insert("identifier".into(), json!({"system": self.gateway.issuer, "value": id}));
+) -> Vec<AuditRecord> {
+    let recorded = now_micros();
+    // The entity index holds references without their version.
+    let mut refs: Vec<String> = Vec::new();
+    for e in &entities {
+        let r = e.split("/_history/").next().unwrap_or(e);
+        if !refs.iter().any(|x| x == r) {
+            refs.push(r.to_string());
         }
-        let display = match (&self.client.id, self.client.verified, &self.client.organization) {
-            (None, _, _) => "unidentified client".to_string(),
-            (Some(_), false, _) => "client id claimed by a refused credential (not verified)".to_string(),
-            (Some(id), true, Some(org)) => format!("client {id} of organization {org}"),
-            (Some(id), true, None) => format!("client {id}"),
-        };
-        who.insert("display".into(), Value::String(display));
-        let mut client = json!({
-            "type": {"coding": [client_type]},
-            "who": who,
-            "requestor": true,
-        });
-        if let (Some(addr), Some(o)) = (&self.request.network, client.as_object_mut()) {
-            o.insert("network".into(), json!({"address": addr, "type": "2"}));
-        }
-        let gateway_ref = json!({
-            "type": "Device",
-            "identifier": {"system": URI, "value": self.gateway.base},
-            "display": "apa-gateway",
-        });
-        // The gateway is named by `source.observer`; its agent's `who` has
-        // no identifier, which would be an index row on every event.
-        let server = json!({
-            "type": {"coding": [server_type]},
-            "who": {"type": "Device", "display": self.gateway.base},
-            "requestor": false,
-        });
-        let mut entity = self.entities.clone();
-        entity.extend(self.patients.iter().map(|p| patient_entity(p)));
-        let mut ev = json!({
-            "resourceType": AUDIT_EVENT,
-            "type": event_type,
-            "action": action_of(self.subtype),
-            "period": {"start": format_instant(self.request.started.min(recorded))},
-            "recorded": format_instant(recorded),
-            "outcome": self.outcome,
-        });
-        if let Some(o) = ev.as_object_mut() {
-            // A request to no known endpoint is no restful interaction.
-            if self.subtype != "other" {
-                o.shift_insert(2, "subtype".into(), json!([subtype]));
-            }
-            if let Some(d) = &self.outcome_desc {
-                o.insert("outcomeDesc".into(), Value::String(d.clone()));
-            }
-            o.insert("agent".into(), json!([client, server]));
-            o.insert(
-                "source".into(),
-                json!({
-                    "observer": gateway_ref,
-                    "type": [coding(SOURCE_TYPE, "4", "Application Server")],
-                }),
-            );
-            if !entity.is_empty() {
-                o.insert("entity".into(), Value::Array(entity));
-            }
-        }
-        ev
     }
-}
-
-/// The store row of an AuditEvent: a new resource, indexed like any other
-/// so that the generic search finds it.
-fn to_write(json: Value) -> Write {
-    let mut res = Resource {
-        resource_type: AUDIT_EVENT.into(),
-        json,
+    let detail = Detail {
+        issuer: gateway.issuer.clone(),
+        base: gateway.base.clone(),
+        started: request.started,
+        organization: client.organization.clone(),
+        verified: client.verified,
+        outcome_desc,
+        entities,
+        query,
     };
-    let id = new_id();
-    let updated = now_micros();
-    res.stamp(&id, 1, updated);
-    let index = index_of(&res);
-    // The trail of a patient's data is theirs too: an auditor restricted to
-    // an organisation sees the events of the patients it is granted.
-    let patients = super::compartment::patients_of(AUDIT_EVENT, &id, &index);
-    Write {
-        resource_type: AUDIT_EVENT.into(),
-        patients,
-        grants: Vec::new(),
-        id,
-        version: 1,
-        updated,
-        method: Method::Create,
-        body: Some(res.to_bytes()),
-        index,
-        pk: None,
+    let detail = Bytes::from(serde_json::to_vec(&detail).unwrap_or_default());
+    let one = |patient: Option<String>| AuditRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        recorded,
+        client: client.id.clone(),
+        patient,
+        subtype: subtype.to_string(),
+        action: action_of(subtype).to_string(),
+        outcome: outcome.to_string(),
+        network: request.network.clone(),
+        entities: refs.clone(),
+        detail: detail.clone(),
+    };
+    if patients.is_empty() {
+        vec![one(None)]
+    } else {
+        patients.into_iter().map(|p| one(Some(p))).collect()
     }
+}
+
+/// The AuditEvent a record stands for, as JSON bytes (`None` if its detail
+/// cannot be read).
+pub fn render(rec: &AuditRecord) -> Option<Bytes> {
+    let d: Detail = serde_json::from_slice(&rec.detail).ok()?;
+    let (event_type, subtype) = if rec.subtype == LOGIN {
+        (
+            coding(DCM, "110114", "User Authentication"),
+            coding(DCM, "110122", "Login"),
+        )
+    } else {
+        (
+            coding(EVENT_TYPE, "rest", "Restful Operation"),
+            coding(INTERACTION, &rec.subtype, &rec.subtype),
+        )
+    };
+    let (client_type, server_type) = agent_types(&rec.subtype);
+    let mut who = Map::new();
+    if let Some(id) = &rec.client {
+        who.insert("identifier".into(), json!({"system": d.issuer, "value": id}));
+    }
+    let display = match (&rec.client, d.verified, &d.organization) {
+        (None, _, _) => "unidentified client".to_string(),
+        (Some(_), false, _) => "client id claimed by a refused credential (not verified)".to_string(),
+        (Some(id), true, Some(org)) => format!("client {id} of organization {org}"),
+        (Some(id), true, None) => format!("client {id}"),
+    };
+    who.insert("display".into(), Value::String(display));
+    let mut client = json!({
+        "type": {"coding": [client_type]},
+        "who": who,
+        "requestor": true,
+    });
+    if let (Some(addr), Some(o)) = (&rec.network, client.as_object_mut()) {
+        o.insert("network".into(), json!({"address": addr, "type": "2"}));
+    }
+    let server = json!({
+        "type": {"coding": [server_type]},
+        "who": {"type": "Device", "display": d.base},
+        "requestor": false,
+    });
+    let mut entity: Vec<Value> = d.entities.iter().map(|e| data_entity(e)).collect();
+    if let Some(q) = &d.query {
+        entity.push(query_entity(q));
+    }
+    if let Some(p) = &rec.patient {
+        entity.push(patient_entity(p));
+    }
+    let mut ev = Map::new();
+    ev.insert("resourceType".into(), json!(AUDIT_EVENT));
+    ev.insert("id".into(), json!(rec.id));
+    ev.insert(
+        "meta".into(),
+        json!({"versionId": "1", "lastUpdated": format_instant(rec.recorded)}),
+    );
+    ev.insert("type".into(), event_type);
+    // A request to no known endpoint is no restful interaction.
+    if rec.subtype != "other" {
+        ev.insert("subtype".into(), json!([subtype]));
+    }
+    ev.insert("action".into(), json!(rec.action));
+    ev.insert(
+        "period".into(),
+        json!({"start": format_instant(d.started.min(rec.recorded))}),
+    );
+    ev.insert("recorded".into(), json!(format_instant(rec.recorded)));
+    ev.insert("outcome".into(), json!(rec.outcome));
+    if let Some(desc) = d.outcome_desc {
+        ev.insert("outcomeDesc".into(), Value::String(desc));
+    }
+    ev.insert("agent".into(), json!([client, server]));
+    ev.insert(
+        "source".into(),
+        json!({
+            "observer": {
+                "type": "Device",
+                "identifier": {"system": URI, "value": d.base},
+                "display": "apa-gateway",
+            },
+            "type": [coding(SOURCE_TYPE, "4", "Application Server")],
+        }),
+    );
+    if !entity.is_empty() {
+        ev.insert("entity".into(), Value::Array(entity));
+    }
+    serde_json::to_vec(&Value::Object(ev)).ok().map(Bytes::from)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn read_event() -> Value {
+    fn read_records(patients: Vec<String>) -> Vec<AuditRecord> {
         let gw = Gateway::new("https://gw.example/fhir");
         let req = RequestInfo {
             interaction: "read",
@@ -617,17 +660,23 @@ mod tests {
             organization: Some("org-1".into()),
             verified: true,
         };
-        Event {
-            gateway: &gw,
-            request: &req,
-            subtype: "read",
-            client: &client,
-            outcome: "0",
-            outcome_desc: None,
-            entities: vec![data_entity("Observation/o1/_history/2")],
-            patients: vec!["p1".into()],
-        }
-        .to_json(1_700_000_000_001_000)
+        records(
+            &gw,
+            &req,
+            "read",
+            &client,
+            "0",
+            None,
+            vec!["Observation/o1/_history/2".into()],
+            None,
+            patients,
+        )
+    }
+
+    fn read_event() -> Value {
+        let recs = read_records(vec!["p1".into()]);
+        let bytes = render(&recs[0]).unwrap_or_default();
+        serde_json::from_slice(&bytes).unwrap_or_default()
     }
 
     #[test]
@@ -659,33 +708,36 @@ mod tests {
         let t = std::time::Instant::now();
         let mut bytes = 0usize;
         for _ in 0..n {
-            bytes += read_event().to_string().len();
+            bytes += std::hint::black_box(read_records(vec!["p1".into()]))[0].detail.len();
         }
-        let json = t.elapsed();
+        let built = t.elapsed();
+        let recs = read_records(vec!["p1".into()]);
         let t = std::time::Instant::now();
         for _ in 0..n {
-            std::hint::black_box(to_write(read_event()));
+            std::hint::black_box(render(&recs[0]));
         }
-        let total = t.elapsed();
         println!(
-            "per event: JSON {:?}, JSON + stamp + index {:?}, {} bytes",
-            json / n,
-            total / n,
-            bytes / n as usize
+            "per event: record {:?} ({} bytes of detail), rendering it {:?}",
+            built / n,
+            bytes / n as usize,
+            t.elapsed() / n
         );
     }
 
     #[test]
-    fn the_index_of_an_event_stays_small() {
-        let w = to_write(read_event());
-        let mut codes: Vec<&str> = w.index.iter().map(|(c, _)| c.as_str()).collect();
-        codes.sort_unstable();
-        // Every row is a B-tree entry written per request: keep them few.
-        println!("{} index rows: {codes:?}", w.index.len());
-        assert!(w.index.len() <= 9, "{} index rows: {codes:?}", w.index.len());
-        for needed in ["date", "agent", "entity", "patient", "action", "outcome", "subtype"] {
-            assert!(codes.contains(&needed), "{needed} in {codes:?}");
-        }
+    fn an_event_is_one_record_per_patient_with_versionless_entities() {
+        let none = read_records(Vec::new());
+        assert_eq!(none.len(), 1);
+        assert_eq!(none[0].patient, None);
+        let two = read_records(vec!["p1".into(), "p2".into()]);
+        assert_eq!(two.len(), 2);
+        assert_eq!(two[0].patient.as_deref(), Some("p1"));
+        assert_eq!(two[1].patient.as_deref(), Some("p2"));
+        assert_ne!(two[0].id, two[1].id);
+        assert_eq!(two[0].entities, vec!["Observation/o1".to_string()]);
+        assert_eq!((two[0].action.as_str(), two[0].outcome.as_str()), ("R", "0"));
+        // Time-ordered ids: the table grows at its end.
+        assert!(two[0].id < two[1].id);
     }
 
     #[test]

@@ -143,6 +143,8 @@ pub struct Auth {
     organisations: TtlCache<Option<Arc<ClientRecord>>>,
     /// Registered organisation (id, SIRET…) → Organization id.
     resolved: TtlCache<Option<String>>,
+    /// Mutual TLS is on: tokens are bound to the client's certificate.
+    certificate_bound: bool,
 }
 
 fn now() -> u64 {
@@ -155,6 +157,16 @@ fn now() -> u64 {
 impl Auth {
     /// `base` is the FHIR base URL (`https://host/fhir`): the audience of
     /// access tokens. The token endpoint is `<root>/auth/token`.
+    /// Says (in the SMART configuration) that access tokens are bound to
+    /// the client's TLS certificate (RFC 8705): mutual TLS is on.
+    pub fn bind_tokens_to_certificates(&mut self) {
+        self.certificate_bound = true;
+    }
+
+    pub fn certificate_bound(&self) -> bool {
+        self.certificate_bound
+    }
+
     pub async fn new(
         store: Store,
         base: &str,
@@ -181,6 +193,7 @@ impl Auth {
             jwks: TtlCache::new(JWKS_CACHE_TTL),
             organisations: TtlCache::new(CLIENT_CACHE_TTL),
             resolved: TtlCache::new(CLIENT_CACHE_TTL),
+            certificate_bound: false,
         })
     }
 

@@ -10,6 +10,7 @@ pub mod consent;
 pub mod keys;
 pub mod oidc;
 pub mod scopes;
+pub mod trail;
 
 use crate::fhir::error::FhirError;
 use scopes::{Perm, Scopes};

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 
-use super::{StoreError, Visibility, Write, Writer};
+use super::{AuditRecord, StoreError, Visibility, Writer};
 
-/// Builds the row to store, off the request's path (it may cost CPU).
-pub type Deferred = Box<dyn FnOnce() -> Option<Write> + Send>;
+/// Builds the records to store, off the request's path (it may cost CPU).
+pub type Deferred = Box<dyn FnOnce() -> Vec<AuditRecord> + Send>;
 
 /// Records queued at most; beyond, requests wait for room.
 const QUEUE: usize = 8192;
@@ -55,20 +55,24 @@ async fn run(writer: Arc<Writer>, mut rx: mpsc::Receiver<Deferred>) {
         // Building a batch is CPU work of milliseconds: not on the threads
         // that answer requests.
         let makes = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
-        let writes: Vec<Write> = tokio::task::spawn_blocking(move || makes.into_iter().filter_map(|m| m()).collect())
-            .await
-            .unwrap_or_else(|e| {
-                tracing::error!(error = %e, "building detached records failed");
-                Vec::new()
-            });
-        if writes.is_empty() {
+        let records: Vec<AuditRecord> =
+            tokio::task::spawn_blocking(move || makes.into_iter().flat_map(|m| m()).collect())
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "building detached records failed");
+                    Vec::new()
+                });
+        if records.is_empty() {
             continue;
         }
-        let n = writes.len();
+        let n = records.len();
         metrics::histogram!("apa_store_detached_batch_size").record(n as f64);
         let stored = writer
             .submit(Visibility::All, move |tx| {
-                Box::pin(async move { tx.put_all(writes).await })
+                Box::pin(async move {
+                    tx.put_audit(records);
+                    Ok::<_, StoreError>(())
+                })
             })
             .await;
         if let Err(e) = stored {

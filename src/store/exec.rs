@@ -240,6 +240,31 @@ pub async fn fetch_texts(
     Ok(rows)
 }
 
+/// An audit record as read back: id, recorded, client, patient, subtype,
+/// action, outcome, network, detail (in this order in the SELECT).
+pub async fn fetch_audit(conn: &mut Conn<'_>, frag: &Frag) -> Result<Vec<super::AuditRecord>, StoreError> {
+    let rows = on_conn!(conn, frag, |q, c| {
+        let rows = q.fetch_all(c).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(super::AuditRecord {
+                    id: r.try_get(0)?,
+                    recorded: r.try_get(1)?,
+                    client: r.try_get(2)?,
+                    patient: r.try_get(3)?,
+                    subtype: r.try_get(4)?,
+                    action: r.try_get(5)?,
+                    outcome: r.try_get(6)?,
+                    network: r.try_get(7)?,
+                    entities: Vec::new(),
+                    detail: Bytes::from(r.try_get::<Vec<u8>, _>(8)?),
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+    })?;
+    Ok(rows)
+}
+
 /// Runs a query returning one optional BLOB / BYTEA.
 pub async fn fetch_bytes(conn: &mut Conn<'_>, frag: &Frag) -> Result<Option<Vec<u8>>, StoreError> {
     let rows = on_conn!(conn, frag, |q, c| {
@@ -255,6 +280,8 @@ pub enum Col {
     I64(Vec<i64>),
     F64(Vec<f64>),
     Text(Vec<String>),
+    /// Text that may be NULL.
+    OptText(Vec<Option<String>>),
     Blob(Vec<Option<Bytes>>),
 }
 
@@ -264,6 +291,7 @@ impl Col {
             Col::I64(v) => v.len(),
             Col::F64(v) => v.len(),
             Col::Text(v) => v.len(),
+            Col::OptText(v) => v.len(),
             Col::Blob(v) => v.len(),
         }
     }
@@ -272,7 +300,7 @@ impl Col {
         match self {
             Col::I64(_) => "bigint[]",
             Col::F64(_) => "float8[]",
-            Col::Text(_) => "text[]",
+            Col::Text(_) | Col::OptText(_) => "text[]",
             Col::Blob(_) => "bytea[]",
         }
     }
@@ -282,6 +310,7 @@ impl Col {
             Col::I64(v) => Bind::I64(v[i]),
             Col::F64(v) => Bind::F64(v[i]),
             Col::Text(v) => Bind::Text(v[i].clone()),
+            Col::OptText(v) => v[i].clone().map_or(Bind::NullText, Bind::Text),
             Col::Blob(v) => v[i].clone().map_or(Bind::Null, Bind::Bytes),
         }
     }
@@ -320,6 +349,7 @@ pub async fn insert_columns(
                     Col::I64(v) => q.bind(v.as_slice()),
                     Col::F64(v) => q.bind(v.as_slice()),
                     Col::Text(v) => q.bind(v.as_slice()),
+                    Col::OptText(v) => q.bind(v.as_slice()),
                     Col::Blob(v) => q.bind(
                         v.iter()
                             .map(|b| b.as_ref().map(|b| b.to_vec()))

@@ -2,6 +2,7 @@
 //! (embedded, default) or PostgreSQL, behind one `Store`. See
 //! docs/storage.md for the table and index design.
 
+mod audit;
 mod clients;
 mod detached;
 mod exec;
@@ -22,6 +23,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::fhir::search::model::{PageStart, SearchRequest, Total};
+pub use audit::{AuditCond, AuditCursor, AuditPage, AuditQuery, AuditRecord};
 pub use clients::ClientRecord;
 pub use detached::Deferred;
 use detached::Detached;
@@ -385,6 +387,16 @@ impl Store {
 
     pub async fn search(&self, req: &SearchRequest, vis: &Visibility) -> Result<SearchPage, StoreError> {
         self.with_conn(async |c| rows::search(c, req, vis).await).await
+    }
+
+    /// One event of the audit trail, if `vis` lets it be seen.
+    pub async fn audit_read(&self, id: &str, vis: &Visibility) -> Result<Option<AuditRecord>, StoreError> {
+        self.with_conn(async |c| audit::read(c, id, vis).await).await
+    }
+
+    /// A page of the audit trail, in recorded order.
+    pub async fn audit_search(&self, q: &AuditQuery, vis: &Visibility) -> Result<AuditPage, StoreError> {
+        self.with_conn(async |c| audit::search(c, q, vis).await).await
     }
 
     /// Runs `f` inside the group-committed write transaction, seeing what

@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use crate::fhir::search::model::SearchRequest;
 
 use super::exec::{Conn, Frag, execute};
-use super::{Current, StoreError, Version, Visibility, Write, rows};
+use super::{AuditRecord, Current, StoreError, Version, Visibility, Write, rows};
 
 /// Writes gathered into one transaction at most.
 const MAX_BATCH: usize = 512;
@@ -50,8 +50,8 @@ pub trait JobHook: Send + Sync {
     /// The job stored these versions (they may still be rolled back).
     fn stored(&self, writes: &[Write]);
     /// The job ended; `ok` is false when it failed and was rolled back. On
-    /// success, the rows returned are stored with the job.
-    fn finish(&self, ok: bool) -> Vec<Write>;
+    /// success, the audit records returned are stored with the job.
+    fn finish(&self, ok: bool) -> Vec<AuditRecord>;
     /// The job and the rows `finish` added are committed (not called when
     /// it added none).
     fn committed(&self);
@@ -75,6 +75,8 @@ pub struct WriteTx {
     conn: WConn,
     /// Rows not sent yet: earlier jobs' first, then the current job's.
     pending: Vec<Write>,
+    /// Audit records of the jobs that succeeded, stored at the commit.
+    audit: Vec<AuditRecord>,
     /// Where the current job's rows start in `pending`.
     job_start: usize,
     /// Has the current job opened its SAVEPOINT?
@@ -189,6 +191,11 @@ impl WriteTx {
         rows::search(&mut self.conn(), req, &vis).await
     }
 
+    /// Stores audit records with the batch.
+    pub fn put_audit(&mut self, records: Vec<AuditRecord>) {
+        self.audit.extend(records);
+    }
+
     /// Stores resource versions (sent with the batch, see the module doc).
     pub async fn put_all(&mut self, writes: Vec<Write>) -> Result<(), StoreError> {
         if let Some(h) = &self.hook {
@@ -281,7 +288,7 @@ impl Writer {
                 let hook = hook.filter(|h| {
                     let extra = h.finish(ok);
                     let added = ok && !extra.is_empty();
-                    wtx.pending.extend(extra.into_iter().filter(|_| ok));
+                    wtx.audit.extend(extra.into_iter().filter(|_| ok));
                     added
                 });
                 Done {
@@ -336,6 +343,7 @@ async fn run(pool: WPool, mut rx: mpsc::Receiver<Job>) {
             Ok(conn) => WriteTx {
                 conn,
                 pending: Vec::new(),
+                audit: Vec::new(),
                 job_start: 0,
                 in_savepoint: false,
                 vis: Visibility::All,
@@ -419,6 +427,10 @@ async fn commit_batch(wtx: &mut WriteTx, batch: Vec<Job>) -> Result<Vec<Done>, B
     }
     let rest = std::mem::take(&mut wtx.pending);
     if let Err(e) = rows::put_all(&mut wtx.conn(), rest).await {
+        return Err((dones, e));
+    }
+    let audit = std::mem::take(&mut wtx.audit);
+    if let Err(e) = super::audit::put(&mut wtx.conn(), audit).await {
         return Err((dones, e));
     }
     match wtx.run("COMMIT").await {

@@ -41,24 +41,24 @@ pub fn capability_statement(base: &str, software_version: &str, published: &str)
             // The audit trail is written by the gateway only: clients read
             // and search it (with a scope naming AuditEvent).
             if t == AUDIT_EVENT {
+                let audit_params: Vec<Value> = params
+                    .iter()
+                    .filter(|d| crate::security::trail::SEARCH_PARAMS.contains(&d.code.as_str()))
+                    .map(|d| json!({"name": d.code, "definition": d.url, "type": d.kind.as_str()}))
+                    .collect();
                 return json!({
                     "type": t,
-                    "documentation": "Written by the gateway for every interaction; read and search need a scope naming AuditEvent (e.g. system/AuditEvent.rs), a wildcard scope does not grant them.",
-                    "interaction": [
-                        {"code": "read"}, {"code": "vread"}, {"code": "history-instance"},
-                        {"code": "history-type"}, {"code": "search-type"}
-                    ],
+                    "documentation": "Written by the gateway for every interaction; read and search need a scope naming AuditEvent (e.g. system/AuditEvent.rs), a wildcard scope does not grant them. Clients are searched by agent:identifier=<client id>; results sort by date (_sort=-date: newest first).",
+                    "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "search-type"}],
                     "versioning": "versioned",
-                    "readHistory": true,
+                    "readHistory": false,
                     "updateCreate": false,
                     "conditionalCreate": false,
                     "conditionalRead": "not-supported",
                     "conditionalUpdate": false,
                     "conditionalDelete": "not-supported",
                     "referencePolicy": ["literal", "logical"],
-                    "searchInclude": includes,
-                    "searchRevInclude": revincludes,
-                    "searchParam": search_params,
+                    "searchParam": audit_params,
                 });
             }
             json!({

@@ -3,7 +3,9 @@
 use crate::fhir::error::FhirError;
 use crate::fhir::resource::valid_id;
 use crate::security::Caller;
+use crate::security::audit::AUDIT_EVENT;
 use crate::security::scopes::Perm;
+use crate::security::trail;
 use crate::store::Store;
 
 use super::Reply;
@@ -11,6 +13,9 @@ use super::Reply;
 pub async fn read(store: &Store, caller: &Caller, resource_type: &str, id: &str) -> Result<Reply, FhirError> {
     caller.require(resource_type, Perm::Read)?;
     check_id(id)?;
+    if resource_type == AUDIT_EVENT {
+        return trail::read(store, caller, id, None).await;
+    }
     match store.read(resource_type, id, &caller.visibility()).await? {
         None => Err(FhirError::not_found(format!("{resource_type}/{id} is not known"))),
         Some(v) if v.deleted() => Err(FhirError::gone(format!(
@@ -30,6 +35,9 @@ pub async fn vread(
 ) -> Result<Reply, FhirError> {
     caller.require(resource_type, Perm::Read)?;
     check_id(id)?;
+    if resource_type == AUDIT_EVENT {
+        return trail::read(store, caller, id, Some(vid)).await;
+    }
     let version: i64 = vid.parse().ok().filter(|v| *v > 0).ok_or_else(|| {
         FhirError::invalid(format!(
             "'{vid}' is not a version id of this server (a positive integer)"

@@ -9,7 +9,9 @@ use crate::fhir::search::parse::{PAGE_AFTER, PAGE_OFFSET, ParseOptions, parse_se
 use crate::fhir::search::registry::Registry;
 use crate::fhir::summary::subset;
 use crate::security::Caller;
+use crate::security::audit::AUDIT_EVENT;
 use crate::security::scopes::Perm;
+use crate::security::trail;
 use crate::store::Store;
 
 use super::{Reply, link};
@@ -22,6 +24,20 @@ pub struct SearchInput<'a> {
 }
 
 pub async fn search(store: &Store, caller: &Caller, input: SearchInput<'_>) -> Result<Reply, FhirError> {
+    // The audit trail has a table of its own (`GET [base]?_type=AuditEvent`
+    // is a search of it too).
+    if input.resource_type == Some(AUDIT_EVENT) {
+        return trail::search(store, caller, input).await;
+    }
+    if input.resource_type.is_none() && input.params.iter().any(|(k, v)| k == "_type" && v == AUDIT_EVENT) {
+        let params: Vec<(String, String)> = input.params.iter().filter(|(k, _)| k != "_type").cloned().collect();
+        let input = SearchInput {
+            resource_type: Some(AUDIT_EVENT),
+            params: &params,
+            ..input
+        };
+        return trail::search(store, caller, input).await;
+    }
     match input.resource_type {
         Some(t) => caller.require(t, Perm::Search)?,
         None => caller.require_all_types(Perm::Search)?,

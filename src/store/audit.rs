@@ -1,0 +1,211 @@
+//! The audit trail's table: append-only, one narrow row per event.
+//!
+//! An event is written for every request, reads included, so its cost is
+//! paid on every read: it is one row with the handful of columns auditors
+//! search by (`recorded`, `client`, `patient`, `subtype`, `action`,
+//! `outcome`, `network`) and an opaque `detail`, plus one `audit_entity`
+//! row per resource it names. No generic index rows, no JSON built on the
+//! request's path. The ids are time-ordered (UUID v7, made by the caller),
+//! so the table and most of its indexes grow at their end. What the rows
+//! mean is the security layer's business (`security::audit`).
+
+use bytes::Bytes;
+
+use super::exec::{Bind, Col, Conn, Frag, fetch_audit, insert_columns};
+use super::{StoreError, Visibility};
+
+/// One event of the audit trail.
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    pub id: String,
+    /// When it was recorded (µs since the epoch).
+    pub recorded: i64,
+    /// The client that made the request (as its credential claimed, when
+    /// authentication failed).
+    pub client: Option<String>,
+    /// The patient the event is about (one per event, as IHE BALP has it).
+    pub patient: Option<String>,
+    pub subtype: String,
+    pub action: String,
+    pub outcome: String,
+    pub network: Option<String>,
+    /// The resources the event names, `Type/id` (written, not read back).
+    pub entities: Vec<String>,
+    /// Everything else, opaque to the store.
+    pub detail: Bytes,
+}
+
+/// One condition of an audit search; conditions are AND-ed, the values of
+/// one condition OR-ed.
+#[derive(Debug, Clone)]
+pub enum AuditCond {
+    Id(Vec<String>),
+    Patient(Vec<String>),
+    /// `Type/id` references; a `Patient/x` also matches the events whose
+    /// patient is x.
+    Entity(Vec<String>),
+    Client(Vec<String>),
+    Subtype(Vec<String>),
+    Action(Vec<String>),
+    Outcome(Vec<String>),
+    Network(Vec<String>),
+    /// Recorded within `[lo, hi]` (µs, inclusive bounds).
+    Recorded {
+        lo: i64,
+        hi: i64,
+    },
+}
+
+/// Where a page of an audit search starts: after this `(recorded, id)`.
+pub type AuditCursor = (i64, String);
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub conds: Vec<AuditCond>,
+    pub descending: bool,
+    pub after: Option<AuditCursor>,
+    pub count: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditPage {
+    pub records: Vec<AuditRecord>,
+    pub next: Option<AuditCursor>,
+}
+
+const COLUMNS: &str = "SELECT e.id, e.recorded, e.client, e.patient, e.subtype, e.action, e.outcome, e.network, e.detail FROM audit_event e";
+
+pub async fn put(c: &mut Conn<'_>, records: Vec<AuditRecord>) -> Result<(), StoreError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let mut refs = Vec::new();
+    let mut events = Vec::new();
+    for r in &records {
+        for e in &r.entities {
+            refs.push(e.clone());
+            events.push(r.id.clone());
+        }
+    }
+    let cols = [
+        Col::Text(records.iter().map(|r| r.id.clone()).collect()),
+        Col::I64(records.iter().map(|r| r.recorded).collect()),
+        Col::OptText(records.iter().map(|r| r.client.clone()).collect()),
+        Col::OptText(records.iter().map(|r| r.patient.clone()).collect()),
+        Col::Text(records.iter().map(|r| r.subtype.clone()).collect()),
+        Col::Text(records.iter().map(|r| r.action.clone()).collect()),
+        Col::Text(records.iter().map(|r| r.outcome.clone()).collect()),
+        Col::OptText(records.iter().map(|r| r.network.clone()).collect()),
+        Col::Blob(records.into_iter().map(|r| Some(r.detail)).collect()),
+    ];
+    insert_columns(
+        c,
+        "audit_event (id, recorded, client, patient, subtype, action, outcome, network, detail)",
+        &cols,
+        "",
+    )
+    .await?;
+    // An event may name the same resource twice (a transaction that
+    // creates and then patches it): one row is enough.
+    insert_columns(
+        c,
+        "audit_entity (ref, event)",
+        &[Col::Text(refs), Col::Text(events)],
+        "ON CONFLICT DO NOTHING",
+    )
+    .await?;
+    Ok(())
+}
+
+/// The caller's compartment: events about no patient, or about one it is
+/// granted.
+fn restrict(f: &mut Frag, vis: &Visibility) {
+    match vis {
+        Visibility::All => {}
+        Visibility::Party(None) => {
+            f.push(" AND e.patient IS NULL");
+        }
+        Visibility::Party(Some(party)) => {
+            f.push(" AND (e.patient IS NULL OR EXISTS (SELECT 1 FROM access_grant g WHERE g.party = ")
+                .bind(Bind::Text(party.clone()))
+                .push(" AND g.patient = e.patient AND g.denied = 0))");
+        }
+    }
+}
+
+fn any_of(f: &mut Frag, column: &str, values: &[String]) {
+    f.push(" AND ").push(column).push(" IN (");
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            f.push(", ");
+        }
+        f.bind(Bind::Text(v.clone()));
+    }
+    f.push(")");
+}
+
+pub async fn read(c: &mut Conn<'_>, id: &str, vis: &Visibility) -> Result<Option<AuditRecord>, StoreError> {
+    let mut f = Frag::new(COLUMNS);
+    f.push(" WHERE e.id = ").bind(Bind::Text(id.into()));
+    restrict(&mut f, vis);
+    Ok(fetch_audit(c, &f).await?.into_iter().next())
+}
+
+pub async fn search(c: &mut Conn<'_>, q: &AuditQuery, vis: &Visibility) -> Result<AuditPage, StoreError> {
+    let mut f = Frag::new(COLUMNS);
+    f.push(" WHERE 1 = 1");
+    for cond in &q.conds {
+        match cond {
+            AuditCond::Id(v) => any_of(&mut f, "e.id", v),
+            AuditCond::Patient(v) => any_of(&mut f, "e.patient", v),
+            AuditCond::Client(v) => any_of(&mut f, "e.client", v),
+            AuditCond::Subtype(v) => any_of(&mut f, "e.subtype", v),
+            AuditCond::Action(v) => any_of(&mut f, "e.action", v),
+            AuditCond::Outcome(v) => any_of(&mut f, "e.outcome", v),
+            AuditCond::Network(v) => any_of(&mut f, "e.network", v),
+            AuditCond::Recorded { lo, hi } => {
+                f.push(" AND e.recorded >= ")
+                    .bind(Bind::I64(*lo))
+                    .push(" AND e.recorded <= ")
+                    .bind(Bind::I64(*hi));
+            }
+            AuditCond::Entity(refs) => {
+                f.push(" AND (e.id IN (SELECT ae.event FROM audit_entity ae WHERE 1 = 1");
+                any_of(&mut f, "ae.ref", refs);
+                f.push(")");
+                let patients: Vec<String> = refs
+                    .iter()
+                    .filter_map(|r| r.strip_prefix("Patient/"))
+                    .map(str::to_string)
+                    .collect();
+                if !patients.is_empty() {
+                    f.push(" OR (1 = 1");
+                    any_of(&mut f, "e.patient", &patients);
+                    f.push(")");
+                }
+                f.push(")");
+            }
+        }
+    }
+    restrict(&mut f, vis);
+    let (cmp, dir) = if q.descending { ("<", "DESC") } else { (">", "ASC") };
+    if let Some((recorded, id)) = &q.after {
+        f.push(&format!(" AND (e.recorded {cmp} "))
+            .bind(Bind::I64(*recorded))
+            .push(" OR (e.recorded = ")
+            .bind(Bind::I64(*recorded))
+            .push(&format!(" AND e.id {cmp} "))
+            .bind(Bind::Text(id.clone()))
+            .push("))");
+    }
+    f.push(&format!(" ORDER BY e.recorded {dir}, e.id {dir} LIMIT "))
+        .bind(Bind::I64(q.count as i64 + 1));
+    let mut records = fetch_audit(c, &f).await?;
+    let next = if records.len() > q.count {
+        records.truncate(q.count);
+        records.last().map(|r| (r.recorded, r.id.clone()))
+    } else {
+        None
+    };
+    Ok(AuditPage { records, next })
+}
