@@ -1,6 +1,11 @@
-//! Embeds the conformance package (`profiles/*.json`) in the binary: the
-//! gateway validates against it without reading any file at run time.
-//! Generates `$OUT_DIR/profiles.rs`, a list of (file name, contents).
+//! Embeds the conformance package (`profiles/*.json`) in the binary, so that
+//! the gateway reads no file at run time. Generates in `$OUT_DIR`:
+//! - `profiles.rs`: every file of the package as (file name, contents), for
+//!   validation against the profiles;
+//! - `package_search_parameters.rs`: its SearchParameter resources, which
+//!   the search registry holds beside the R4 definitions (a parameter added
+//!   to the package is indexed, searchable and listed in the
+//!   CapabilityStatement at the next build, with no code to change).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -21,16 +26,24 @@ fn main() {
         })
         .unwrap_or_default();
     names.sort();
-    let mut out = String::from("&[\n");
+    let mut all = String::from("&[\n");
+    let mut params = String::from("&[\n");
     for n in &names {
-        let path = dir.join(n);
-        let _ = writeln!(out, "    ({n:?}, include_str!({:?})),", path.display().to_string());
+        let path = dir.join(n).display().to_string();
+        let _ = writeln!(all, "    ({n:?}, include_str!({path:?})),");
+        if n.starts_with("SearchParameter-") {
+            let _ = writeln!(params, "    include_str!({path:?}),");
+        }
     }
-    out.push(']');
-    let target = Path::new(&env::var("OUT_DIR").unwrap_or_else(|_| ".".into())).join("profiles.rs");
-    // A build script reports failure by panicking.
-    #[allow(clippy::panic)]
-    if let Err(e) = fs::write(&target, out) {
-        panic!("cannot write {}: {e}", target.display());
+    all.push(']');
+    params.push(']');
+    let out = Path::new(&env::var("OUT_DIR").unwrap_or_else(|_| ".".into())).to_path_buf();
+    for (file, text) in [("profiles.rs", all), ("package_search_parameters.rs", params)] {
+        let target = out.join(file);
+        // A build script reports failure by panicking.
+        #[allow(clippy::panic)]
+        if let Err(e) = fs::write(&target, text) {
+            panic!("cannot write {}: {e}", target.display());
+        }
     }
 }

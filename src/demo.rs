@@ -102,7 +102,7 @@ pub const CLIENTS: &[DemoClient] = &[
         name: "CPTS Rennes Est (demo)",
         organization: Some("cpts-rennes-est"),
         scope: "system/*.rs system/Task.cru",
-        sees: "the CPTS: the directory, no patient yet",
+        sees: "the CPTS: the referrals of its territory and their patients (Nathalie Le Bihan)",
     },
 ];
 

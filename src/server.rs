@@ -58,10 +58,38 @@ impl Running {
     }
 }
 
+/// Resources stored while the server indexed other search parameters
+/// (before a package SearchParameter was added or changed) are indexed
+/// again before anything is served, so that no search misses them.
+async fn index_again_if_changed(store: &Store) -> Result<(), ServerError> {
+    use crate::fhir::search::extract::Extractor;
+    use crate::fhir::search::registry::Registry;
+    let base = Registry::base_r4().map_err(|e| ServerError::Config(format!("R4 definitions: {e}")))?;
+    let before = Extractor::new(&base);
+    let now = Extractor::r4();
+    let types = Registry::r4().resource_types();
+    let current = types.iter().map(|t| (t.clone(), now.fingerprint(t))).collect();
+    let unrecorded = types.iter().map(|t| (t.clone(), before.fingerprint(t))).collect();
+    let index: crate::store::IndexFn = Arc::new(|rtype: &str, body: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(body)
+            .map(|json| {
+                Extractor::r4()
+                    .extract(rtype, &json)
+                    .into_iter()
+                    .map(|(def, v)| (def.code.clone(), v))
+                    .collect()
+            })
+            .unwrap_or_default()
+    });
+    store.reindex_changed(current, unrecorded, index).await?;
+    Ok(())
+}
+
 /// Opens the database, binds the listener (port 0 picks a free port) and
 /// serves until `stop` or until the process receives SIGTERM / Ctrl-C.
 pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
     let store = Store::open(&cfg.database_url, cfg.db_pool_size).await?;
+    index_again_if_changed(&store).await?;
     let listener = TcpListener::bind(&cfg.listen)
         .await
         .map_err(|e| ServerError::Listen(cfg.listen.clone(), e))?;

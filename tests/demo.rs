@@ -115,9 +115,9 @@ async fn a_resource_deleted_while_exploring_stays_deleted(app: &TestApp) {
     assert_eq!(app.get("Task/referral-le-bihan").await.status(), StatusCode::GONE);
 }
 
-/// What the README's walk-through shows: the prescriber's practice and the
-/// MSS that owns the referral see the patient; the other MSS, the other
-/// practice and the CPTS do not; everyone sees the directory.
+/// What the README's walk-through shows: the prescriber's practice, the
+/// MSS that owns the referral and the CPTS of her commune see the patient;
+/// the other MSS and the other practice do not; everyone sees the directory.
 async fn each_demo_organisation_sees_its_compartment(app: &TestApp) {
     demo::load(app.running()).await.unwrap();
     let patient = "Patient/patient-le-bihan";
@@ -129,7 +129,7 @@ async fn each_demo_organisation_sees_its_compartment(app: &TestApp) {
         let http = bearer_client(&token);
         let get = |path: &str| http.get(format!("{}/{path}", app.base)).send();
         let expected = match c.id {
-            "demo" | "cabinet-colombier" | "mss-bouger-plus" => StatusCode::OK,
+            "demo" | "cabinet-colombier" | "mss-bouger-plus" | "cpts-rennes-est" => StatusCode::OK,
             _ => StatusCode::NOT_FOUND,
         };
         assert_eq!(
@@ -150,7 +150,7 @@ async fn each_demo_organisation_sees_its_compartment(app: &TestApp) {
         let seen = others["entry"].as_array().map_or(0, Vec::len);
         let expected = match c.id {
             "demo" => 3,
-            "cabinet-colombier" | "mss-bouger-plus" => 1,
+            "cabinet-colombier" | "mss-bouger-plus" | "cpts-rennes-est" => 1,
             _ => 0,
         };
         assert_eq!(seen, expected, "{} searches patients", c.id);

@@ -6,7 +6,7 @@ use futures_util::future::BoxFuture;
 
 use crate::fhir::error::{FhirError, Issue};
 use crate::fhir::resource::Resource;
-use crate::fhir::rules::Rules;
+use crate::fhir::rules::{Note, Rules};
 use crate::store::{Write, WriteTx};
 
 use crate::fhir::validate::base::BaseValidator;
@@ -38,11 +38,16 @@ impl Rules for ApaRules {
         issues
     }
 
-    fn apply<'a>(&'a self, tx: &'a mut WriteTx, writes: &'a mut Vec<Write>) -> BoxFuture<'a, Result<(), FhirError>> {
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut WriteTx,
+        writes: &'a mut Vec<Write>,
+    ) -> BoxFuture<'a, Result<Vec<Note>, FhirError>> {
         Box::pin(async move {
             // Routing first: the Tasks it adds go through the workflow too.
-            routing::apply(tx, writes).await?;
-            workflow::apply(tx, writes).await
+            let notes = routing::apply(tx, writes).await?;
+            workflow::apply(tx, writes).await?;
+            Ok(notes)
         })
     }
 }

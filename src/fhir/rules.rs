@@ -9,7 +9,8 @@
 //! - [`Rules::apply`] sees every write of one job, inside the database
 //!   transaction, with what is stored: workflow transitions, routing. It
 //!   may refuse the job or add writes to it (a routed referral), which are
-//!   stored atomically with the rest.
+//!   stored atomically with the rest, and say something of a write without
+//!   refusing it ([`Note`]: where a prescription was routed, or why not).
 
 use std::sync::Arc;
 
@@ -41,7 +42,22 @@ pub trait Rules: Send + Sync {
 
     /// Checks (and may complete) the writes of one job against the stored
     /// state. The acting party is `tx.visibility()`.
-    fn apply<'a>(&'a self, tx: &'a mut WriteTx, writes: &'a mut Vec<Write>) -> BoxFuture<'a, Result<(), FhirError>>;
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut WriteTx,
+        writes: &'a mut Vec<Write>,
+    ) -> BoxFuture<'a, Result<Vec<Note>, FhirError>>;
+}
+
+/// What the rules say of one write of a job that they accept: an
+/// information or a warning. It reaches the client with the response to
+/// that write: in the OperationOutcome of `Prefer: return=OperationOutcome`,
+/// in `entry.response.outcome` of a batch or transaction response.
+#[derive(Debug, Clone)]
+pub struct Note {
+    pub resource_type: String,
+    pub id: String,
+    pub issue: Issue,
 }
 
 /// The rules of a plain FHIR server: none.
@@ -52,8 +68,8 @@ impl Rules for NoRules {
         Vec::new()
     }
 
-    fn apply<'a>(&'a self, _: &'a mut WriteTx, _: &'a mut Vec<Write>) -> BoxFuture<'a, Result<(), FhirError>> {
-        Box::pin(async { Ok(()) })
+    fn apply<'a>(&'a self, _: &'a mut WriteTx, _: &'a mut Vec<Write>) -> BoxFuture<'a, Result<Vec<Note>, FhirError>> {
+        Box::pin(async { Ok(Vec::new()) })
     }
 }
 

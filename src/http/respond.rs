@@ -5,7 +5,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
-use crate::fhir::error::info_outcome;
+use crate::fhir::error::{Issue, Severity, info_outcome, outcome_json};
 use crate::fhir::interaction::Reply;
 use crate::fhir::search::values::{format_http_date, format_instant};
 use crate::security::audit::Served;
@@ -90,7 +90,15 @@ fn render_reply(base: &str, reply: Reply, ret: Return) -> Response {
                         v.version,
                         format_instant(v.updated)
                     );
-                    serde_json::to_vec(&info_outcome(msg)).ok().map(Bytes::from)
+                    // What the domain rules said of the write follows.
+                    let mut issues = vec![Issue {
+                        severity: Severity::Information,
+                        code: "informational",
+                        diagnostics: msg,
+                        expression: Vec::new(),
+                    }];
+                    issues.extend(reply.notes.iter().cloned());
+                    serde_json::to_vec(&outcome_json(&issues)).ok().map(Bytes::from)
                 }
             };
         }

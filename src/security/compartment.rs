@@ -1,8 +1,9 @@
 //! Organisation compartments: which organisation sees which patient.
 //!
 //! Access is granted per patient, by the writes that make an organisation
-//! part of that patient's care, following the rules in [`GRANTS`] and
-//! [`AUTHOR_GRANTS`] — the only place they are written down. A resource
+//! part of that patient's care, following the rules in [`GRANTS`],
+//! [`AUTHOR_GRANTS`] and [`TERRITORY_GRANTS`] — the only place they are
+//! written down. A resource
 //! that concerns patients (it references them, or is one) is visible to a
 //! caller whose organisation was granted every one of them; a resource that
 //! concerns no patient (Practitioner, Organization, HealthcareService…) to
@@ -52,6 +53,17 @@ pub const GRANTS: &[(&str, &str)] = &[
 /// The organisation that writes one of these gains access to its patients:
 /// whoever registers a patient, and a prescriber who refers one.
 pub const AUTHOR_GRANTS: &[&str] = &["Patient", "ServiceRequest"];
+
+/// Grants by territory: a write of the resource type gives its patients to
+/// every organisation of the kind whose territory covers the patient's
+/// home — a CPTS sees the referrals (Tasks) of its territory and the data
+/// of those patients. Where a patient lives and what an organisation
+/// covers is the product's knowledge, not this module's: the product's
+/// rules (`fhir::rules::Rules::apply`, the APA domain's `apa::routing`)
+/// read this table and propose the grants in `Write::grants`; [`admit`]
+/// decides them against the patient's consent like every other grant, and
+/// keeps only those about the write's own patients.
+pub const TERRITORY_GRANTS: &[(&str, Kind)] = &[("Task", Kind::Cpts)];
 
 impl Caller {
     /// What this caller may see.
@@ -165,6 +177,8 @@ pub async fn admit(tx: &mut WriteTx, writes: &mut [Write]) -> Result<(), FhirErr
     // (write, party, patient) of every grant to decide.
     let mut wanted: Vec<(usize, String, String)> = Vec::new();
     for (i, w) in writes.iter_mut().enumerate() {
+        // Grants the product's rules proposed (TERRITORY_GRANTS).
+        let proposed = std::mem::take(&mut w.grants);
         if w.body.is_none() {
             continue;
         }
@@ -172,6 +186,12 @@ pub async fn admit(tx: &mut WriteTx, writes: &mut [Write]) -> Result<(), FhirErr
         if w.patients.is_empty() {
             continue;
         }
+        wanted.extend(
+            proposed
+                .into_iter()
+                .filter(|g| w.patients.contains(&g.patient))
+                .map(|g| (i, g.party, g.patient)),
+        );
         let mut parties: Vec<String> = Vec::new();
         for (code, v) in &w.index {
             if !GRANTS.iter().any(|(t, p)| *t == w.resource_type && p == code) {

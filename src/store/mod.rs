@@ -9,6 +9,7 @@ mod exec;
 pub mod keys;
 #[cfg(target_os = "linux")]
 mod nodelay;
+mod reindex;
 mod rows;
 mod sql;
 mod writer;
@@ -28,6 +29,7 @@ pub use detached::Deferred;
 use detached::Detached;
 pub use exec::Dialect;
 use exec::{Bind, Conn, Frag, VersionRow, fetch_i64, fetch_versions};
+pub use reindex::IndexFn;
 pub use writer::{JobHook, WriteTx, Writer, with_job_hook};
 
 #[derive(Debug, thiserror::Error)]

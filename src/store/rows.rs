@@ -529,6 +529,30 @@ pub async fn put_all(c: &mut Conn<'_>, writes: Vec<Write>) -> Result<(), StoreEr
     put_compartments(c, &writes, &pks).await
 }
 
+/// The index values of one stored resource: (pk, type, (parameter, value)…).
+pub type Reindexed = (i64, String, Vec<(String, IndexValue)>);
+
+/// Replaces the index rows of stored resources, their versions untouched
+/// (indexing again after the search parameters changed).
+pub async fn replace_index(c: &mut Conn<'_>, items: &[Reindexed]) -> Result<(), StoreError> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    for tbl in INDEX_TABLES {
+        let mut f = Frag::new(format!("DELETE FROM {tbl} WHERE pk IN ("));
+        push_list(&mut f, items.iter().map(|(pk, _, _)| Bind::I64(*pk)));
+        f.push(")");
+        execute(c, &f).await?;
+    }
+    let mut rows = IndexRows::default();
+    for (pk, rtype, index) in items {
+        for (code, value) in index {
+            rows.add(rtype, code, value, *pk);
+        }
+    }
+    rows.insert(c).await
+}
+
 /// The patients of the written versions and the grants they establish.
 /// Both only grow: a grant outlives the Task that gave it (an MSS that
 /// owned a referral keeps seeing it), a patient outlives the version.

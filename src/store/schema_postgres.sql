@@ -134,3 +134,11 @@ CREATE TABLE IF NOT EXISTS audit_entity (
     event TEXT NOT NULL,
     PRIMARY KEY (ref, event)
 );
+
+-- The search parameters each resource type was indexed with (a hash of
+-- them): when they change, the stored resources of the type are indexed
+-- again at start (store/reindex.rs).
+CREATE TABLE IF NOT EXISTS index_fingerprint (
+    rtype       TEXT PRIMARY KEY,
+    fingerprint BIGINT NOT NULL
+);

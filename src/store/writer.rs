@@ -183,6 +183,14 @@ impl WriteTx {
         rows::search_keys(&mut self.conn(), req, limit, &vis).await
     }
 
+    /// One page of a search with its `_include`s and `_revinclude`s, as
+    /// the job may see it.
+    pub async fn search(&mut self, req: &SearchRequest) -> Result<super::SearchPage, StoreError> {
+        self.prepare_read().await?;
+        let vis = self.vis.clone();
+        rows::search(&mut self.conn(), req, &vis).await
+    }
+
     /// Stores audit records with the batch.
     pub fn put_audit(&mut self, records: Vec<AuditRecord>) {
         self.audit.extend(records);

@@ -13,7 +13,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 
 use crate::fhir::bundle_writer::BundleWriter;
-use crate::fhir::error::FhirError;
+use crate::fhir::error::{FhirError, outcome_json};
 use crate::fhir::resource::{self, Resource, valid_id};
 use crate::fhir::rules::{self, Rules, SharedRules};
 use crate::fhir::search::model::{IndexValue, SearchRequest};
@@ -608,7 +608,10 @@ async fn plan_and_store(
             replies[i] = Some(p.reply);
         }
     }
-    super::store_writes(tx, rules, writes).await?;
+    let notes = super::store_writes(tx, rules, writes).await?;
+    for reply in replies.iter_mut().flatten() {
+        reply.take_notes(&notes);
+    }
     Ok(replies)
 }
 
@@ -725,6 +728,11 @@ fn write_response(w: &mut BundleWriter, base: &str, reply: Result<Reply, FhirErr
             }
             if let Some(b) = reply.body {
                 resource = Some(b);
+            }
+            if !reply.notes.is_empty()
+                && let Some(o) = response.as_object_mut()
+            {
+                o.insert("outcome".into(), outcome_json(&reply.notes));
             }
             w.entry(
                 full_url.as_deref(),

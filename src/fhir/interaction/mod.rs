@@ -17,9 +17,9 @@ pub mod validate;
 
 use bytes::Bytes;
 
-use crate::fhir::error::FhirError;
+use crate::fhir::error::{FhirError, Issue};
 use crate::fhir::resource::Resource;
-use crate::fhir::rules::Rules;
+use crate::fhir::rules::{Note, Rules};
 use crate::fhir::search::extract::Extractor;
 use crate::fhir::search::model::{IndexValue, SearchRequest};
 use crate::fhir::search::parse::{ParseOptions, parse_search};
@@ -37,6 +37,8 @@ pub struct Reply {
     pub body: Option<Bytes>,
     /// Send `Location` (create, update-as-create).
     pub location: bool,
+    /// What the product's rules said of the write (`rules::Note`).
+    pub notes: Vec<Issue>,
 }
 
 impl Reply {
@@ -46,6 +48,7 @@ impl Reply {
             version: Some(version),
             body: None,
             location: false,
+            notes: Vec::new(),
         }
     }
 
@@ -62,6 +65,7 @@ impl Reply {
             version: None,
             body: Some(body),
             location: false,
+            notes: Vec::new(),
         }
     }
 
@@ -71,6 +75,19 @@ impl Reply {
             version: None,
             body: None,
             location: false,
+            notes: Vec::new(),
+        }
+    }
+
+    /// Adds the notes that concern the version this reply is about.
+    pub fn take_notes(&mut self, notes: &[Note]) {
+        if let Some(v) = &self.version {
+            self.notes.extend(
+                notes
+                    .iter()
+                    .filter(|n| n.resource_type == v.resource_type && n.id == v.id)
+                    .map(|n| n.issue.clone()),
+            );
         }
     }
 }
@@ -150,17 +167,20 @@ pub struct Planned {
 
 /// Stores one planned write.
 pub async fn commit_one(tx: &mut WriteTx, rules: &dyn Rules, p: Planned) -> Result<Reply, FhirError> {
-    store_writes(tx, rules, p.write.into_iter().collect()).await?;
-    Ok(p.reply)
+    let notes = store_writes(tx, rules, p.write.into_iter().collect()).await?;
+    let mut reply = p.reply;
+    reply.take_notes(&notes);
+    Ok(reply)
 }
 
 /// Stores the writes of a job once the product's rules accept them (and
-/// perhaps add some) and the caller's compartment admits them all.
-pub async fn store_writes(tx: &mut WriteTx, rules: &dyn Rules, mut writes: Vec<Write>) -> Result<(), FhirError> {
-    rules.apply(tx, &mut writes).await?;
+/// perhaps add some) and the caller's compartment admits them all. Returns
+/// what the rules noted of them.
+pub async fn store_writes(tx: &mut WriteTx, rules: &dyn Rules, mut writes: Vec<Write>) -> Result<Vec<Note>, FhirError> {
+    let notes = rules.apply(tx, &mut writes).await?;
     crate::security::compartment::admit(tx, &mut writes).await?;
     tx.put_all(writes).await?;
-    Ok(())
+    Ok(notes)
 }
 
 /// Reads an ETag / If-Match value: `W/"3"`, `"3"` or `3`.

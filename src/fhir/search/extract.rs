@@ -90,6 +90,25 @@ impl Extractor {
         E.get_or_init(|| Extractor::new(Registry::r4()))
     }
 
+    /// What decides the index rows of a resource type: its parameters
+    /// (code, definition, type, expression), hashed. When it changes (a
+    /// package parameter added or changed), resources stored before lack
+    /// rows or have stale ones and must be indexed again.
+    pub fn fingerprint(&self, resource_type: &str) -> i64 {
+        let mut text = String::new();
+        for c in self.by_type.get(resource_type).into_iter().flatten() {
+            text.push_str(&c.def.code);
+            text.push('\u{1f}');
+            text.push_str(&c.def.url);
+            text.push('\u{1f}');
+            text.push_str(c.def.kind.as_str());
+            text.push('\u{1f}');
+            text.push_str(c.def.expression.as_deref().unwrap_or_default());
+            text.push('\u{1e}');
+        }
+        xxhash_rust::xxh3::xxh3_64(text.as_bytes()) as i64
+    }
+
     /// Parameters left out because their expression does not parse, as
     /// (url, error).
     pub fn skipped(&self) -> &[(String, String)] {

@@ -1,5 +1,7 @@
 //! The search parameters the server knows: the official FHIR R4 definitions
-//! (embedded, see `scripts/gen-definitions.py`), indexed by resource type.
+//! (embedded, see `scripts/gen-definitions.py`) and the SearchParameter
+//! resources of the implementation guide the gateway serves (`profiles/`,
+//! embedded at build time by `build.rs`), indexed by resource type.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -83,15 +85,49 @@ pub struct Registry {
 
 const SEARCH_PARAMETERS: &str = include_str!("../definitions/search-parameters.json");
 const RESOURCE_TYPES: &str = include_str!("../definitions/resource-types.json");
+/// The package's SearchParameter resources, one JSON text each.
+const PACKAGE_SEARCH_PARAMETERS: &[&str] = include!(concat!(env!("OUT_DIR"), "/package_search_parameters.rs"));
 
 impl Registry {
-    /// The FHIR R4 (4.0.1) registry, built once.
+    /// The registry the server indexes and searches with, built once: the
+    /// FHIR R4 (4.0.1) definitions and the package's SearchParameters.
     pub fn r4() -> &'static Registry {
         static R4: OnceLock<Registry> = OnceLock::new();
         R4.get_or_init(|| {
             #[allow(clippy::expect_used)] // embedded data, checked by tests
-            Registry::from_json(SEARCH_PARAMETERS, RESOURCE_TYPES).expect("embedded R4 definitions are valid")
+            let mut reg = Registry::base_r4().expect("embedded R4 definitions are valid");
+            for text in PACKAGE_SEARCH_PARAMETERS {
+                #[allow(clippy::expect_used)] // embedded data, checked by tests
+                reg.add_search_parameter(text)
+                    .expect("the package's SearchParameters are valid");
+            }
+            reg
         })
+    }
+
+    /// The FHIR R4 definitions alone (what the server indexed before it
+    /// knew of any package parameter).
+    pub fn base_r4() -> Result<Registry, serde_json::Error> {
+        Registry::from_json(SEARCH_PARAMETERS, RESOURCE_TYPES)
+    }
+
+    /// Adds a SearchParameter resource (JSON). A parameter of a type the
+    /// server does not support (composite, special) is kept but not offered,
+    /// as for the R4 ones.
+    pub fn add_search_parameter(&mut self, json: &str) -> Result<(), serde_json::Error> {
+        let r: RawDef = serde_json::from_str(json)?;
+        if let Some(kind) = ParamType::parse(&r.kind) {
+            self.add(Arc::new(SearchParamDef {
+                url: r.url,
+                code: r.code,
+                base: r.base,
+                kind,
+                expression: r.expression,
+                targets: r.target,
+                components: r.component,
+            }));
+        }
+        Ok(())
     }
 
     pub fn from_json(params: &str, types: &str) -> Result<Registry, serde_json::Error> {
@@ -184,5 +220,30 @@ mod tests {
         // Resource-level parameters apply to every type.
         assert!(r.get("Observation", "_lastUpdated").is_some());
         assert!(r.get("Observation", "_id").is_some());
+    }
+
+    #[test]
+    fn the_package_search_parameters_are_registered() {
+        let r = Registry::r4();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
+        let mut found = 0;
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !name.starts_with("SearchParameter-") {
+                continue;
+            }
+            let sp: serde_json::Value = serde_json::from_slice(&std::fs::read(entry.path()).unwrap()).unwrap();
+            let url = sp["url"].as_str().unwrap();
+            let def = r.by_url(url).unwrap_or_else(|| panic!("{name} is not registered"));
+            assert!(def.is_supported(), "{name}");
+            for base in sp["base"].as_array().unwrap() {
+                let base = base.as_str().unwrap();
+                assert_eq!(r.get(base, &def.code).map(|d| d.url.as_str()), Some(url), "{name}");
+            }
+            found += 1;
+        }
+        assert!(found >= 5, "{found}");
+        assert!(r.get("Organization", "territory").is_some());
+        assert!(Registry::base_r4().unwrap().get("Organization", "territory").is_none());
     }
 }
