@@ -5,6 +5,7 @@
 mod clients;
 mod detached;
 mod exec;
+mod idempotency;
 pub mod keys;
 #[cfg(target_os = "linux")]
 mod nodelay;
@@ -26,6 +27,7 @@ pub use detached::Deferred;
 use detached::Detached;
 pub use exec::Dialect;
 use exec::{Bind, Conn, Frag, VersionRow, fetch_i64, fetch_versions};
+pub use idempotency::IdempotencyRecord;
 pub use writer::{JobHook, WriteTx, Writer, with_job_hook};
 
 #[derive(Debug, thiserror::Error)]

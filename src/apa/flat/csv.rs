@@ -153,7 +153,7 @@ impl Table {
     }
 }
 
-fn cell<'r>(record: &'r csv::StringRecord, c: Col) -> Option<&'r str> {
+fn cell(record: &csv::StringRecord, c: Col) -> Option<&str> {
     c.index.and_then(|i| record.get(i)).filter(|s| !s.is_empty())
 }
 
@@ -218,7 +218,8 @@ pub fn assessments(body: &[u8]) -> Result<Batch, Problem> {
         ..Batch::default()
     };
     // Rows of one assessment, in file order of their first row.
-    let mut groups: BTreeMap<(u64, String), (assessment::Head, Vec<Item>, Vec<Warning>)> = BTreeMap::new();
+    type Acc = (assessment::Head, Vec<Item>, Vec<Warning>);
+    let mut groups: BTreeMap<(u64, String), Acc> = BTreeMap::new();
     let mut firsts: BTreeMap<String, u64> = BTreeMap::new();
     for (line, r) in &t.rows {
         let line = *line;
