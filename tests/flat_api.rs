@@ -463,3 +463,59 @@ on_both_backends!(idempotency_key, the_same_idempotency_key_gives_the_same_answe
 on_both_backends!(attendance_and_outcome, the_mss_posts_attendance_then_the_outcome);
 on_both_backends!(openapi, the_openapi_document_matches_the_routes);
 on_both_backends!(audited, a_flat_request_is_audited);
+
+/// `apa-gateway import` on a temporary SQLite database holding the demo
+/// territory: the MSS export is loaded with a summary of the rows accepted
+/// and refused, each refusal with its reason; loading it again stores
+/// nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_import_command_loads_an_mss_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/import.db", dir.path().display());
+    let app = common::spawn_app_with(common::Backend::Sqlite, |c| c.database_url = url.clone()).await;
+    demo::load(app.running()).await.unwrap();
+    app.stop().await;
+
+    let import = |file: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_apa-gateway"))
+            .current_dir(dir.path())
+            .args(["import", &format!("{}/fixtures/flat/{file}", env!("CARGO_MANIFEST_DIR"))])
+            .env("APA_DATABASE_URL", &url)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (ok, out, err) = import("assessments.csv");
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].ends_with("assessments.csv: 14 rows, 11 accepted, 3 refused; 12 resources created, 0 already stored"),
+        "{out}"
+    );
+    assert!(lines[1].starts_with("refused line 11, column unite: unit 'fois' is not accepted"), "{out}");
+    assert!(lines[2].starts_with("refused line 12, column valeur: 140 {score} is not a plausible"), "{out}");
+    assert!(lines[3].starts_with("refused line 15, column ins: "), "{out}");
+    assert_eq!(lines.len(), 4);
+    // The progress bar is not drawn when stderr is not a terminal.
+    assert!(err.is_empty(), "{err}");
+
+    let (ok, out, _) = import("assessments.csv");
+    assert!(ok);
+    assert!(out.lines().next().unwrap().ends_with("11 accepted, 3 refused; 0 resources created, 12 already stored"), "{out}");
+
+    // The attendance export is told apart by its header.
+    let (ok, out, _) = import("attendance.csv");
+    assert!(ok);
+    assert!(out.starts_with(&format!(
+        "{}/fixtures/flat/attendance.csv: 6 rows, 5 accepted, 1 refused; 6 resources created",
+        env!("CARGO_MANIFEST_DIR")
+    )), "{out}");
+
+    let (ok, _, err) = import("missing.csv");
+    assert!(!ok);
+    assert!(err.contains("missing.csv"), "{err}");
+}
