@@ -129,6 +129,49 @@ async fn the_gp_software_prescribes_without_fhir(app: &TestApp) {
     assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
 }
 
+/// A GP practice's own client: its compartment and scopes apply as on /fhir.
+async fn a_gp_practice_prescribes_for_its_patient_only(app: &TestApp) {
+    demo::load(app.running()).await.unwrap();
+    let scope = "system/*.rs system/Patient.cru system/ServiceRequest.cru system/Task.cru";
+    let colombier = register_client(app.running(), "cabinet-colombier", Some("cabinet-colombier"), scope).await;
+    let gp = bearer_client(&colombier.token);
+    let send = async |body: &Value| {
+        gp.post(flat_url(app, "prescriptions"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+    };
+    // Dr Lebreton prescribes a new programme to Nathalie Le Bihan, whom the
+    // practice referred before.
+    let mut again: Value = serde_json::from_str(PRESCRIPTION).unwrap();
+    again["source_id"] = json!("COL-2026-118");
+    again["patient"]["ins"] = json!("268053523812380");
+    again["prescriber"]["rpps"] = json!("99700314521");
+    again["performer"]["siret"] = json!("88765432500018");
+    let r = send(&again).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let id = &ids(&json(r).await, "ServiceRequest")[0];
+    assert_eq!(
+        read(app, "ServiceRequest", id).await["subject"]["reference"],
+        "Patient/patient-le-bihan"
+    );
+    // Jean-Yves Tanguy is no patient of this practice: not found for it.
+    let r = send(&serde_json::from_str(PRESCRIPTION).unwrap()).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(first_issue(&json(r).await).0, "$.patient.ins");
+    // Its scopes do not cover Observations: an assessment is refused.
+    let r = gp
+        .post(flat_url(app, "assessments"))
+        .header("content-type", "application/json")
+        .body(ASSESSMENT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
+
 async fn the_mss_posts_its_assessment_export(app: &TestApp) {
     demo::load(app.running()).await.unwrap();
     // MSS Bouger+ exports its initial assessments: weight in kg and height
@@ -454,6 +497,7 @@ async fn a_flat_request_is_audited(app: &TestApp) {
 }
 
 on_both_backends!(gp_prescribes, the_gp_software_prescribes_without_fhir);
+on_both_backends!(gp_practice_compartment, a_gp_practice_prescribes_for_its_patient_only);
 on_both_backends!(mss_assessment_export, the_mss_posts_its_assessment_export);
 on_both_backends!(
     assessment_json,
@@ -479,7 +523,10 @@ async fn the_import_command_loads_an_mss_export() {
     let import = |file: &str| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_apa-gateway"))
             .current_dir(dir.path())
-            .args(["import", &format!("{}/fixtures/flat/{file}", env!("CARGO_MANIFEST_DIR"))])
+            .args([
+                "import",
+                &format!("{}/fixtures/flat/{file}", env!("CARGO_MANIFEST_DIR")),
+            ])
             .env("APA_DATABASE_URL", &url)
             .output()
             .unwrap();
@@ -496,8 +543,14 @@ async fn the_import_command_loads_an_mss_export() {
         lines[0].ends_with("assessments.csv: 14 rows, 11 accepted, 3 refused; 12 resources created, 0 already stored"),
         "{out}"
     );
-    assert!(lines[1].starts_with("refused line 11, column unite: unit 'fois' is not accepted"), "{out}");
-    assert!(lines[2].starts_with("refused line 12, column valeur: 140 {score} is not a plausible"), "{out}");
+    assert!(
+        lines[1].starts_with("refused line 11, column unite: unit 'fois' is not accepted"),
+        "{out}"
+    );
+    assert!(
+        lines[2].starts_with("refused line 12, column valeur: 140 {score} is not a plausible"),
+        "{out}"
+    );
     assert!(lines[3].starts_with("refused line 15, column ins: "), "{out}");
     assert_eq!(lines.len(), 4);
     // The progress bar is not drawn when stderr is not a terminal.
@@ -505,15 +558,24 @@ async fn the_import_command_loads_an_mss_export() {
 
     let (ok, out, _) = import("assessments.csv");
     assert!(ok);
-    assert!(out.lines().next().unwrap().ends_with("11 accepted, 3 refused; 0 resources created, 12 already stored"), "{out}");
+    assert!(
+        out.lines()
+            .next()
+            .unwrap()
+            .ends_with("11 accepted, 3 refused; 0 resources created, 12 already stored"),
+        "{out}"
+    );
 
     // The attendance export is told apart by its header.
     let (ok, out, _) = import("attendance.csv");
     assert!(ok);
-    assert!(out.starts_with(&format!(
-        "{}/fixtures/flat/attendance.csv: 6 rows, 5 accepted, 1 refused; 6 resources created",
-        env!("CARGO_MANIFEST_DIR")
-    )), "{out}");
+    assert!(
+        out.starts_with(&format!(
+            "{}/fixtures/flat/attendance.csv: 6 rows, 5 accepted, 1 refused; 6 resources created",
+            env!("CARGO_MANIFEST_DIR")
+        )),
+        "{out}"
+    );
 
     let (ok, _, err) = import("missing.csv");
     assert!(!ok);
