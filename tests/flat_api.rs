@@ -438,6 +438,18 @@ async fn the_mss_posts_attendance_then_the_outcome(app: &TestApp) {
     .await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(first_issue(&json(r).await).0, "$.follow_up_6m.active");
+
+    // A programme naming a prescription the gateway does not hold.
+    let mut wrong = more.clone();
+    wrong["programme"]["source_id"] = json!("PRG-2026-999");
+    wrong["programme"]["prescription"] = json!("ServiceRequest/no-such-prescription");
+    let r = post_json(app, "attendance", &wrong).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(first_issue(&json(r).await).0, "$.programme.prescription");
+    // In a CSV, at its cell.
+    let csv = ATTENDANCE_CSV.replace("prescription-le-bihan", "no-such-prescription");
+    let report = json(post(app, "attendance", "text/csv", &csv, None).await).await;
+    assert_eq!(report["issue"][0]["expression"][0], "line 2, column prescription");
 }
 
 /// Every operation the OpenAPI document lists answers (a POST with an

@@ -9,8 +9,8 @@ use time::format_description::well_known::Rfc3339;
 
 use super::common::{
     BundleBuilder, Faults, Mapped, OrganizationRef, PatientRef, Problem, Programme, ProgrammeRef, Warning, When,
-    coding, local_code, need_when, organization_reference, patient_reference, profile, programme_entry, record_key,
-    source_system,
+    coding, local_code, need_when, organization_reference, patient_reference, prescription_reference, profile,
+    programme_entry, record_key, source_system,
 };
 use crate::apa::identity::{Ins, Siret};
 
@@ -152,7 +152,7 @@ pub fn map(head: &Head, sessions: &[Session], warnings: Vec<Warning>) -> Mapped 
             "type": [coding("session-kind", &s.kind)],
             "subject": {"reference": patient},
             "episodeOfCare": [{"reference": episode}],
-            "basedOn": [{"reference": format!("ServiceRequest/{}", head.programme.prescription)}],
+            "basedOn": [{"reference": prescription_reference(&head.programme.prescription)}],
             "period": {"start": s.start.fhir()},
             "serviceProvider": {"reference": mss},
         });
@@ -221,7 +221,7 @@ mod tests {
         assert_eq!(eoc["meta"]["profile"][0], profile("apa-programme-episode"));
         assert_eq!(
             eoc["referralRequest"][0]["reference"],
-            "ServiceRequest/prescription-le-bihan"
+            "ServiceRequest?_id=prescription-le-bihan"
         );
         let attended = &entries[1]["resource"];
         assert_eq!(attended["status"], "finished");

@@ -555,6 +555,13 @@ impl BundleBuilder {
     }
 }
 
+/// The prescription a programme carries out, as a conditional reference:
+/// it must exist and be visible to the caller, or the input is refused at
+/// the field naming it.
+pub fn prescription_reference(id: &str) -> String {
+    format!("ServiceRequest?_id={}", query_value(id))
+}
+
 /// The EpisodeOfCare of a programme (apa-programme-episode), created by
 /// the first record that names it. Returns the reference to use.
 pub fn programme_entry(
@@ -565,6 +572,10 @@ pub fn programme_entry(
     patient: &str,
     mss_ref: &str,
 ) -> String {
+    let prescription = b.lookup(
+        &prescription_reference(&programme.prescription),
+        &format!("{at}.prescription"),
+    );
     let resource = json!({
         "resourceType": "EpisodeOfCare",
         "meta": {"profile": [profile("apa-programme-episode")]},
@@ -574,26 +585,41 @@ pub fn programme_entry(
         "patient": {"reference": patient},
         "managingOrganization": {"reference": mss_ref},
         "period": {"start": programme.start.fhir()},
-        "referralRequest": [{"reference": format!("ServiceRequest/{}", programme.prescription)}],
+        "referralRequest": [{"reference": prescription}],
     });
     b.create(at, resource)
 }
 
-/// Reads a JSON body into `T`; a syntax or shape fault is located by line
-/// and column of the body.
+/// Reads a JSON body into `T`. A field of the wrong type or unknown is
+/// located by its path (`$.tests[2].value`), a syntax fault by its line
+/// and column.
 pub fn from_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
-    serde_json::from_slice(body).map_err(|e| {
-        let code = if e.is_syntax() || e.is_eof() {
-            "structure"
-        } else {
-            "invalid"
-        };
+    let syntax = |e: &serde_json::Error| {
         Problem::new(
             format!("line {}, column {}", e.line(), e.column()),
-            code,
-            format!("the body is not the expected JSON: {e}"),
+            "structure",
+            format!("the body is not JSON: {e}"),
         )
-    })
+    };
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let inner = e.inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return syntax(inner);
+        }
+        let path = e.path().to_string();
+        let at = if path == "." {
+            "$".to_string()
+        } else {
+            format!("$.{path}")
+        };
+        // serde's message ends with the position, the path says it better.
+        let msg = inner.to_string();
+        let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+        Problem::new(at, "structure", msg)
+    })?;
+    de.end().map_err(|e| syntax(&e))?;
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -633,6 +659,31 @@ mod tests {
         assert_ne!(h, record_key(None, &["189127512501282", "2026-03-03"]));
         // Parts are separated: ("ab", "c") is not ("a", "bc").
         assert_ne!(record_key(None, &["ab", "c"]), record_key(None, &["a", "bc"]));
+    }
+
+    #[test]
+    fn json_shape_faults_are_located_by_path() {
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct T {
+            #[allow(dead_code)]
+            tests: Vec<U>,
+        }
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct U {
+            #[allow(dead_code)]
+            n: Option<u32>,
+        }
+        let p = from_json::<T>(br#"{"tests": [{"n": 1}, {"n": "x"}]}"#).unwrap_err();
+        assert_eq!(p.location, "$.tests[1].n");
+        assert_eq!(p.message, "invalid type: string \"x\", expected u32");
+        let p = from_json::<T>(br#"{"tests": [], "other": 1}"#).unwrap_err();
+        assert_eq!(p.location, "$.other");
+        let p = from_json::<T>(b"{\"tests\": [").unwrap_err();
+        assert_eq!(p.location, "line 1, column 11");
+        let p = from_json::<T>(b"{\"tests\": []} x").unwrap_err();
+        assert!(p.location.starts_with("line 1"), "{p:?}");
     }
 
     #[test]

@@ -439,6 +439,8 @@ pub fn attendance(body: &[u8]) -> Result<Batch, Problem> {
             &[
                 ("$.patient", ins_col),
                 ("$.mss", siret_col),
+                ("$.programme.prescription", prescription_col),
+                ("$.programme.start", start_col),
                 ("$.programme", programme_col),
             ],
         );
