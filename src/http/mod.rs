@@ -101,7 +101,13 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
             limits::guard_body,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
-        .route("/openapi.json", get(flat::openapi));
+        .route(
+            "/openapi.json",
+            get(flat::openapi).layer(middleware::from_fn_with_state(
+                state.rate_limits.clone(),
+                limits::per_peer,
+            )),
+        );
     Router::new()
         // A token request is a few kB: no reason to read megabytes.
         .route(
