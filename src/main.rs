@@ -40,6 +40,17 @@ enum Command {
         #[arg(long = "host", default_values = ["localhost", "127.0.0.1"])]
         hosts: Vec<String>,
     },
+    /// Load an MSS CSV export (assessments or session attendance) as the
+    /// flat API would, as the gateway itself (audited), and print a
+    /// summary: rows accepted, rows refused with their reasons.
+    Import {
+        /// The CSV file (`;`-separated, decimal commas, as MSS software
+        /// exports; see docs/flat-api.md for the columns).
+        file: PathBuf,
+        /// What the file holds. Default: told from its header line.
+        #[arg(long, value_enum)]
+        kind: Option<ImportKind>,
+    },
     /// Registered clients (SMART backend services).
     #[command(subcommand)]
     Clients(ClientsCommand),
@@ -70,6 +81,12 @@ enum Command {
         #[arg(long)]
         tls_ca: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ImportKind {
+    Assessments,
+    Attendance,
 }
 
 #[derive(Subcommand)]
@@ -149,6 +166,7 @@ async fn main() -> ExitCode {
     let result = match command {
         Command::Serve { demo } => serve(&cfg, demo).await,
         Command::Clients(c) => clients(&cfg, c).await,
+        Command::Import { file, kind } => import(&cfg, &file, kind).await,
         Command::GenCert { out, hosts } => gen_cert(&out, hosts),
         Command::Token {
             client_id,
@@ -180,6 +198,84 @@ async fn serve(cfg: &Config, demo: bool) -> Result<(), CliError> {
         demo_mode(cfg, &running).await?;
     }
     running.wait().await;
+    Ok(())
+}
+
+/// `import`: the file is read whole (exports are a few MB at most), mapped
+/// row by row, and each patient's assessment or programme stored in one
+/// transaction through the same code as `POST /apa/v1/…` with `text/csv`.
+/// It acts as the gateway (the operator runs it on the gateway's own
+/// database): compartments do not restrict it, every write is audited
+/// with the gateway as the client. Rows already imported are found by
+/// their business identifiers, not stored twice.
+async fn import(cfg: &Config, file: &Path, kind: Option<ImportKind>) -> Result<(), CliError> {
+    use apa_gateway::apa::flat::csv as flat_csv;
+    use apa_gateway::security::audit::{self, AuditScope, Gateway, RequestInfo};
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    use std::io::IsTerminal;
+    use std::sync::Arc;
+
+    let body = std::fs::read(file).map_err(|e| CliError::Io(file.display().to_string(), e))?;
+    let kind = kind.unwrap_or_else(|| {
+        let header = String::from_utf8_lossy(body.split(|b| *b == b'\n').next().unwrap_or_default()).to_lowercase();
+        if header.contains("parcours") || header.contains("seance") || header.contains("programme_id") {
+            ImportKind::Attendance
+        } else {
+            ImportKind::Assessments
+        }
+    });
+    let batch = match kind {
+        ImportKind::Assessments => flat_csv::assessments(&body),
+        ImportKind::Attendance => flat_csv::attendance(&body),
+    }
+    .map_err(|p| CliError::Msg(format!("{}: {}: {}", file.display(), p.location, p.message)))?;
+    let store = Store::open(&cfg.database_url, cfg.db_pool_size).await?;
+    let base = match &cfg.public_url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None => format!("{}://{}/fhir", cfg.scheme(), cfg.listen),
+    };
+    let rules: apa_gateway::fhir::rules::SharedRules = Arc::new(apa_gateway::apa::rules::ApaRules::new());
+    let bar = ProgressBar::with_draw_target(
+        Some(batch.rows as u64),
+        if std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
+    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} rows ({eta})") {
+        bar.set_style(style);
+    }
+    let caller = apa_gateway::security::Caller::system();
+    let scope = AuditScope::new(
+        Arc::new(Gateway::new(&base)),
+        RequestInfo {
+            interaction: "transaction",
+            started: clock::now_micros(),
+            ..RequestInfo::default()
+        },
+    );
+    let report = scope
+        .run_in(async {
+            audit::note_caller(&caller);
+            apa_gateway::http::flat::run_csv(&store, &rules, &base, &caller, batch, &|n| bar.inc(n)).await
+        })
+        .await;
+    bar.finish_and_clear();
+    store.close().await;
+    let created = report.resources.iter().filter(|r| r.status == "created").count();
+    println!(
+        "{}: {} rows, {} accepted, {} refused; {} resources created, {} already stored",
+        file.display(),
+        report.rows,
+        report.accepted,
+        report.refused.len(),
+        created,
+        report.resources.len() - created
+    );
+    for r in &report.refused {
+        println!("refused {}: {}", r.location, r.message);
+    }
     Ok(())
 }
 

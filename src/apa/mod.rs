@@ -4,6 +4,7 @@
 //! nothing of SQL or HTTP, so that the validator, the flat API and the CSV
 //! import share one implementation of each rule.
 
+pub mod flat;
 pub mod identity;
 pub mod profiles;
 pub mod routing;

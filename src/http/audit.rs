@@ -24,6 +24,10 @@ fn audited(method: &axum::http::Method, template: &str, path: &str) -> Option<&'
     if path == "/auth/token" {
         return Some(LOGIN);
     }
+    // A flat API request is one or more FHIR transactions.
+    if path.starts_with("/apa/v1/") && method == axum::http::Method::POST {
+        return Some("transaction");
+    }
     if !path.starts_with("/fhir") {
         return None;
     }

@@ -4,6 +4,7 @@ mod audit;
 mod auth;
 mod caller;
 pub mod error;
+pub mod flat;
 mod handlers;
 pub mod limits;
 mod negotiate;
@@ -86,6 +87,29 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         ))
         .layer(middleware::from_fn(negotiate::content_negotiation))
         .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
+    // The flat API: authenticated and limited like /fhir (its OpenAPI
+    // document aside, public like the CapabilityStatement).
+    let flat_api = Router::new()
+        .route("/prescriptions", post(flat::post_prescription))
+        .route("/assessments", post(flat::post_assessment))
+        .route("/attendance", post(flat::post_attendance))
+        .route("/outcomes", post(flat::post_outcome))
+        .fallback(flat::not_found)
+        .layer(middleware::from_fn_with_state(
+            limits::BodyLimits {
+                max_bytes: limits.max_body_bytes,
+                max_json_depth: limits.max_json_depth,
+            },
+            limits::guard_body,
+        ))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        .route(
+            "/openapi.json",
+            get(flat::openapi).layer(middleware::from_fn_with_state(
+                state.rate_limits.clone(),
+                limits::per_peer,
+            )),
+        );
     Router::new()
         // A token request is a few kB: no reason to read megabytes.
         .route(
@@ -101,6 +125,7 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
             limits::per_peer,
         ))
         .nest("/fhir", fhir)
+        .nest("/apa/v1", flat_api)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(middleware::from_fn(observe::observe))

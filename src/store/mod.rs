@@ -6,6 +6,7 @@ mod audit;
 mod clients;
 mod detached;
 mod exec;
+mod idempotency;
 pub mod keys;
 #[cfg(target_os = "linux")]
 mod nodelay;
@@ -30,6 +31,7 @@ use detached::Detached;
 pub use exec::Dialect;
 use exec::{Bind, Conn, Frag, VersionRow, fetch_i64, fetch_versions};
 pub use reindex::IndexFn;
+pub use idempotency::IdempotencyRecord;
 pub use writer::{JobHook, WriteTx, Writer, with_job_hook};
 
 #[derive(Debug, thiserror::Error)]

@@ -142,3 +142,16 @@ CREATE TABLE IF NOT EXISTS index_fingerprint (
     rtype       TEXT PRIMARY KEY,
     fingerprint BIGINT NOT NULL
 );
+
+-- Idempotency keys of the flat API: per client and key, the hash of the
+-- request and the response given (status, JSON body), kept so that a
+-- retry gets the same answer and another request under the key a 409.
+CREATE TABLE IF NOT EXISTS idempotency (
+    client       TEXT   NOT NULL,
+    ikey         TEXT   NOT NULL,
+    request_hash TEXT   NOT NULL,
+    status       BIGINT NOT NULL,
+    response     TEXT   NOT NULL,
+    created      BIGINT NOT NULL,
+    PRIMARY KEY (client, ikey)
+);
