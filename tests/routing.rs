@@ -220,18 +220,24 @@ async fn a_severe_limitation_goes_to_the_programme_with_a_physiotherapist(app: &
     let (_, notes, task) = prescribe(&gp, &chosen).await;
     assert!(task.is_none() && notes.is_empty(), "{notes:?}");
     // Never to the programme without health professionals, whatever it
-    // claims: Vilaine Active now says it takes severe limitations too.
+    // would claim: Vilaine Active cannot even say it takes severe
+    // limitations (the programme profile's apa-prog-1)…
     let mut programme = json(app.get("HealthcareService/programme-vilaine-bouge").await).await;
     programme["characteristic"]
         .as_array_mut()
         .unwrap()
         .push(json!({"coding": [{"system": LIMITATION, "code": "severe"}]}));
-    assert_eq!(
-        app.put("HealthcareService/programme-vilaine-bouge", &programme)
-            .await
-            .status(),
-        StatusCode::OK
+    let r = app.put("HealthcareService/programme-vilaine-bouge", &programme).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        json(r).await["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("apa-prog-1")
     );
+    // …and routing does not trust the levels a programme lists anyway
+    // (unit test `a_severe_limitation_never_goes_to_a_programme_without_health_professionals`
+    // in apa::routing).
     let (_, _, task) = prescribe(&gp, &sr).await;
     assert_eq!(
         task.expect("a referral")["owner"]["reference"],
@@ -331,6 +337,8 @@ async fn a_chosen_performer_is_not_routed_and_nobody_covering_is_said(app: &Test
          "resource": prescription("patient-tanguy", "dr-riou-msp-cesson", "moderee", "diabete-t2"),
          "request": {"method": "POST", "url": "ServiceRequest"}},
         {"resource": {"resourceType": "Task", "status": "requested", "intent": "order",
+            "code": {"coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": "fulfill"}]},
+            "authoredOn": "2026-11-23T10:00:00+01:00",
             "focus": {"reference": "urn:uuid:0b6f5a52-1d0c-4b8e-9a43-6a3f0e1d2c01"},
             "for": {"reference": "Patient/patient-tanguy"},
             "requester": {"reference": "PractitionerRole/dr-riou-msp-cesson"},
@@ -493,6 +501,8 @@ async fn the_cpts_sees_the_referrals_of_its_territory_unless_the_patient_opposes
     let (status, task, _) = gp
         .create(
             &json!({"resourceType": "Task", "status": "requested", "intent": "order",
+            "code": {"coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": "fulfill"}]},
+            "authoredOn": "2026-11-23T10:00:00+01:00",
             "focus": {"reference": format!("ServiceRequest/{sr_id}")}, "for": {"reference": format!("Patient/{far}")},
             "requester": {"reference": "PractitionerRole/dr-lebreton-colombier"},
             "owner": {"reference": "Organization/mss-bouger-plus"}}),
@@ -517,6 +527,7 @@ async fn the_cpts_sees_the_referrals_of_its_territory_unless_the_patient_opposes
         "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
         "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
         "patient": {"reference": "Patient/patient-le-bihan"},
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTOUT"}]},
         "provision": {"type": "deny",
                       "actor": [{"role": {"coding": [{"system": RECIPIENT_KIND, "code": "CPTS"}]},
                                  "reference": {"display": "toute CPTS"}}]}});

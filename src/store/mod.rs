@@ -30,8 +30,8 @@ pub use detached::Deferred;
 use detached::Detached;
 pub use exec::Dialect;
 use exec::{Bind, Conn, Frag, VersionRow, fetch_i64, fetch_versions};
-pub use reindex::IndexFn;
 pub use idempotency::IdempotencyRecord;
+pub use reindex::IndexFn;
 pub use writer::{JobHook, WriteTx, Writer, with_job_hook};
 
 #[derive(Debug, thiserror::Error)]
