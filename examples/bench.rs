@@ -380,6 +380,26 @@ fn ymd(d: Date) -> String {
     format!("{}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
 }
 
+/// An RPPS number: `10` and 8 digits of `n`, then the Luhn check digit.
+fn rpps(n: u64) -> String {
+    let body = format!("10{:08}", n % 100_000_000);
+    let sum: u32 = body
+        .bytes()
+        .rev()
+        .enumerate()
+        .map(|(i, b)| {
+            let d = u32::from(b - b'0');
+            if i % 2 == 0 {
+                let x = d * 2;
+                if x > 9 { x - 9 } else { x }
+            } else {
+                d
+            }
+        })
+        .sum();
+    format!("{body}{}", (10 - sum % 10) % 10)
+}
+
 /// Transaction Bundle number `n`: Patient, Practitioner, Condition,
 /// ServiceRequest, Observation, linked by `urn:uuid:` references.
 fn prescription_bundle(seed: u64, n: u64) -> Vec<u8> {
@@ -391,6 +411,12 @@ fn prescription_bundle(seed: u64, n: u64) -> Vec<u8> {
     let (city, postal, insee) = *rng.pick(CITIES);
     let patient_res = json!({
         "resourceType": "Patient",
+        // An INS travels only with a qualified identity.
+        "extension": [{
+            "url": "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-identity-reliability",
+            "extension": [{"url": "identityStatus", "valueCoding": {
+                "system": "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-identity-status", "code": "QUAL"}}],
+        }],
         "identifier": [{
             "use": "official",
             "type": {"coding": [{"system": "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-v2-0203", "code": "INS-NIR"}]},
@@ -419,7 +445,7 @@ fn prescription_bundle(seed: u64, n: u64) -> Vec<u8> {
     };
     let practitioner_res = json!({
         "resourceType": "Practitioner",
-        "identifier": [{"system": RPPS_SYSTEM, "value": format!("10{:09}", rng.below(1_000_000_000))}],
+        "identifier": [{"system": RPPS_SYSTEM, "value": rpps(rng.below(1_000_000_000))}],
         "name": [{"prefix": ["Dr"], "family": rng.pick(FAMILY), "given": [doctor_given]}],
     });
     let (icd, icd_label) = *rng.pick(REASONS);
@@ -434,28 +460,43 @@ fn prescription_bundle(seed: u64, n: u64) -> Vec<u8> {
         "subject": {"reference": patient},
         "recordedDate": authored,
     });
-    let start = date_2025(authored_day + 1 + rng.below(14));
-    let end = start.saturating_add(time::Duration::days(90));
+    // An APA prescription as the gateway's profile (apa-prescription) has
+    // it: limitation and intensity, activity, 3 months of sessions.
+    let apa = "https://apa-gateway.fr/fhir";
+    let limitation = *rng.pick(&["aucune", "minime", "moderee"]);
     let request_res = json!({
         "resourceType": "ServiceRequest",
+        "extension": [
+            {"url": format!("{apa}/StructureDefinition/apa-functional-limitation"),
+             "valueCodeableConcept": {"coding": [{"system": format!("{apa}/CodeSystem/functional-limitation"), "code": limitation}]}},
+            {"url": format!("{apa}/StructureDefinition/apa-intensity"),
+             "valueCodeableConcept": {"coding": [{"system": format!("{apa}/CodeSystem/intensity"), "code": "moderee"}]}},
+        ],
         "status": f.sr_status,
-        "intent": "order",
+        "intent": "original-order",
+        "category": [{"coding": [{"system": "http://hl7.org/fhir/us/physical-activity/CodeSystem/pa-temporary-codes", "code": "PhysicalActivity"}]}],
         "code": {
             "coding": [{"system": "http://snomed.info/sct", "code": "390893007"}],
             "text": "Prescription d'activité physique adaptée",
         },
+        "orderDetail": [{"coding": [{"system": format!("{apa}/CodeSystem/activity-type"), "code": "endurance"}]}],
         "subject": {"reference": patient},
+        "occurrenceTiming": {"repeat": {
+            "boundsDuration": {"value": 3, "unit": "mois", "system": "http://unitsofmeasure.org", "code": "mo"},
+            "duration": 60, "durationUnit": "min", "frequency": 1 + rng.below(3), "period": 1, "periodUnit": "wk"}},
         "authoredOn": authored,
         "requester": {"reference": practitioner},
+        "reasonCode": [{"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": icd, "display": icd_label}]}],
         "reasonReference": [{"reference": condition}],
-        "occurrencePeriod": {"start": ymd(start), "end": ymd(end)},
-        "note": [{"text": format!("{} séances par semaine, intensité modérée", 1 + rng.below(3))}],
     });
     let kg = (450 + rng.below(800)) as f64 / 10.0;
     let observation_res = json!({
         "resourceType": "Observation",
         "status": "final",
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+        "category": [
+            {"coding": [{"system": "http://hl7.org/fhir/us/physical-activity/CodeSystem/pa-temporary-codes", "code": "PhysicalActivity"}]},
+            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]},
+        ],
         "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7", "display": "Body weight"}]},
         "subject": {"reference": patient},
         "effectiveDateTime": datetime_2025(rng.below(365), rng.below(24 * 60)),
