@@ -380,24 +380,14 @@ fn ymd(d: Date) -> String {
     format!("{}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
 }
 
-/// An RPPS number: `10` and 8 digits of `n`, then the Luhn check digit.
+/// An RPPS number: `10`, 8 digits of `n`, and the check digit the
+/// gateway's own rule accepts.
 fn rpps(n: u64) -> String {
     let body = format!("10{:08}", n % 100_000_000);
-    let sum: u32 = body
-        .bytes()
-        .rev()
-        .enumerate()
-        .map(|(i, b)| {
-            let d = u32::from(b - b'0');
-            if i % 2 == 0 {
-                let x = d * 2;
-                if x > 9 { x - 9 } else { x }
-            } else {
-                d
-            }
-        })
-        .sum();
-    format!("{body}{}", (10 - sum % 10) % 10)
+    (0..10)
+        .map(|d| format!("{body}{d}"))
+        .find(|candidate| apa_gateway::apa::identity::Rpps::parse(candidate).is_ok())
+        .unwrap_or(body)
 }
 
 /// Transaction Bundle number `n`: Patient, Practitioner, Condition,
@@ -2096,6 +2086,15 @@ mod tests {
             let nir: u64 = ins[..13].parse().expect("13 digits");
             let key: u64 = ins[13..].parse().expect("2 digits");
             assert_eq!(key, 97 - nir % 97);
+        }
+    }
+
+    #[test]
+    fn rpps_numbers_pass_the_gateway_rule() {
+        for n in [0, 7, 12_345_678, 999_999_999] {
+            let r = rpps(n);
+            assert_eq!(r.len(), 11, "{r}");
+            assert!(apa_gateway::apa::identity::Rpps::parse(&r).is_ok(), "{r}");
         }
     }
 
