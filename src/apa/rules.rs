@@ -2,10 +2,12 @@
 //! resource must be (profiles, French identity rules) and what a write may
 //! do given what is stored (referral workflow, routing).
 
+use std::collections::HashSet;
+
 use futures_util::future::BoxFuture;
 
-use crate::fhir::error::{FhirError, Issue};
-use crate::fhir::resource::Resource;
+use crate::fhir::error::{FhirError, Issue, Severity};
+use crate::fhir::resource::{self, Resource};
 use crate::fhir::rules::{Note, Rules};
 use crate::store::{Write, WriteTx};
 
@@ -44,9 +46,38 @@ impl Rules for ApaRules {
         writes: &'a mut Vec<Write>,
     ) -> BoxFuture<'a, Result<Vec<Note>, FhirError>> {
         Box::pin(async move {
+            let sent: HashSet<(String, String, i64)> = writes
+                .iter()
+                .map(|w| (w.resource_type.clone(), w.id.clone(), w.version))
+                .collect();
             // Routing first: the Tasks it adds go through the workflow too.
             let notes = routing::apply(tx, writes).await?;
             workflow::apply(tx, writes).await?;
+            // What the gateway writes itself (a routed referral, the
+            // programme following the pathway) meets the same profiles as
+            // what clients send; failing that is the gateway's fault.
+            for w in writes.iter() {
+                if sent.contains(&(w.resource_type.clone(), w.id.clone(), w.version)) {
+                    continue;
+                }
+                let Some(body) = &w.body else { continue };
+                let res = resource::parse(body, Some(&w.resource_type))?;
+                let errors: Vec<Issue> = self
+                    .validate(&res)
+                    .into_iter()
+                    .filter(|i| matches!(i.severity, Severity::Error | Severity::Fatal))
+                    .collect();
+                if let Some(first) = errors.first() {
+                    tracing::error!(
+                        resource_type = %w.resource_type,
+                        at = ?first.expression,
+                        "a resource the gateway wrote itself does not validate"
+                    );
+                    return Err(FhirError::internal(
+                        "the gateway could not complete this write with a valid resource; it was not applied",
+                    ));
+                }
+            }
             Ok(notes)
         })
     }
