@@ -76,6 +76,7 @@ impl Software {
 }
 
 const INS: &str = "268053523812380";
+const PRESCRIPTION: &str = include_str!("../fixtures/flat/prescription-routed.json");
 const BOUGER_SIRET: &str = "88765432500018";
 
 fn assessment_csv(id: &str, date: &str, rows: &[(&str, &str, &str)]) -> String {
@@ -96,22 +97,9 @@ async fn a_prescription_travels_the_whole_pathway(app: &TestApp) {
     // Dr Lebreton's software, which has no FHIR, prescribes APA to Nathalie
     // Le Bihan (Rennes, type 2 diabetes, moderate limitation) and leaves the
     // choice of the MSS to the gateway.
-    let prescription = json!({
-        "source_id": "ORD-2026-PATHWAY",
-        "patient": {"ins": INS, "ins_kind": "TEST"},
-        "prescriber": {"rpps": "99700314521"},
-        "date": "2026-03-02",
-        "reason": {"icd10": "E11", "condition_group": "diabete-t2", "text": "Diabète de type 2"},
-        "functional_limitation": "moderee",
-        "intensity": "moderee",
-        "activities": ["endurance", "renforcement"],
-        "duration_months": 3,
-        "session_minutes": 60,
-        "sessions_per_week": 2,
-        "no_physio_renewal": false
-    });
+    // (fixtures/flat/prescription-routed.json, the README's example)
     let created = gp
-        .flat("prescriptions", "application/json", prescription.to_string())
+        .flat("prescriptions", "application/json", PRESCRIPTION.to_string())
         .await;
     let sr = created["resources"]
         .as_array()
