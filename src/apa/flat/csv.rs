@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 use unicode_normalization::UnicodeNormalization;
 
+use crate::apa::identity::{Ins, Siret};
+
 use super::assessment::{self, Item, TestInput};
 use super::attendance::{self, Session, SessionInput};
 use super::common::{Mapped, Problem, Programme, Warning, When, ins_kind, parse_ins, parse_siret};
@@ -167,6 +169,28 @@ fn need_cell<'r>(record: &'r csv::StringRecord, line: u64, c: Col, what: &str) -
 
 /// Relocates what the JSON mapping calls `$.patient.ins`… to the columns
 /// of the group's first line.
+/// The patient (INS and its kind) and the MSS (SIRET) of a row: every
+/// export names them the same way.
+fn patient_and_mss(
+    r: &csv::StringRecord,
+    line: u64,
+    kind_col: Col,
+    ins_col: Col,
+    siret_col: Col,
+) -> Result<(Ins, Siret), Problem> {
+    let kind = ins_kind(cell(r, kind_col), &at(line, kind_col))?;
+    let ins = parse_ins(
+        need_cell(r, line, ins_col, "the patient's INS")?,
+        kind,
+        &at(line, ins_col),
+    )?;
+    let mss = parse_siret(
+        need_cell(r, line, siret_col, "the SIRET of the MSS")?,
+        &at(line, siret_col),
+    )?;
+    Ok((ins, mss))
+}
+
 fn relocate(mapped: &mut Mapped, first: u64, lines: &[u64], columns: &[(&str, Col)]) {
     let place = |loc: &str| {
         columns
@@ -224,16 +248,7 @@ pub fn assessments(body: &[u8]) -> Result<Batch, Problem> {
     for (line, r) in &t.rows {
         let line = *line;
         let head = (|| {
-            let kind = ins_kind(cell(r, kind_col), &at(line, kind_col))?;
-            let ins = parse_ins(
-                need_cell(r, line, ins_col, "the patient's INS")?,
-                kind,
-                &at(line, ins_col),
-            )?;
-            let mss = parse_siret(
-                need_cell(r, line, siret_col, "the SIRET of the MSS")?,
-                &at(line, siret_col),
-            )?;
+            let (ins, mss) = patient_and_mss(r, line, kind_col, ins_col, siret_col)?;
             let when = When::parse(
                 need_cell(r, line, date_col, "the date of the assessment")?,
                 &at(line, date_col),
@@ -357,16 +372,7 @@ pub fn attendance(body: &[u8]) -> Result<Batch, Problem> {
         let line = *line;
         let mut warnings = Vec::new();
         let parsed = (|| {
-            let kind = ins_kind(cell(r, kind_col), &at(line, kind_col))?;
-            let ins = parse_ins(
-                need_cell(r, line, ins_col, "the patient's INS")?,
-                kind,
-                &at(line, ins_col),
-            )?;
-            let mss = parse_siret(
-                need_cell(r, line, siret_col, "the SIRET of the MSS")?,
-                &at(line, siret_col),
-            )?;
+            let (ins, mss) = patient_and_mss(r, line, kind_col, ins_col, siret_col)?;
             let programme = super::common::ProgrammeRef {
                 source_id: cell(r, programme_col).map(str::to_string),
                 start: cell(r, start_col).map(str::to_string),
