@@ -2,8 +2,6 @@
 //! resource must be (profiles, French identity rules) and what a write may
 //! do given what is stored (referral workflow, routing).
 
-use std::collections::HashSet;
-
 use futures_util::future::BoxFuture;
 
 use crate::fhir::error::{FhirError, Issue, Severity};
@@ -46,28 +44,22 @@ impl Rules for ApaRules {
         writes: &'a mut Vec<Write>,
     ) -> BoxFuture<'a, Result<Vec<Note>, FhirError>> {
         Box::pin(async move {
-            let sent: HashSet<(String, String, i64)> = writes
-                .iter()
-                .map(|w| (w.resource_type.clone(), w.id.clone(), w.version))
-                .collect();
+            // The rules only append what they add.
+            let sent = writes.len();
             // Routing first: the Tasks it adds go through the workflow too.
             let notes = routing::apply(tx, writes).await?;
             workflow::apply(tx, writes).await?;
             // What the gateway writes itself (a routed referral, the
             // programme following the pathway) meets the same profiles as
             // what clients send; failing that is the gateway's fault.
-            for w in writes.iter() {
-                if sent.contains(&(w.resource_type.clone(), w.id.clone(), w.version)) {
-                    continue;
-                }
+            for w in writes.iter().skip(sent) {
                 let Some(body) = &w.body else { continue };
                 let res = resource::parse(body, Some(&w.resource_type))?;
-                let errors: Vec<Issue> = self
+                let error = self
                     .validate(&res)
                     .into_iter()
-                    .filter(|i| matches!(i.severity, Severity::Error | Severity::Fatal))
-                    .collect();
-                if let Some(first) = errors.first() {
+                    .find(|i| matches!(i.severity, Severity::Error | Severity::Fatal));
+                if let Some(first) = error {
                     tracing::error!(
                         resource_type = %w.resource_type,
                         at = ?first.expression,
