@@ -133,8 +133,15 @@ fn restrict(f: &mut Frag, vis: &Visibility) {
     }
 }
 
+/// `AND <column> IN (values…)`.
 fn any_of(f: &mut Frag, column: &str, values: &[String]) {
-    f.push(" AND ").push(column).push(" IN (");
+    f.push(" AND ");
+    in_list(f, column, values);
+}
+
+/// `<column> IN (values…)`.
+fn in_list(f: &mut Frag, column: &str, values: &[String]) {
+    f.push(column).push(" IN (");
     for (i, v) in values.iter().enumerate() {
         if i > 0 {
             f.push(", ");
@@ -170,8 +177,8 @@ pub async fn search(c: &mut Conn<'_>, q: &AuditQuery, vis: &Visibility) -> Resul
                     .bind(Bind::I64(*hi));
             }
             AuditCond::Entity(refs) => {
-                f.push(" AND (e.id IN (SELECT ae.event FROM audit_entity ae WHERE 1 = 1");
-                any_of(&mut f, "ae.ref", refs);
+                f.push(" AND (e.id IN (SELECT ae.event FROM audit_entity ae WHERE ");
+                in_list(&mut f, "ae.ref", refs);
                 f.push(")");
                 let patients: Vec<String> = refs
                     .iter()
@@ -179,9 +186,8 @@ pub async fn search(c: &mut Conn<'_>, q: &AuditQuery, vis: &Visibility) -> Resul
                     .map(str::to_string)
                     .collect();
                 if !patients.is_empty() {
-                    f.push(" OR (1 = 1");
-                    any_of(&mut f, "e.patient", &patients);
-                    f.push(")");
+                    f.push(" OR ");
+                    in_list(&mut f, "e.patient", &patients);
                 }
                 f.push(")");
             }
