@@ -70,7 +70,7 @@ pub const CLIENTS: &[DemoClient] = &[
         name: "Cabinet médical du Colombier (demo)",
         organization: Some("cabinet-colombier"),
         scope: GP_SCOPE,
-        sees: "GP practice of Dr Lebreton, who prescribed for Nathalie Le Bihan: sees her",
+        sees: "GP practice of Dr Lebreton, GP of Nathalie Le Bihan (referred) and Solène Guillou: sees them",
     },
     DemoClient {
         id: "msp-cesson",
@@ -78,7 +78,7 @@ pub const CLIENTS: &[DemoClient] = &[
         name: "MSP de Cesson-Sévigné (demo)",
         organization: Some("msp-cesson"),
         scope: GP_SCOPE,
-        sees: "GP practice of Dr Riou: no patient until it prescribes",
+        sees: "GP practice of Dr Riou, GP of Jean-Yves Tanguy: sees him",
     },
     DemoClient {
         id: "mss-bouger-plus",

@@ -137,11 +137,13 @@ async fn prefer_return(app: &TestApp) {
     assert_eq!(minimal.status(), 201);
     assert!(minimal.headers().contains_key("location"));
     assert!(minimal.text().await.unwrap().is_empty());
+    // Another patient: one INS is one patient.
+    let other = patient("161051234567152", "Moreau");
     let oo = app
         .req(Method::POST, "Patient")
         .header("content-type", "application/fhir+json")
         .header("prefer", "return=OperationOutcome")
-        .body(p.to_string())
+        .body(other.to_string())
         .send()
         .await
         .unwrap();

@@ -186,9 +186,24 @@ async fn conditional_create_update_delete(app: &TestApp) {
     let again = create(q).await.unwrap();
     assert_eq!(again.status(), 200, "an existing match is returned, not duplicated");
     assert_eq!(json(again).await["id"], id.as_str());
-    // Two matches: refused.
-    app.create(&p).await;
-    assert_eq!(create(q).await.unwrap().status(), 412);
+    // A second Patient under the INS: refused, one INS is one patient.
+    let r = app.post("Patient", &p).await;
+    assert_eq!(r.status(), 409);
+    assert_eq!(json(r).await["issue"][0]["code"], "duplicate");
+    // Two matches of a criterion that is no national identifier: refused.
+    let mut local = p.clone();
+    local["identifier"] = json!([{"system": "https://cabinet.example/ipp", "value": "IPP-77"}]);
+    app.create(&local).await;
+    app.create(&local).await;
+    let r = app
+        .req(Method::POST, "Patient")
+        .header("content-type", "application/fhir+json")
+        .header("if-none-exist", "identifier=https://cabinet.example/ipp|IPP-77")
+        .body(local.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 412);
 
     // Conditional update of a unique match, and creation when none.
     let q2 = "identifier=urn:oid:1.2.250.1.213.1.4.10|170010100000296";
@@ -205,7 +220,9 @@ async fn conditional_create_update_delete(app: &TestApp) {
     assert_eq!(app.delete(&format!("Patient?{q2}")).await.status(), 204);
     assert_eq!(app.get(&format!("Patient/{id2}")).await.status(), 410);
     assert_eq!(
-        app.delete(&format!("Patient?{q}")).await.status(),
+        app.delete("Patient?identifier=https://cabinet.example/ipp|IPP-77")
+            .await
+            .status(),
         412,
         "two matches are not deleted"
     );

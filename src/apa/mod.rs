@@ -9,5 +9,6 @@ pub mod identity;
 pub mod profiles;
 pub mod routing;
 pub mod rules;
+pub mod traits;
 pub mod units;
 pub mod workflow;

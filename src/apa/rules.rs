@@ -6,13 +6,13 @@ use futures_util::future::BoxFuture;
 
 use crate::fhir::error::{FhirError, Issue, Severity};
 use crate::fhir::resource::{self, Resource};
-use crate::fhir::rules::{Note, Rules};
+use crate::fhir::rules::{Identity, Note, Rules};
 use crate::store::{Write, WriteTx};
 
 use crate::fhir::validate::base::BaseValidator;
 
 use super::identity::{self, IdentityPolicy};
-use super::{profiles, routing, workflow};
+use super::{profiles, routing, traits, workflow};
 
 /// The rules of the APA gateway.
 #[derive(Default)]
@@ -38,6 +38,16 @@ impl Rules for ApaRules {
         issues
     }
 
+    /// A Patient is the same person when it shares an INS and the identity
+    /// traits of the stored one (`traits`).
+    fn identifies(&self, resource_type: &str) -> bool {
+        resource_type == "Patient"
+    }
+
+    fn identify(&self, sent: &Resource, stored: &Resource) -> Identity {
+        traits::identify(&sent.json, &stored.json)
+    }
+
     fn apply<'a>(
         &'a self,
         tx: &'a mut WriteTx,
@@ -46,6 +56,7 @@ impl Rules for ApaRules {
         Box::pin(async move {
             // The rules only append what they add.
             let sent = writes.len();
+            traits::unique_ins(tx, writes).await?;
             // Routing first: the Tasks it adds go through the workflow too.
             let notes = routing::apply(tx, writes).await?;
             workflow::apply(tx, writes).await?;

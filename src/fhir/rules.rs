@@ -40,8 +40,23 @@ pub trait Rules: Send + Sync {
         issues
     }
 
+    /// Does [`Rules::identify`] have a say on resources of this type? (The
+    /// others' matches are taken as they are, without reading them.)
+    fn identifies(&self, _resource_type: &str) -> bool {
+        false
+    }
+
+    /// A conditional create (`ifNoneExist`, `If-None-Exist`) matched
+    /// `stored`: is it what the client describes in `sent`? Asked for the
+    /// types of [`Rules::identifies`], for a match inside the caller's
+    /// compartment and, the only way there is, for one outside it.
+    fn identify(&self, _sent: &Resource, _stored: &Resource) -> Identity {
+        Identity::Unknown
+    }
+
     /// Checks (and may complete) the writes of one job against the stored
-    /// state. The acting party is `tx.visibility()`.
+    /// state. The acting party is `tx.visibility()`. What the rules add is
+    /// appended after the job's own writes, which keep their places.
     fn apply<'a>(
         &'a self,
         tx: &'a mut WriteTx,
@@ -58,6 +73,22 @@ pub struct Note {
     pub resource_type: String,
     pub id: String,
     pub issue: Issue,
+}
+
+/// What the product says of a conditional create's match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// The same real-world thing, by the product's identity rules (a
+    /// patient's national identity and its traits). The match stands even
+    /// outside the caller's compartment: the job has then *identified* it,
+    /// and what it writes may make the caller's organisation part of its
+    /// care; what is stored there is not shown.
+    Same,
+    /// The criteria match but the rest disagrees (another person under the
+    /// same national identifier, or a typing error): a conflict, refused.
+    Different(String),
+    /// No opinion: a match counts only inside the caller's compartment.
+    Unknown,
 }
 
 /// The rules of a plain FHIR server: none.

@@ -19,10 +19,11 @@ use sha2::{Digest, Sha256};
 use crate::apa::flat::{self, Mapped, Problem, Warning, csv, from_json, refuse};
 use crate::clock::now_micros;
 use crate::fhir::error::FhirError;
-use crate::fhir::interaction::bundle::{self, BundleInput};
+use crate::fhir::error::Severity;
+use crate::fhir::interaction::bundle::{self, Transacted};
 use crate::fhir::rules::SharedRules;
 use crate::security::Caller;
-use crate::store::{IdempotencyRecord, Store};
+use crate::store::{IdempotencyRecord, Store, Version};
 
 use super::AppState;
 
@@ -58,6 +59,8 @@ pub struct Stored {
 pub struct Submitted {
     pub resources: Vec<Stored>,
     pub warnings: Vec<Warning>,
+    /// What the gateway did besides (where it routed the referral).
+    pub notes: Vec<Warning>,
 }
 
 /// Locates the faults of a refused transaction in the flat input: a party
@@ -75,6 +78,12 @@ fn locate(mut e: FhirError, mapped: &Mapped) -> FhirError {
             if e.status == 412 {
                 e.status = 422;
                 issue.code = "not-found";
+                if at == "$.patient.ins" {
+                    issue.diagnostics.push_str(
+                        ": a patient new to your organisation is registered or identified by sending their \
+                         qualified identity (patient.identity) with the prescription",
+                    );
+                }
             }
             continue;
         }
@@ -94,71 +103,99 @@ fn locate(mut e: FhirError, mapped: &Mapped) -> FhirError {
     e
 }
 
-/// Runs one mapped request as a FHIR transaction.
+/// What the response says of a transaction's outcome: the resources of
+/// its entries (created or found), those the gateway added (a routed
+/// referral), and the notes of the mapping and of the rules.
+fn summarize(done: &Transacted, sources: &[String], mut warnings: Vec<Warning>) -> Submitted {
+    let mut resources = Vec::with_capacity(done.replies.len() + done.added.len());
+    let mut notes = Vec::new();
+    for (i, reply) in done.replies.iter().enumerate() {
+        let Some((reply, v)) = reply.as_ref().and_then(|r| Some((r, r.version.as_ref()?))) else {
+            continue;
+        };
+        let source = sources.get(i).cloned().unwrap_or_default();
+        let created = reply.status == 201;
+        if !created && v.resource_type != "EpisodeOfCare" {
+            warnings.push(Warning {
+                location: source.clone(),
+                message: format!("already stored as {}/{}: not changed", v.resource_type, v.id),
+            });
+        }
+        for issue in &reply.notes {
+            let note = Warning {
+                location: source.clone(),
+                message: issue.diagnostics.clone(),
+            };
+            match issue.severity {
+                Severity::Information => notes.push(note),
+                _ => warnings.push(note),
+            }
+        }
+        resources.push(Stored::of(v, if created { "created" } else { "existing" }, source));
+    }
+    resources.extend(
+        done.added
+            .iter()
+            .map(|v| Stored::of(v, "created", "added by the gateway".into())),
+    );
+    Submitted {
+        resources,
+        warnings,
+        notes,
+    }
+}
+
+impl Stored {
+    fn of(v: &Version, status: &'static str, source: String) -> Stored {
+        Stored {
+            resource_type: v.resource_type.clone(),
+            id: v.id.clone(),
+            version: v.version.to_string(),
+            status,
+            source,
+        }
+    }
+}
+
+/// Runs one mapped request as a FHIR transaction. Under an
+/// `Idempotency-Key`, the response is recorded in the same database
+/// transaction: a request is never stored without its record, nor
+/// recorded without being stored.
 pub async fn submit(
     store: &Store,
     rules: &SharedRules,
     base: &str,
     caller: &Caller,
     mapped: &Mapped,
+    keyed: Option<Keyed>,
 ) -> Result<Submitted, FhirError> {
-    let body = serde_json::to_vec(&mapped.bundle).map_err(|e| FhirError::internal(e.to_string()))?;
-    let reply = bundle::process(
-        store,
-        rules,
-        caller,
-        BundleInput {
-            base,
-            body: &body,
-            representation: false,
-        },
-    )
-    .await
-    .map_err(|e| locate(e, mapped))?;
-    let response: Value = reply
-        .body
-        .as_deref()
-        .and_then(|b| serde_json::from_slice(b).ok())
-        .ok_or_else(|| FhirError::internal("the transaction gave no response Bundle"))?;
-    let entries = response
+    let entries = mapped
+        .bundle
         .get("entry")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let mut resources = Vec::with_capacity(entries.len());
-    let mut warnings = mapped.warnings.clone();
-    for (i, e) in entries.iter().enumerate() {
-        let status = e
-            .pointer("/response/status")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let location = e
-            .pointer("/response/location")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let mut parts = location.split('/');
-        let (Some(rtype), Some(id), Some("_history"), Some(version)) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
-        let source = mapped.entries.get(i).cloned().unwrap_or_default();
-        let created = status.starts_with("201");
-        if !created && rtype != "EpisodeOfCare" {
-            warnings.push(Warning {
-                location: source.clone(),
-                message: format!("already stored as {rtype}/{id}: not changed"),
-            });
-        }
-        resources.push(Stored {
-            resource_type: rtype.to_string(),
-            id: id.to_string(),
-            version: version.to_string(),
-            status: if created { "created" } else { "existing" },
-            source,
-        });
-    }
-    Ok(Submitted { resources, warnings })
+    let seal = keyed.map(|k| {
+        let sources = mapped.entries.clone();
+        let warnings = mapped.warnings.clone();
+        bundle::seal(move |tx, done| {
+            let (status, value) = submitted_json(summarize(done, &sources, warnings));
+            Box::pin(async move {
+                if tx.insert_idempotency_record(&k.record(status, &value)).await? {
+                    Ok(())
+                } else {
+                    Err(
+                        FhirError::conflict("a concurrent request under this Idempotency-Key was stored first")
+                            .at("Idempotency-Key"),
+                    )
+                }
+            })
+        })
+    });
+    let done = bundle::transact(store, rules, caller, base, entries, seal)
+        .await
+        .map_err(|e| locate(e, mapped))?;
+    Ok(summarize(&done, &mapped.entries, mapped.warnings.clone()))
 }
 
 /// A refused CSV row, as the response lists it.
@@ -207,7 +244,7 @@ pub async fn run_csv(
     };
     progress(batch.refused.len() as u64);
     for group in &batch.groups {
-        match submit(store, rules, base, caller, &group.mapped).await {
+        match submit(store, rules, base, caller, &group.mapped, None).await {
             Ok(s) => {
                 report.accepted += group.lines.len();
                 report.resources.extend(s.resources);
@@ -267,7 +304,7 @@ fn submitted_json(s: Submitted) -> (u16, Value) {
     let created = s.resources.iter().any(|r| r.status == "created");
     (
         if created { 201 } else { 200 },
-        json!({"resources": s.resources, "warnings": s.warnings}),
+        json!({"resources": s.resources, "warnings": s.warnings, "notes": s.notes}),
     )
 }
 
@@ -288,49 +325,69 @@ fn csv_json(r: CsvReport) -> Result<(u16, Value), FhirError> {
     ))
 }
 
-type Outcome = Result<(u16, Value), FhirError>;
+/// A request's answer, and whether its Idempotency-Key record was already
+/// saved with it.
+struct Answer {
+    status: u16,
+    body: Value,
+    recorded: bool,
+}
 
-async fn run_json(s: &AppState, caller: &Caller, mapped: Result<Mapped, Vec<Problem>>) -> Outcome {
+type Outcome = Result<Answer, FhirError>;
+
+async fn run_json(
+    s: &AppState,
+    caller: &Caller,
+    mapped: Result<Mapped, Vec<Problem>>,
+    keyed: Option<Keyed>,
+) -> Outcome {
     let mapped = mapped.map_err(refuse)?;
-    Ok(submitted_json(
-        submit(&s.store, &s.rules, &s.base, caller, &mapped).await?,
-    ))
+    let recorded = keyed.is_some();
+    let (status, body) = submitted_json(submit(&s.store, &s.rules, &s.base, caller, &mapped, keyed).await?);
+    Ok(Answer { status, body, recorded })
 }
 
-async fn prescription(s: &AppState, caller: &Caller, body: &[u8]) -> Outcome {
+/// A CSV file is one transaction per patient's group of rows: its record
+/// is saved after them (each group is idempotent on its own, through the
+/// source identifiers of its rows).
+async fn run_csv_body(s: &AppState, caller: &Caller, batch: Result<csv::Batch, Problem>) -> Outcome {
+    let batch = batch.map_err(|p| refuse(vec![p]))?;
+    let (status, body) = csv_json(run_csv(&s.store, &s.rules, &s.base, caller, batch, &|_| {}).await)?;
+    Ok(Answer {
+        status,
+        body,
+        recorded: false,
+    })
+}
+
+async fn prescription(s: &AppState, caller: &Caller, body: &[u8], keyed: Option<Keyed>) -> Outcome {
     let input: flat::prescription::PrescriptionInput = from_json(body).map_err(|p| refuse(vec![p]))?;
-    run_json(s, caller, flat::prescription::map(&input)).await
+    run_json(s, caller, flat::prescription::map(&input), keyed).await
 }
 
-async fn assessment(s: &AppState, caller: &Caller, kind: Body, body: &[u8]) -> Outcome {
+async fn assessment(s: &AppState, caller: &Caller, kind: Body, body: &[u8], keyed: Option<Keyed>) -> Outcome {
     match kind {
         Body::Json => {
             let input: flat::assessment::AssessmentInput = from_json(body).map_err(|p| refuse(vec![p]))?;
-            run_json(s, caller, flat::assessment::map_json(&input)).await
+            run_json(s, caller, flat::assessment::map_json(&input), keyed).await
         }
-        Body::Csv => {
-            let batch = csv::assessments(body).map_err(|p| refuse(vec![p]))?;
-            csv_json(run_csv(&s.store, &s.rules, &s.base, caller, batch, &|_| {}).await)
-        }
+        Body::Csv => run_csv_body(s, caller, csv::assessments(body)).await,
     }
 }
 
-async fn attendance(s: &AppState, caller: &Caller, kind: Body, body: &[u8]) -> Outcome {
+async fn attendance(s: &AppState, caller: &Caller, kind: Body, body: &[u8], keyed: Option<Keyed>) -> Outcome {
     match kind {
         Body::Json => {
             let input: flat::attendance::AttendanceInput = from_json(body).map_err(|p| refuse(vec![p]))?;
-            run_json(s, caller, flat::attendance::map_json(&input)).await
+            run_json(s, caller, flat::attendance::map_json(&input), keyed).await
         }
-        Body::Csv => {
-            let batch = csv::attendance(body).map_err(|p| refuse(vec![p]))?;
-            csv_json(run_csv(&s.store, &s.rules, &s.base, caller, batch, &|_| {}).await)
-        }
+        Body::Csv => run_csv_body(s, caller, csv::attendance(body)).await,
     }
 }
 
-async fn outcome(s: &AppState, caller: &Caller, body: &[u8]) -> Outcome {
+async fn outcome(s: &AppState, caller: &Caller, body: &[u8], keyed: Option<Keyed>) -> Outcome {
     let input: flat::outcome::OutcomeInput = from_json(body).map_err(|p| refuse(vec![p]))?;
-    run_json(s, caller, flat::outcome::map(&input)).await
+    run_json(s, caller, flat::outcome::map(&input), keyed).await
 }
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -343,6 +400,27 @@ fn idempotency_key(h: &HeaderMap) -> Result<Option<String>, FhirError> {
     match v.to_str() {
         Ok(k) if (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(k.to_string())),
         _ => Err(FhirError::invalid("Idempotency-Key must be 1 to 255 visible ASCII characters").at("Idempotency-Key")),
+    }
+}
+
+/// A request made under an `Idempotency-Key`: whose, and a hash of what.
+#[derive(Debug, Clone)]
+pub struct Keyed {
+    client: String,
+    key: String,
+    hash: String,
+}
+
+impl Keyed {
+    fn record(&self, status: u16, body: &Value) -> IdempotencyRecord {
+        IdempotencyRecord {
+            client: self.client.clone(),
+            key: self.key.clone(),
+            request_hash: self.hash.clone(),
+            status,
+            response: body.to_string(),
+            created: now_micros(),
+        }
     }
 }
 
@@ -360,15 +438,15 @@ fn respond(status: u16, body: Value, replayed: bool) -> Response {
 /// under the same key.
 async fn idempotent<F>(s: &AppState, caller: &Caller, h: &HeaderMap, what: &str, body: &[u8], op: F) -> Response
 where
-    F: Future<Output = Outcome>,
+    F: AsyncFnOnce(Option<Keyed>) -> Outcome,
 {
     let key = match idempotency_key(h) {
         Ok(k) => k,
         Err(e) => return e.into_response(),
     };
     let Some(key) = key else {
-        return match op.await {
-            Ok((status, v)) => respond(status, v, false),
+        return match op(None).await {
+            Ok(a) => respond(a.status, a.body, false),
             Err(e) => e.into_response(),
         };
     };
@@ -378,44 +456,50 @@ where
     hasher.update(h.get(header::CONTENT_TYPE).map_or(&b""[..], HeaderValue::as_bytes));
     hasher.update([0]);
     hasher.update(body);
-    let hash: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    let conflict = || {
-        FhirError::conflict(
-            "this Idempotency-Key was already used for another request: use a new key for a new request",
-        )
-        .at("Idempotency-Key")
-        .into_response()
-    };
-    let replay = |rec: IdempotencyRecord| match serde_json::from_str::<Value>(&rec.response) {
-        Ok(v) => respond(rec.status, v, true),
-        Err(_) => FhirError::internal("a stored idempotent response is unreadable").into_response(),
-    };
-    match s.store.idempotency_record(&caller.client_id, &key).await {
-        Err(e) => return FhirError::from(e).into_response(),
-        Ok(Some(rec)) if rec.request_hash == hash => return replay(rec),
-        Ok(Some(_)) => return conflict(),
-        Ok(None) => {}
-    }
-    let (status, value) = match op.await {
-        Ok(v) => v,
-        Err(e) => return e.into_response(),
-    };
-    let rec = IdempotencyRecord {
+    let keyed = Keyed {
         client: caller.client_id.clone(),
         key,
-        request_hash: hash.clone(),
-        status,
-        response: value.to_string(),
-        created: now_micros(),
+        hash: hasher.finalize().iter().map(|b| format!("{b:02x}")).collect(),
     };
-    // The resources are stored whatever happens next; a retry after a
-    // failure here finds them through their business identifiers.
-    let response = rec.response.clone();
-    match s.store.save_idempotency_record(rec).await {
-        // A concurrent request under the same key was recorded first.
-        Ok(saved) if saved.request_hash != hash => conflict(),
-        Ok(saved) if saved.response != response => replay(saved),
-        _ => respond(status, value, false),
+    // The record that stands for the key, if any: replayed, or a 409.
+    let settled = |rec: IdempotencyRecord| {
+        if rec.request_hash != keyed.hash {
+            return FhirError::conflict(
+                "this Idempotency-Key was already used for another request: use a new key for a new request",
+            )
+            .at("Idempotency-Key")
+            .into_response();
+        }
+        match serde_json::from_str::<Value>(&rec.response) {
+            Ok(v) => respond(rec.status, v, true),
+            Err(_) => FhirError::internal("a stored idempotent response is unreadable").into_response(),
+        }
+    };
+    match s.store.idempotency_record(&keyed.client, &keyed.key).await {
+        Err(e) => return FhirError::from(e).into_response(),
+        Ok(Some(rec)) => return settled(rec),
+        Ok(None) => {}
+    }
+    match op(Some(keyed.clone())).await {
+        Ok(a) if a.recorded => respond(a.status, a.body, false),
+        Ok(a) => {
+            let rec = keyed.record(a.status, &a.body);
+            let response = rec.response.clone();
+            match s.store.save_idempotency_record(rec).await {
+                Ok(saved) if saved.request_hash == keyed.hash && saved.response == response => {
+                    respond(a.status, a.body, false)
+                }
+                // A concurrent request under the same key was recorded first.
+                Ok(saved) => settled(saved),
+                Err(e) => FhirError::from(e).into_response(),
+            }
+        }
+        // Refused, perhaps because a concurrent request under the same key
+        // committed first: its record then answers.
+        Err(e) => match s.store.idempotency_record(&keyed.client, &keyed.key).await {
+            Ok(Some(rec)) => settled(rec),
+            _ => e.into_response(),
+        },
     }
 }
 
@@ -423,14 +507,9 @@ pub async fn post_prescription(State(s): State<AppState>, caller: Caller, h: Hea
     if let Err(e) = body_kind(&h, false) {
         return e.into_response();
     }
-    idempotent(
-        &s,
-        &caller,
-        &h,
-        "prescriptions",
-        &body,
-        prescription(&s, &caller, &body),
-    )
+    idempotent(&s, &caller, &h, "prescriptions", &body, async |k| {
+        prescription(&s, &caller, &body, k).await
+    })
     .await
 }
 
@@ -439,14 +518,9 @@ pub async fn post_assessment(State(s): State<AppState>, caller: Caller, h: Heade
         Ok(k) => k,
         Err(e) => return e.into_response(),
     };
-    idempotent(
-        &s,
-        &caller,
-        &h,
-        "assessments",
-        &body,
-        assessment(&s, &caller, kind, &body),
-    )
+    idempotent(&s, &caller, &h, "assessments", &body, async |k| {
+        assessment(&s, &caller, kind, &body, k).await
+    })
     .await
 }
 
@@ -455,14 +529,9 @@ pub async fn post_attendance(State(s): State<AppState>, caller: Caller, h: Heade
         Ok(k) => k,
         Err(e) => return e.into_response(),
     };
-    idempotent(
-        &s,
-        &caller,
-        &h,
-        "attendance",
-        &body,
-        attendance(&s, &caller, kind, &body),
-    )
+    idempotent(&s, &caller, &h, "attendance", &body, async |k| {
+        attendance(&s, &caller, kind, &body, k).await
+    })
     .await
 }
 
@@ -470,7 +539,10 @@ pub async fn post_outcome(State(s): State<AppState>, caller: Caller, h: HeaderMa
     if let Err(e) = body_kind(&h, false) {
         return e.into_response();
     }
-    idempotent(&s, &caller, &h, "outcomes", &body, outcome(&s, &caller, &body)).await
+    idempotent(&s, &caller, &h, "outcomes", &body, async |k| {
+        outcome(&s, &caller, &body, k).await
+    })
+    .await
 }
 
 /// Anything else under `/apa/v1`.

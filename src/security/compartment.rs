@@ -36,6 +36,9 @@ pub const OPERATOR_SCOPE: &str = "operator";
 /// patients of the resource: `(resource type, reference parameter)`. An
 /// Organization gains it directly, a PractitionerRole for its organization.
 pub const GRANTS: &[(&str, &str)] = &[
+    // The patient's own GP (médecin traitant), as the patient's record
+    // declares them.
+    ("Patient", "general-practitioner"),
     // The prescriber's organisation, and the performer chosen on the
     // prescription.
     ("ServiceRequest", "requester"),
@@ -274,10 +277,27 @@ pub async fn admit(tx: &mut WriteTx, writes: &mut [Write]) -> Result<(), FhirErr
         .filter(|g| !g.denied)
         .map(|g| (g.party.as_str(), g.patient.as_str()))
         .collect();
+    // A job brings a patient into its author's compartment only when it
+    // registers the patient or identifies one registered elsewhere by
+    // their national identity (`WriteTx::vouch`): naming a patient's id
+    // is not enough, or an organisation would gain any patient whose id it
+    // learnt by writing a prescription or a Task naming itself.
+    let identified: HashSet<String> = writes
+        .iter()
+        .filter(|w| w.resource_type == "Patient" && w.pk.is_none() && w.body.is_some())
+        .map(|w| w.id.clone())
+        .chain(
+            tx.vouched()
+                .iter()
+                .filter_map(|r| r.strip_prefix("Patient/"))
+                .map(str::to_string),
+        )
+        .collect();
     let granted_here = |p: &String| {
-        author
-            .as_deref()
-            .is_some_and(|a| established.contains(&(a, p.as_str())))
+        identified.contains(p)
+            && author
+                .as_deref()
+                .is_some_and(|a| established.contains(&(a, p.as_str())))
     };
     // One lookup for the whole job.
     let mut pending: Vec<String> = writes

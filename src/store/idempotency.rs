@@ -56,22 +56,7 @@ impl Store {
     pub async fn save_idempotency_record(&self, rec: IdempotencyRecord) -> Result<IdempotencyRecord, StoreError> {
         self.write(Visibility::All, move |tx| {
             Box::pin(async move {
-                let mut ins = Frag::new(
-                    "INSERT INTO idempotency (client, ikey, request_hash, status, response, created) VALUES (",
-                );
-                ins.bind(Bind::Text(rec.client.clone()))
-                    .push(", ")
-                    .bind(Bind::Text(rec.key.clone()))
-                    .push(", ")
-                    .bind(Bind::Text(rec.request_hash.clone()))
-                    .push(", ")
-                    .bind(Bind::I64(i64::from(rec.status)))
-                    .push(", ")
-                    .bind(Bind::Text(rec.response.clone()))
-                    .push(", ")
-                    .bind(Bind::I64(rec.created))
-                    .push(") ON CONFLICT DO NOTHING");
-                if tx.execute(&ins).await? == 1 {
+                if tx.insert_idempotency_record(&rec).await? {
                     return Ok(rec);
                 }
                 let existing = tx.fetch_texts(&select(&rec.client, &rec.key), 6).await?;
@@ -87,6 +72,26 @@ impl Store {
 }
 
 impl WriteTx {
+    /// Saves `rec` in the job's transaction, so that it commits with what
+    /// the request wrote; false when the key already has a record.
+    pub async fn insert_idempotency_record(&mut self, rec: &IdempotencyRecord) -> Result<bool, StoreError> {
+        let mut ins =
+            Frag::new("INSERT INTO idempotency (client, ikey, request_hash, status, response, created) VALUES (");
+        ins.bind(Bind::Text(rec.client.clone()))
+            .push(", ")
+            .bind(Bind::Text(rec.key.clone()))
+            .push(", ")
+            .bind(Bind::Text(rec.request_hash.clone()))
+            .push(", ")
+            .bind(Bind::I64(i64::from(rec.status)))
+            .push(", ")
+            .bind(Bind::Text(rec.response.clone()))
+            .push(", ")
+            .bind(Bind::I64(rec.created))
+            .push(") ON CONFLICT DO NOTHING");
+        Ok(self.execute(&ins).await? == 1)
+    }
+
     pub(crate) async fn fetch_texts(
         &mut self,
         f: &Frag,

@@ -85,6 +85,9 @@ pub struct WriteTx {
     vis: Visibility,
     /// The hook of the current job, if its request has one.
     hook: Option<Arc<dyn JobHook>>,
+    /// Resources the current job identified outside its compartment
+    /// (`Type/id`), see [`WriteTx::vouch`].
+    vouched: Vec<String>,
 }
 
 impl WriteTx {
@@ -132,6 +135,38 @@ impl WriteTx {
         self.prepare_read().await?;
         let vis = self.vis.clone();
         rows::read_current(&mut self.conn(), resource_type, id, &vis).await
+    }
+
+    /// `Type/id` as it is, whatever the job's compartment: for the
+    /// product's identity rule to compare it with what a client sent. The
+    /// caller must not show it (see [`WriteTx::vouch`]).
+    pub async fn read_unrestricted(&mut self, resource_type: &str, id: &str) -> Result<Option<Version>, StoreError> {
+        self.prepare_read().await?;
+        rows::read_current(&mut self.conn(), resource_type, id, &Visibility::All).await
+    }
+
+    /// Up to `limit` current matches of a search, whatever the job's
+    /// compartment (for the product's identity rule, like
+    /// [`WriteTx::read_unrestricted`]).
+    pub async fn search_keys_unrestricted(
+        &mut self,
+        req: &SearchRequest,
+        limit: usize,
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
+        self.prepare_read().await?;
+        rows::search_keys(&mut self.conn(), req, limit, &Visibility::All).await
+    }
+
+    /// The job identified `Type/id`, stored outside its compartment, by
+    /// what it holds (a national identity), not by knowing its id: the
+    /// security layer may then let the job bring it into the compartment.
+    pub fn vouch(&mut self, resource_type: &str, id: &str) {
+        self.vouched.push(format!("{resource_type}/{id}"));
+    }
+
+    /// What the current job identified (`Type/id`).
+    pub fn vouched(&self) -> &[String] {
+        &self.vouched
     }
 
     /// The parties granted access to a patient, whatever the job's
@@ -209,6 +244,7 @@ impl WriteTx {
         self.job_start = self.pending.len();
         self.in_savepoint = false;
         self.hook = None;
+        self.vouched.clear();
     }
 
     /// Ends the current job: keeps or undoes what it wrote.
@@ -348,6 +384,7 @@ async fn run(pool: WPool, mut rx: mpsc::Receiver<Job>) {
                 in_savepoint: false,
                 vis: Visibility::All,
                 hook: None,
+                vouched: Vec::new(),
             },
             Err(e) => {
                 // Dropping the jobs drops their reply senders: each caller

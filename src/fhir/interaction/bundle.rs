@@ -10,6 +10,7 @@
 use std::collections::{HashMap, HashSet};
 
 use base64::Engine;
+use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 
 use crate::fhir::bundle_writer::BundleWriter;
@@ -21,15 +22,15 @@ use crate::fhir::search::registry::Registry;
 use crate::fhir::search::values::format_instant;
 use crate::security::Caller;
 use crate::security::scopes::Perm;
-use crate::store::{Store, WriteTx};
+use crate::store::{Store, Version, WriteTx};
 
 use super::create::create_in;
 use super::delete::delete_in;
 use super::patch::{parse_patch, patch_in};
 use super::update::update_in;
 use super::{
-    Planned, Reply, conditional_matches, conditional_query, history, index_of, new_id, parse_etag, read, search,
-    status_line,
+    Planned, Reply, conditional_matches, conditional_query, history, index_of, match_create, new_id, parse_etag, read,
+    search, status_line,
 };
 
 pub struct BundleInput<'a> {
@@ -79,8 +80,8 @@ struct Entry {
     op: Op,
     /// Create: the id it will get.
     new_id: Option<String>,
-    /// Create whose `ifNoneExist` matched: the id of the existing resource.
-    existing: Option<String>,
+    /// Create whose `ifNoneExist` matched: the existing resource.
+    existing: Option<Version>,
     index: Option<Vec<(String, IndexValue)>>,
 }
 
@@ -331,6 +332,45 @@ fn rewrite_and_index(entries: &mut [Entry], map: &HashMap<String, String>) {
     }
 }
 
+/// What a transaction stored.
+#[derive(Debug)]
+pub struct Transacted {
+    /// The reply of each entry, in the Bundle's order: `None` for a GET
+    /// (answered after the commit) or an entry that did nothing.
+    pub replies: Vec<Option<Reply>>,
+    /// The versions the product's rules wrote on their own (a routed
+    /// referral).
+    pub added: Vec<Version>,
+}
+
+/// A caller's last word inside the database transaction of a transaction
+/// Bundle, once every entry is planned: what it writes commits or rolls
+/// back with the entries, and its error refuses the whole Bundle.
+pub type Seal = Box<dyn for<'a> FnOnce(&'a mut WriteTx, &'a Transacted) -> BoxFuture<'a, Result<(), FhirError>> + Send>;
+
+/// Boxes a closure as a [`Seal`] (and gives it the signature the compiler
+/// cannot infer for a closure).
+pub fn seal<F>(f: F) -> Seal
+where
+    F: for<'a> FnOnce(&'a mut WriteTx, &'a Transacted) -> BoxFuture<'a, Result<(), FhirError>> + Send + 'static,
+{
+    Box::new(f)
+}
+
+/// Runs the entries of a transaction Bundle (`Bundle.entry`) for callers
+/// that are not FHIR clients (the flat API): what `POST [base]` does,
+/// without the response Bundle. GET entries are not answered.
+pub async fn transact(
+    store: &Store,
+    rules: &SharedRules,
+    caller: &Caller,
+    base: &str,
+    raw: Vec<Value>,
+    seal: Option<Seal>,
+) -> Result<Transacted, FhirError> {
+    Ok(run_transaction(store, rules, caller, base, raw, seal).await?.1)
+}
+
 async fn transaction(
     store: &Store,
     rules: &SharedRules,
@@ -338,9 +378,29 @@ async fn transaction(
     input: &BundleInput<'_>,
     raw: Vec<Value>,
 ) -> Result<Reply, FhirError> {
+    let (entries, done) = run_transaction(store, rules, caller, input.base, raw, None).await?;
+    let mut w = BundleWriter::new("transaction-response", None, &[]);
+    for (e, reply) in entries.iter().zip(done.replies) {
+        let (reply, is_get) = match (&e.op, reply) {
+            (Op::Get { url }, _) => (get(store, caller, input.base, url).await, true),
+            (_, r) => (Ok(r.unwrap_or_else(|| Reply::empty(204))), false),
+        };
+        write_response(&mut w, input.base, reply, input.representation || is_get);
+    }
+    Ok(Reply::bundle(w.finish()))
+}
+
+async fn run_transaction(
+    store: &Store,
+    rules: &SharedRules,
+    caller: &Caller,
+    base: &str,
+    raw: Vec<Value>,
+    seal: Option<Seal>,
+) -> Result<(Vec<Entry>, Transacted), FhirError> {
     let mut entries = Vec::with_capacity(raw.len());
     for (i, e) in raw.iter().enumerate() {
-        let entry = parse_entry(input.base, i, e).map_err(|err| in_entry(i, err))?;
+        let entry = parse_entry(base, i, e).map_err(|err| in_entry(i, err))?;
         check_scopes(caller, &entry.op).map_err(|err| in_entry(i, err))?;
         validate_entry(&**rules, i, &entry)?;
         entries.push(entry);
@@ -386,30 +446,23 @@ async fn transaction(
         // the single writer.
         rewrite_and_index(&mut entries, &map);
     }
-    let representation = input.representation;
     let job_rules = rules.clone();
-    let (entries, replies) = store
+    store
         .write(caller.visibility(), move |tx| {
             Box::pin(async move {
                 let mut entries = entries;
                 if conditional {
-                    resolve_conditionals(tx, &mut entries, &mut map).await?;
+                    resolve_conditionals(tx, &*job_rules, &mut entries, &mut map).await?;
                     rewrite_and_index(&mut entries, &map);
                 }
-                let replies = plan_and_store(tx, &*job_rules, &mut entries).await?;
-                Ok::<_, FhirError>((entries, replies))
+                let done = plan_and_store(tx, &*job_rules, &mut entries).await?;
+                if let Some(seal) = seal {
+                    seal(tx, &done).await?;
+                }
+                Ok::<_, FhirError>((entries, done))
             })
         })
-        .await?;
-    let mut w = BundleWriter::new("transaction-response", None, &[]);
-    for (e, reply) in entries.iter().zip(replies) {
-        let (reply, is_get) = match (&e.op, reply) {
-            (Op::Get { url }, _) => (get(store, caller, input.base, url).await, true),
-            (_, r) => (Ok(r.unwrap_or_else(|| Reply::empty(204))), false),
-        };
-        write_response(&mut w, input.base, reply, representation || is_get);
-    }
-    Ok(Reply::bundle(w.finish()))
+        .await
 }
 
 /// Conditional creates, updates, deletes and references are looked up
@@ -417,31 +470,22 @@ async fn transaction(
 /// the commit.
 async fn resolve_conditionals(
     tx: &mut WriteTx,
+    rules: &dyn Rules,
     entries: &mut [Entry],
     map: &mut HashMap<String, String>,
 ) -> Result<(), FhirError> {
     for (i, e) in entries.iter_mut().enumerate() {
         match &mut e.op {
-            Op::Create { cond: Some(cond), .. } => {
-                match conditional_matches(tx, cond)
+            Op::Create { res, cond: Some(cond) } => {
+                if let Some(v) = match_create(tx, rules, res, cond)
                     .await
                     .map_err(|err| in_entry(i, err))?
-                    .as_slice()
                 {
-                    [] => {}
-                    [(t, id, _)] => {
-                        // The existing resource stands for this entry.
-                        if let Some(full) = &e.full_url {
-                            map.insert(full.clone(), format!("{t}/{id}"));
-                        }
-                        e.existing = Some(id.clone());
+                    // The existing resource stands for this entry.
+                    if let Some(full) = &e.full_url {
+                        map.insert(full.clone(), format!("{}/{}", v.resource_type, v.id));
                     }
-                    _ => {
-                        return Err(in_entry(
-                            i,
-                            FhirError::precondition("ifNoneExist matches more than one resource"),
-                        ));
-                    }
+                    e.existing = Some(v);
                 }
             }
             Op::CondUpdate { res, cond, if_match } => {
@@ -544,11 +588,7 @@ async fn resolve_conditionals(
 
 /// Plans every write in R4 order and stores them together. Returns the
 /// reply of each entry (None for GET and no-op entries).
-async fn plan_and_store(
-    tx: &mut WriteTx,
-    rules: &dyn Rules,
-    entries: &mut [Entry],
-) -> Result<Vec<Option<Reply>>, FhirError> {
+async fn plan_and_store(tx: &mut WriteTx, rules: &dyn Rules, entries: &mut [Entry]) -> Result<Transacted, FhirError> {
     let mut replies: Vec<Option<Reply>> = (0..entries.len()).map(|_| None).collect();
     let mut writes = Vec::new();
     let rank = |op: &Op| match op {
@@ -563,19 +603,13 @@ async fn plan_and_store(
         let e = &mut entries[i];
         let index = e.index.take().unwrap_or_default();
         let planned: Option<Planned> = match &e.op {
-            Op::Create { res, .. } => match (e.existing.as_deref(), e.new_id.as_deref()) {
-                (Some(id), _) => {
-                    let v = tx
-                        .read(&res.resource_type, id)
-                        .await?
-                        .ok_or_else(|| FhirError::internal("a matched resource vanished"))?;
-                    Some(Planned {
-                        write: None,
-                        reply: Reply::resource(200, v),
-                    })
-                }
+            Op::Create { res, .. } => match (e.existing.take(), e.new_id.as_deref()) {
+                (Some(v), _) => Some(Planned {
+                    write: None,
+                    reply: Reply::resource(200, v),
+                }),
                 (None, Some(id)) => Some(
-                    create_in(tx, res.clone(), id.to_string(), index, None)
+                    create_in(tx, rules, res.clone(), id.to_string(), index, None)
                         .await
                         .map_err(|err| in_entry(i, err))?,
                 ),
@@ -608,11 +642,14 @@ async fn plan_and_store(
             replies[i] = Some(p.reply);
         }
     }
-    let notes = super::store_writes(tx, rules, writes).await?;
+    let applied = super::store_writes(tx, rules, writes).await?;
     for reply in replies.iter_mut().flatten() {
-        reply.take_notes(&notes);
+        reply.take_notes(&applied.notes);
     }
-    Ok(replies)
+    Ok(Transacted {
+        replies,
+        added: applied.added,
+    })
 }
 
 async fn batch(
@@ -663,9 +700,9 @@ async fn run_one(
             Box::pin(async move {
                 let mut one = [entry];
                 let mut map = HashMap::new();
-                resolve_conditionals(tx, &mut one, &mut map).await?;
-                let mut replies = plan_and_store(tx, &*rules, &mut one).await?;
-                Ok(replies.pop().flatten().unwrap_or_else(|| Reply::empty(204)))
+                resolve_conditionals(tx, &*rules, &mut one, &mut map).await?;
+                let mut done = plan_and_store(tx, &*rules, &mut one).await?;
+                Ok(done.replies.pop().flatten().unwrap_or_else(|| Reply::empty(204)))
             })
         })
         .await

@@ -3,13 +3,13 @@
 use crate::clock::now_micros;
 use crate::fhir::error::FhirError;
 use crate::fhir::resource::{self, Resource};
-use crate::fhir::rules::{self, SharedRules};
+use crate::fhir::rules::{self, Rules, SharedRules};
 use crate::fhir::search::model::{IndexValue, SearchRequest};
 use crate::security::Caller;
 use crate::security::scopes::Perm;
 use crate::store::{Method, Store, Version, Write, WriteTx};
 
-use super::{Planned, Reply, commit_one, conditional_matches, conditional_query, index_of, new_id};
+use super::{Planned, Reply, commit_one, conditional_query, index_of, match_create, new_id};
 
 pub async fn create(
     store: &Store,
@@ -30,42 +30,30 @@ pub async fn create(
     store
         .write(caller.visibility(), move |tx| {
             Box::pin(async move {
-                let planned = create_in(tx, res, id, index, cond.as_ref()).await?;
+                let planned = create_in(tx, &*rules, res, id, index, cond.as_ref()).await?;
                 commit_one(tx, &*rules, planned).await
             })
         })
         .await
 }
 
-/// Creates `res` as `id` unless `cond` matches: one match is returned as it
-/// is (200), several are an error (412).
+/// Creates `res` as `id` unless `cond` matches ([`match_create`]): the
+/// match is returned (200).
 pub async fn create_in(
     tx: &mut WriteTx,
+    rules: &dyn Rules,
     mut res: Resource,
     id: String,
     index: Vec<(String, IndexValue)>,
     cond: Option<&SearchRequest>,
 ) -> Result<Planned, FhirError> {
-    if let Some(cond) = cond {
-        let found = conditional_matches(tx, cond).await?;
-        match found.as_slice() {
-            [] => {}
-            [(t, existing, _)] => {
-                let v = tx
-                    .read(t, existing)
-                    .await?
-                    .ok_or_else(|| FhirError::internal("a matched resource vanished"))?;
-                return Ok(Planned {
-                    write: None,
-                    reply: Reply::resource(200, v),
-                });
-            }
-            _ => {
-                return Err(FhirError::precondition(
-                    "If-None-Exist matches more than one resource; the criteria are not selective enough",
-                ));
-            }
-        }
+    if let Some(cond) = cond
+        && let Some(v) = match_create(tx, rules, &res, cond).await?
+    {
+        return Ok(Planned {
+            write: None,
+            reply: Reply::resource(200, v),
+        });
     }
     let updated = now_micros();
     res.stamp(&id, 1, updated);

@@ -19,12 +19,12 @@ use bytes::Bytes;
 
 use crate::fhir::error::{FhirError, Issue};
 use crate::fhir::resource::Resource;
-use crate::fhir::rules::{Note, Rules};
+use crate::fhir::rules::{Identity, Note, Rules};
 use crate::fhir::search::extract::Extractor;
 use crate::fhir::search::model::{IndexValue, SearchRequest};
 use crate::fhir::search::parse::{ParseOptions, parse_search};
 use crate::fhir::search::registry::Registry;
-use crate::store::{Version, Write, WriteTx};
+use crate::store::{Version, Visibility, Write, WriteTx};
 
 /// What an interaction produced.
 #[derive(Debug)]
@@ -139,6 +139,66 @@ pub async fn conditional_matches(
     Ok(tx.search_keys(req, 2).await?)
 }
 
+/// What a conditional create's criteria find: the resource that stands for
+/// `res` (`None`: create it). Inside the caller's compartment one match is
+/// taken, unless the product's rules say it is someone else (409); outside
+/// it, only a match the rules identify as the same ([`Identity::Same`])
+/// counts, and its stored content is not shown. Several matches are a 412.
+pub async fn match_create(
+    tx: &mut WriteTx,
+    rules: &dyn Rules,
+    res: &Resource,
+    cond: &SearchRequest,
+) -> Result<Option<Version>, FhirError> {
+    let several =
+        || FhirError::precondition("the create's condition matches more than one resource; it is not selective enough");
+    let conflict = |why: String| FhirError::new(409, "conflict", why);
+    let identifies = rules.identifies(&res.resource_type);
+    match conditional_matches(tx, cond).await?.as_slice() {
+        [] => {}
+        [(t, id, _)] => {
+            let v = tx
+                .read(t, id)
+                .await?
+                .ok_or_else(|| FhirError::internal("a matched resource vanished"))?;
+            if identifies
+                && let Some(stored) = stored_resource(&v)
+                && let Identity::Different(why) = rules.identify(res, &stored)
+            {
+                return Err(conflict(why));
+            }
+            return Ok(Some(v));
+        }
+        _ => return Err(several()),
+    }
+    if !identifies || tx.visibility() == &Visibility::All {
+        return Ok(None);
+    }
+    match tx.search_keys_unrestricted(cond, 2).await?.as_slice() {
+        [] => Ok(None),
+        [(t, id, _)] => {
+            let Some(v) = tx.read_unrestricted(t, id).await? else {
+                return Ok(None);
+            };
+            match stored_resource(&v).map(|stored| rules.identify(res, &stored)) {
+                Some(Identity::Same) => {
+                    tx.vouch(t, id);
+                    Ok(Some(Version { body: None, ..v }))
+                }
+                Some(Identity::Different(why)) => Err(conflict(why)),
+                Some(Identity::Unknown) | None => Ok(None),
+            }
+        }
+        _ => Err(several()),
+    }
+}
+
+fn stored_resource(v: &Version) -> Option<Resource> {
+    v.body
+        .as_deref()
+        .and_then(|b| crate::fhir::resource::parse(b, Some(&v.resource_type)).ok())
+}
+
 /// Builds `base/Type?params` for Bundle links, values percent-encoded.
 pub fn link(base: &str, path: &str, params: &[(String, String)]) -> String {
     let mut url = format!("{base}/{path}");
@@ -167,20 +227,43 @@ pub struct Planned {
 
 /// Stores one planned write.
 pub async fn commit_one(tx: &mut WriteTx, rules: &dyn Rules, p: Planned) -> Result<Reply, FhirError> {
-    let notes = store_writes(tx, rules, p.write.into_iter().collect()).await?;
+    let applied = store_writes(tx, rules, p.write.into_iter().collect()).await?;
     let mut reply = p.reply;
-    reply.take_notes(&notes);
+    reply.take_notes(&applied.notes);
     Ok(reply)
 }
 
+/// What the product's rules made of a job's writes.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// What they said of the writes.
+    pub notes: Vec<Note>,
+    /// The versions they wrote on their own (a routed referral).
+    pub added: Vec<Version>,
+}
+
 /// Stores the writes of a job once the product's rules accept them (and
-/// perhaps add some) and the caller's compartment admits them all. Returns
-/// what the rules noted of them.
-pub async fn store_writes(tx: &mut WriteTx, rules: &dyn Rules, mut writes: Vec<Write>) -> Result<Vec<Note>, FhirError> {
+/// perhaps add some, after the others) and the caller's compartment admits
+/// them all.
+pub async fn store_writes(tx: &mut WriteTx, rules: &dyn Rules, mut writes: Vec<Write>) -> Result<Applied, FhirError> {
+    let sent = writes.len();
     let notes = rules.apply(tx, &mut writes).await?;
     crate::security::compartment::admit(tx, &mut writes).await?;
+    let added = writes
+        .get(sent..)
+        .unwrap_or_default()
+        .iter()
+        .map(|w| Version {
+            resource_type: w.resource_type.clone(),
+            id: w.id.clone(),
+            version: w.version,
+            updated: w.updated,
+            method: w.method,
+            body: w.body.clone(),
+        })
+        .collect();
     tx.put_all(writes).await?;
-    Ok(notes)
+    Ok(Applied { notes, added })
 }
 
 /// Reads an ETag / If-Match value: `W/"3"`, `"3"` or `3`.
