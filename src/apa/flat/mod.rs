@@ -17,6 +17,7 @@ pub mod attendance;
 pub mod catalog;
 pub mod csv;
 pub mod outcome;
+pub mod patient;
 pub mod prescription;
 
 mod common;

@@ -7,10 +7,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::common::{
-    BundleBuilder, Faults, Mapped, OrganizationRef, PatientRef, Problem, When, coding, identifier, local_code, need,
-    need_when, organization_reference, pa_category, parse_rpps, patient_reference, practitioner_reference, profile,
-    record_key, source_system,
+    BundleBuilder, Faults, Mapped, OrganizationRef, Problem, When, coding, identifier, local_code, need, need_when,
+    organization_reference, pa_category, parse_rpps, patient_reference, practitioner_reference, profile, record_key,
+    source_system,
 };
+use super::patient::{self, PatientInput};
 use crate::apa::identity::{Ins, Rpps, Siret};
 
 pub const ICD10: &str = "http://hl7.org/fhir/sid/icd-10";
@@ -21,7 +22,8 @@ pub const ICD10: &str = "http://hl7.org/fhir/sid/icd-10";
 pub struct PrescriptionInput {
     /// The prescription's number in the GP software.
     pub source_id: Option<String>,
-    pub patient: Option<PatientRef>,
+    /// By INS; with the qualified identity to register or identify them.
+    pub patient: Option<PatientInput>,
     pub prescriber: Option<PrescriberRef>,
     /// The MSS the GP chose, if any (otherwise routing decides).
     pub performer: Option<OrganizationRef>,
@@ -109,9 +111,13 @@ pub fn map(input: &PrescriptionInput) -> Result<Mapped, Vec<Problem>> {
     let mut f = Faults::default();
     let mut warnings = Vec::new();
     let ins = match &input.patient {
-        Some(p) => f.take(p.parse("$.patient")),
+        Some(p) => f.take(p.reference().parse("$.patient")),
         None => f.take(Err(Problem::required("$.patient.ins", "the patient's INS"))),
     };
+    let registered = input
+        .patient
+        .as_ref()
+        .and_then(|p| patient::resource(p, ins.as_ref(), &mut f));
     let rpps = f.take(
         need(
             &input.prescriber.clone().unwrap_or_default().rpps,
@@ -224,7 +230,10 @@ pub fn map(input: &PrescriptionInput) -> Result<Mapped, Vec<Problem>> {
     })?;
 
     let mut b = BundleBuilder::with_warnings(warnings);
-    let patient = b.lookup(&patient_reference(&p.ins), "$.patient.ins");
+    let patient = match registered {
+        Some(resource) => b.create("$.patient", resource),
+        None => b.lookup(&patient_reference(&p.ins), "$.patient.ins"),
+    };
     let requester = b.lookup(&practitioner_reference(&p.rpps), "$.prescriber.rpps");
     let key = record_key(
         input.source_id.as_deref(),
