@@ -356,6 +356,30 @@ async fn the_same_idempotency_key_gives_the_same_answer_once(app: &TestApp) {
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
 }
 
+/// The MSS software, timing out, sends the same assessment several times at
+/// once under one key: one request stores it with its key's record in the
+/// same transaction; every other one answers with that record.
+async fn concurrent_retries_under_one_key_get_one_answer(app: &TestApp) {
+    demo::load(app.running()).await.unwrap();
+    let send = || post(app, "assessments", "application/json", ASSESSMENT, Some("bilan-77"));
+    let answers = futures_util::future::join_all((0..6).map(|_| send())).await;
+    let mut bodies = Vec::new();
+    let mut first_hand = 0;
+    for r in answers {
+        assert_eq!(r.status(), StatusCode::CREATED);
+        if r.headers().get("idempotent-replayed").is_none() {
+            first_hand += 1;
+        }
+        bodies.push(json(r).await);
+    }
+    assert_eq!(
+        first_hand, 1,
+        "one request ran, the others were answered from its record"
+    );
+    assert!(bodies.iter().all(|b| *b == bodies[0]));
+    assert_eq!(count(app, "Observation?status=final").await, 15);
+}
+
 async fn post_json_with_key(app: &TestApp, body: &Value, key: &str) -> Response {
     post(app, "assessments", "application/json", &body.to_string(), Some(key)).await
 }
@@ -516,6 +540,7 @@ on_both_backends!(
     an_assessment_in_json_is_converted_and_bad_values_are_refused
 );
 on_both_backends!(idempotency_key, the_same_idempotency_key_gives_the_same_answer_once);
+on_both_backends!(concurrent_key, concurrent_retries_under_one_key_get_one_answer);
 on_both_backends!(attendance_and_outcome, the_mss_posts_attendance_then_the_outcome);
 on_both_backends!(openapi, the_openapi_document_matches_the_routes);
 on_both_backends!(audited, a_flat_request_is_audited);
