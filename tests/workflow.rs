@@ -550,6 +550,26 @@ async fn a_physiotherapist_renews_once_unless_forbidden(app: &TestApp) {
         "ServiceRequest.requester",
     )
     .await;
+    // Nor does the programme's APA teacher.
+    let r = app
+        .put(
+            "PractitionerRole/eapa-roux-bouger-plus",
+            &json!({"resourceType": "PractitionerRole", "id": "eapa-roux-bouger-plus", "active": true,
+                "organization": {"reference": "Organization/mss-bouger-plus"},
+                "code": [{"coding": [{"system": "https://apa-gateway.fr/fhir/CodeSystem/staff-kind", "code": "EAPA"}]}]}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let mut teacher = own.clone();
+    teacher["requester"] = json!({"reference": "PractitionerRole/eapa-roux-bouger-plus"});
+    let r = kine.send(Method::POST, "ServiceRequest", &teacher).await;
+    refused(
+        r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "apa-wf-prescriber",
+        "ServiceRequest.requester",
+    )
+    .await;
     // … but renews Dr Lebreton's prescription, once.
     let first = kine.create(&renewal(app, PRESCRIPTION, role).await).await;
     let r = kine

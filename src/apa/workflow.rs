@@ -239,7 +239,11 @@ pub enum Profession {
     Physician,
     /// TRE-G15 `70` Masseur-kinésithérapeute (staff-kind `MK`): renews once.
     Physiotherapist,
+    /// Another profession of TRE-G15 or staff-kind (an APA teacher, a
+    /// nurse…): neither prescribes nor renews.
     Other,
+    /// No profession coded in those systems: the gateway cannot tell.
+    Unknown,
 }
 
 impl Profession {
@@ -247,7 +251,7 @@ impl Profession {
     /// `Practitioner.qualification.code`. A physician who is also a
     /// physiotherapist prescribes as a physician.
     pub fn of_codings<'a>(codings: impl Iterator<Item = &'a Value>) -> Profession {
-        let mut found = Profession::Other;
+        let mut found = Profession::Unknown;
         for c in codings {
             let system = c.get("system").and_then(Value::as_str);
             let code = c.get("code").and_then(Value::as_str);
@@ -255,6 +259,9 @@ impl Profession {
                 (Some(PROFESSION_SANTE), Some("10")) => return Profession::Physician,
                 (Some(PROFESSION_SANTE), Some("70")) | (Some(STAFF_KIND), Some("MK")) => {
                     found = Profession::Physiotherapist;
+                }
+                (Some(PROFESSION_SANTE | STAFF_KIND), Some(_)) if found == Profession::Unknown => {
+                    found = Profession::Other;
                 }
                 _ => {}
             }
@@ -264,18 +271,18 @@ impl Profession {
 }
 
 /// The profession of a requester: a PractitionerRole's `code`, a
-/// Practitioner's `qualification`; anything else is `Other`.
+/// Practitioner's `qualification`; anything else is `Unknown`.
 pub async fn profession_of(tx: &mut WriteTx, writes: &[Write], target: &Target) -> Result<Profession, FhirError> {
     let Target::Local { rtype, id } = target else {
-        return Ok(Profession::Other);
+        return Ok(Profession::Unknown);
     };
     let (element, inner) = match rtype.as_str() {
         "PractitionerRole" => ("code", None),
         "Practitioner" => ("qualification", Some("code")),
-        _ => return Ok(Profession::Other),
+        _ => return Ok(Profession::Unknown),
     };
     let Some(json) = current_json(tx, writes, rtype, id).await? else {
-        return Ok(Profession::Other);
+        return Ok(Profession::Unknown);
     };
     let concepts = json.get(element).and_then(Value::as_array).into_iter().flatten();
     let concepts = concepts.filter_map(|c| match inner {
@@ -323,11 +330,13 @@ mod tests {
             json!([{"system": PROFESSION_SANTE, "code": "70"}, {"system": PROFESSION_SANTE, "code": "10"}]);
         let staff = json!([{"system": STAFF_KIND, "code": "MK"}]);
         let elsewhere = json!([{"system": "http://example.org", "code": "70"}]);
+        let teacher = json!([{"system": STAFF_KIND, "code": "EAPA"}]);
         let of = |v: &Value| Profession::of_codings(v.as_array().into_iter().flatten());
         assert_eq!(of(&kine), Profession::Physiotherapist);
         assert_eq!(of(&staff), Profession::Physiotherapist);
         assert_eq!(of(&doctor_and_kine), Profession::Physician);
-        assert_eq!(of(&elsewhere), Profession::Other);
+        assert_eq!(of(&elsewhere), Profession::Unknown);
+        assert_eq!(of(&teacher), Profession::Other);
     }
 
     #[test]

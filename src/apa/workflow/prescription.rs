@@ -205,7 +205,9 @@ pub async fn check(tx: &mut WriteTx, writes: &[Write], i: usize, acting: &Acting
 }
 
 /// A new prescription that renews nothing is a physician's: a
-/// physiotherapist only renews (L.4321-1). Read from the index, so that
+/// physiotherapist only renews (L.4321-1), other professions neither; a
+/// requester whose profession is not coded is let through (the gateway
+/// does not hold the RPPS directory). Read from the index, so that
 /// the common case — a physician's prescription — costs no parsing.
 async fn check_prescriber(tx: &mut WriteTx, writes: &[Write], w: &Write) -> Result<(), FhirError> {
     let requester = w.index.iter().find_map(|(code, v)| match v {
@@ -222,19 +224,24 @@ async fn check_prescriber(tx: &mut WriteTx, writes: &[Write], w: &Write) -> Resu
     let Some(requester) = requester else {
         return Ok(());
     };
-    if profession_of(tx, writes, &requester).await? == Profession::Physiotherapist {
-        return Err(refuse(
-            422,
-            "business-rule",
-            "apa-wf-prescriber",
-            format!(
-                "{requester} is a physiotherapist, who renews a prescription once (name it in ServiceRequest.replaces) \
-                 but does not prescribe"
-            ),
-            "ServiceRequest.requester",
-        ));
-    }
-    Ok(())
+    let why = match profession_of(tx, writes, &requester).await? {
+        Profession::Physician | Profession::Unknown => return Ok(()),
+        Profession::Physiotherapist => format!(
+            "{requester} is a physiotherapist, who renews a prescription once (name it in ServiceRequest.replaces) \
+             but does not prescribe"
+        ),
+        Profession::Other => format!(
+            "{requester} is not a physician: an APA prescription is a physician's (CSP L.1172-1), its profession \
+             (TRE-G15 10 Médecin) coded on the PractitionerRole or the Practitioner's qualification"
+        ),
+    };
+    Err(refuse(
+        422,
+        "business-rule",
+        "apa-wf-prescriber",
+        why,
+        "ServiceRequest.requester",
+    ))
 }
 
 /// Refuses the job unless it acts for the prescription's requester.
