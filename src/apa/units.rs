@@ -319,6 +319,15 @@ const DURATION: &[Unit] = &[
     u("minutes", 60, 1),
 ];
 
+/// Base min.
+const MINUTES: &[Unit] = &[
+    u("min", 1, 1),
+    u("h", 60, 1),
+    u("mn", 1, 1),
+    u("minutes", 1, 1),
+    u("heures", 60, 1),
+];
+
 /// Base min/wk.
 const MINUTES_PER_WEEK: &[Unit] = &[
     u("min/wk", 1, 1),
@@ -430,6 +439,10 @@ pub enum Measure {
     MetMinutesPerWeek,
     AttendanceRate,
     RicciGagnonScore,
+    /// IPAQ time of moderate or vigorous activity (LOINC 77592-4, 77593-2).
+    IpaqMinutes,
+    /// ONAPS-PAQ score.
+    OnapsPaqScore,
     /// Borg rating of perceived exertion, 6–20 scale.
     BorgRpe,
     EpicesScore,
@@ -453,7 +466,7 @@ const fn d(n: i64) -> Decimal {
 }
 
 impl Measure {
-    pub const ALL: [Measure; 24] = [
+    pub const ALL: [Measure; 26] = [
         Measure::BodyWeight,
         Measure::BodyHeight,
         Measure::Bmi,
@@ -476,6 +489,8 @@ impl Measure {
         Measure::MetMinutesPerWeek,
         Measure::AttendanceRate,
         Measure::RicciGagnonScore,
+        Measure::IpaqMinutes,
+        Measure::OnapsPaqScore,
         Measure::BorgRpe,
         Measure::EpicesScore,
     ];
@@ -552,6 +567,13 @@ impl Measure {
             Measure::AttendanceRate => s("attendance rate", "%", "%", PERCENT, d(0), d(100)),
             // 9 items scored 1–5 (domain.md marks the scale ⚠): kept loose.
             Measure::RicciGagnonScore => s("Ricci & Gagnon score", "{score}", "score", SCORE, d(0), d(45)),
+            // The PA IG records the IPAQ items in `min` without saying over
+            // what (IPAQ asks the time on a day of activity; totals per week
+            // are common): bounded by the minutes of a week.
+            Measure::IpaqMinutes => s("IPAQ activity time", "min", "min", MINUTES, d(0), d(10_080)),
+            // Its scale is not verified (domain.md §4 🧩): bounds only catch
+            // what cannot be a score.
+            Measure::OnapsPaqScore => s("ONAPS-PAQ score", "{score}", "score", SCORE, d(0), d(10_000)),
             Measure::BorgRpe => s(
                 "Borg rating of perceived exertion",
                 "{score}",

@@ -539,6 +539,37 @@ mod tests {
     const L: &str = catalog::LOINC;
     const S: &str = catalog::SPORT_SANTE;
 
+    /// What the gateway creates meets its own profiles: each measured
+    /// test's Observation, at its lowest plausible value, validates against
+    /// the profile it claims (the APA rules, as on every write).
+    #[test]
+    fn every_measured_test_gives_an_observation_its_profile_accepts() {
+        use crate::fhir::rules::Rules;
+        let rules = crate::apa::rules::ApaRules::new();
+        for t in catalog::TESTS {
+            let (Kind::Quantity(m), Side::None) = (t.kind, t.side) else {
+                continue;
+            };
+            let (low, _) = m.bounds();
+            let obs = &one(t.key, json!(low.to_string()), Some(m.canonical_unit()), None)[0];
+            let res = crate::fhir::resource::Resource {
+                resource_type: "Observation".into(),
+                json: obs.clone(),
+            };
+            let errors: Vec<_> = rules
+                .validate(&res)
+                .into_iter()
+                .filter(|i| {
+                    matches!(
+                        i.severity,
+                        crate::fhir::error::Severity::Error | crate::fhir::error::Severity::Fatal
+                    )
+                })
+                .collect();
+            assert!(errors.is_empty(), "{}: {errors:?}", t.key);
+        }
+    }
+
     #[test]
     fn weight() {
         pin(
@@ -705,6 +736,42 @@ mod tests {
             &[(L, "82291-6")],
             "d/wk",
             "2",
+        );
+    }
+    #[test]
+    fn ipaq_moderate() {
+        pin(
+            "ipaq_modere",
+            json!(1.5),
+            "h",
+            "apa-obs-ipaq",
+            &[(L, "77592-4")],
+            "min",
+            "90",
+        );
+    }
+    #[test]
+    fn ipaq_vigorous() {
+        pin(
+            "ipaq_vigorous",
+            json!(40),
+            "min",
+            "apa-obs-ipaq",
+            &[(L, "77593-2")],
+            "min",
+            "40",
+        );
+    }
+    #[test]
+    fn onaps_paq() {
+        pin(
+            "onaps_paq",
+            json!(42),
+            "pts",
+            "apa-obs-onaps-paq",
+            &[(S, "ONAPS-PAQ")],
+            "{score}",
+            "42",
         );
     }
     #[test]
