@@ -273,9 +273,31 @@ async fn no_fitting_mss_goes_to_the_cpts_of_the_commune(app: &TestApp) {
     // Severe, in Cesson: Vilaine Active does not take it, Bouger+ does not
     // cover Cesson.
     let severe = prescription("patient-tanguy", "dr-riou-msp-cesson", "severe", "diabete-t2");
-    let (_, _, task) = prescribe(&gp, &severe).await;
+    let (severe_id, _, task) = prescribe(&gp, &severe).await;
     let task = task.expect("a referral");
     assert_eq!(task["owner"]["reference"], "Organization/cpts-rennes-est");
+    // The CPTS cannot hand it over to the MSS without health professionals…
+    let focus = format!("ServiceRequest/{severe_id}");
+    let cpts_ref = "Organization/cpts-rennes-est";
+    let handover = common::apa::referral(
+        &focus,
+        "Patient/patient-tanguy",
+        cpts_ref,
+        "Organization/mss-vilaine-active",
+    );
+    let (status, _, outcome) = cpts.create(&handover).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{outcome}");
+    assert_eq!(outcome["issue"][0]["code"], "business-rule");
+    assert_eq!(outcome["issue"][0]["expression"][0], "Task.owner");
+    // …but can to the one whose programme has a physiotherapist.
+    let handover = common::apa::referral(
+        &focus,
+        "Patient/patient-tanguy",
+        cpts_ref,
+        "Organization/mss-bouger-plus",
+    );
+    let (status, _, outcome) = cpts.create(&handover).await;
+    assert_eq!(status, StatusCode::CREATED, "{outcome}");
     // A condition the programme of Cesson does not take: the CPTS too.
     let cancer = prescription("patient-tanguy", "dr-riou-msp-cesson", "moderee", "cancer");
     let (_, _, other) = prescribe(&gp, &cancer).await;
@@ -286,6 +308,8 @@ async fn no_fitting_mss_goes_to_the_cpts_of_the_commune(app: &TestApp) {
     // The CPTS finds both referrals addressed to it and reads the patient.
     let owned = cpts.found("Task?owner=Organization/cpts-rennes-est").await;
     assert_eq!(owned.len(), 2);
+    let handed = format!("Task?owner=Organization/mss-bouger-plus&focus={focus}");
+    assert_eq!(cpts.found(&handed).await.len(), 1);
     assert_eq!(cpts.get("Patient/patient-tanguy").await.status(), StatusCode::OK);
 }
 

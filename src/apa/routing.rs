@@ -18,7 +18,9 @@
 //!
 //! A prescriber who chooses the programme (`performer`: a
 //! HealthcareService) for a severe limitation is refused (422) when its
-//! staff includes no health professional: the same rule, at the other door.
+//! staff includes no health professional: the same rule, at the other door;
+//! and so is a client that addresses a referral Task itself (`requested`,
+//! a CPTS handing it over) to an MSS with no such programme.
 //!
 //! Ties are broken the same way every time: an organisation that lists the
 //! commune itself before one that covers its whole département, then the
@@ -303,6 +305,14 @@ impl Directory {
             return Ok(dir);
         }
         dir.read(tx, communes).await?;
+        dir.overlay(writes);
+        Ok(dir)
+    }
+
+    /// What the job itself writes of the directory replaces what is stored
+    /// (a transaction may carry the directory and a prescription).
+    fn overlay(&mut self, writes: &[Write]) {
+        let dir = self;
         for w in writes {
             let json = || w.body.as_deref().and_then(|b| serde_json::from_slice::<Value>(b).ok());
             match w.resource_type.as_str() {
@@ -317,16 +327,29 @@ impl Directory {
                 _ => {}
             }
         }
-        Ok(dir)
     }
 
     async fn read(&mut self, tx: &mut WriteTx, communes: &[Commune]) -> Result<(), FhirError> {
-        let dir = self;
         let mut codes: Vec<&str> = communes.iter().flat_map(|c| [c.code(), c.departement()]).collect();
         codes.sort_unstable();
         codes.dedup();
+        self.read_where(tx, "territory", &codes.join(",")).await
+    }
+
+    /// One organisation and its programmes, as the job leaves them.
+    async fn of_organisation(tx: &mut WriteTx, id: &str, writes: &[Write]) -> Result<Directory, FhirError> {
+        let mut dir = Directory::default();
+        dir.read_where(tx, "_id", id).await?;
+        dir.overlay(writes);
+        Ok(dir)
+    }
+
+    /// Reads the Organizations matching one search parameter, with their
+    /// programmes (`_revinclude`), every page.
+    async fn read_where(&mut self, tx: &mut WriteTx, param: &str, value: &str) -> Result<(), FhirError> {
+        let dir = self;
         let pairs = vec![
-            ("territory".to_string(), codes.join(",")),
+            (param.to_string(), value.to_string()),
             ("_revinclude".to_string(), "HealthcareService:organization".to_string()),
         ];
         let opts = ParseOptions {
@@ -501,6 +524,76 @@ async fn check_chosen_programmes(tx: &mut WriteTx, writes: &[Write]) -> Result<(
     Ok(())
 }
 
+/// The `Type/id` a reference search parameter of an index names.
+fn indexed_reference<'a>(index: &'a [(String, IndexValue)], param: &str, rtype: &str) -> Option<&'a str> {
+    index.iter().find_map(|(code, v)| match v {
+        IndexValue::Reference {
+            rtype: Some(t),
+            id: Some(id),
+            ..
+        } if code == param && t == rtype => Some(id.as_str()),
+        _ => None,
+    })
+}
+
+/// A referral a client addresses itself (a CPTS handing it over, a GP
+/// naming the MSS): for a severe limitation the owning Maison Sport-Santé
+/// must run an active programme with health professionals (CSP D.1172-3),
+/// the rule routing follows — the third door after routing and the
+/// prescriber's choice of programme. Checked on Tasks written `requested`,
+/// so that an MSS may still refuse or close what it was wrongly sent.
+async fn check_referral_owners(tx: &mut WriteTx, writes: &[Write]) -> Result<(), FhirError> {
+    for w in writes.iter().filter(|w| w.resource_type == "Task" && w.body.is_some()) {
+        let requested = w.index.iter().any(|(code, v)| {
+            code == "status" && matches!(v, IndexValue::Token { code: Some(c), .. } if c == "requested")
+        });
+        let (Some(owner), Some(focus)) = (
+            indexed_reference(&w.index, "owner", "Organization"),
+            indexed_reference(&w.index, "focus", "ServiceRequest"),
+        ) else {
+            continue;
+        };
+        if !requested {
+            continue;
+        }
+        let prescription = match writes
+            .iter()
+            .find(|p| p.resource_type == "ServiceRequest" && p.id == focus)
+        {
+            Some(p) => p.body.clone(),
+            None => tx.read("ServiceRequest", focus).await?.and_then(|v| v.body),
+        };
+        let severe = prescription
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .is_some_and(|sr| level_of(&sr) == Some(Level::Severe));
+        if !severe {
+            continue;
+        }
+        let dir = Directory::of_organisation(tx, owner, writes).await?;
+        let is_mss = dir
+            .organisations
+            .iter()
+            .any(|o| o.id == owner && o.kind == Some(Kind::Mss));
+        let qualified = dir
+            .programmes
+            .iter()
+            .any(|p| p.provider == owner && p.has_health_professionals());
+        if is_mss && !qualified {
+            return Err(FhirError::new(
+                422,
+                "business-rule",
+                format!(
+                    "a severe functional limitation may only be followed by health professionals \
+                     (CSP D.1172-3): no active programme of Organization/{owner} includes any; address the \
+                     referral to an MSS whose programme does, or to the CPTS"
+                ),
+            )
+            .at("Task.owner"));
+        }
+    }
+    Ok(())
+}
+
 /// Is a Task for this ServiceRequest (`focus` or `based-on`) in the job?
 fn has_task(writes: &[Write], service_request: &str) -> bool {
     writes
@@ -542,10 +635,10 @@ pub fn home_commune(patient: &Value) -> Option<Commune> {
 
 /// The patient's commune as the job leaves it: the Patient written in it,
 /// or the stored one. Read whatever the job's compartment: a prescriber
-/// refers patients it has not seen yet (it gains them with this write), and
-/// the commune only decides grants and an owner — nothing of the patient
-/// goes back to the caller, and `compartment::admit` still refuses a job
-/// about a patient its party does not end up granted.
+/// refers a patient it identifies in the same job (it gains them with
+/// this write), and the commune only decides grants and an owner — nothing
+/// of the patient goes back to the caller, and `compartment::admit` still
+/// refuses a job about a patient its party does not end up granted.
 async fn patient_commune(tx: &mut WriteTx, writes: &[Write], id: &str) -> Result<Option<Commune>, FhirError> {
     let body = match writes.iter().rev().find(|w| w.resource_type == "Patient" && w.id == id) {
         Some(w) => w.body.clone(),
@@ -565,6 +658,7 @@ async fn patient_commune(tx: &mut WriteTx, writes: &[Write], id: &str) -> Result
 /// of its Tasks; returns what the client should hear of the routing.
 pub async fn apply(tx: &mut WriteTx, writes: &mut Vec<Write>) -> Result<Vec<Note>, FhirError> {
     check_chosen_programmes(tx, writes).await?;
+    check_referral_owners(tx, writes).await?;
     let prescriptions: Vec<Prescription> = writes
         .iter()
         .filter_map(|w| Prescription::to_route(w, writes))
