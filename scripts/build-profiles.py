@@ -855,12 +855,15 @@ structure(
     "intensity and number of planned sessions (denominator of the attendance rate). Re-profiles PA IG pa-careplan.",
     [
         *ext_slices("CarePlan", [("episodeOfCare", "1..1", WORKFLOW_EOC)]),
-        e("CarePlan.basedOn", card="1..*", types=ref(sd_url("apa-prescription"))),
         e("CarePlan.intent", fixedCode="plan"),
         *category_pa("CarePlan"),
         e("CarePlan.subject", types=ref(*PATIENT_TARGETS)),
         e("CarePlan.period", card="1..1"),
         e("CarePlan.period.start", card="1..1"),
+        # R4 CarePlan.basedOn is Reference(CarePlan) only: the prescription
+        # the plan carries out is supporting information.
+        e("CarePlan.supportingInfo", card="1..*", types=ref(sd_url("apa-prescription")),
+          short="La prescription d'APA que le plan met en oeuvre"),
         e("CarePlan.activity", card="1..*"),
         e("CarePlan.activity.detail", card="1..1"),
         *ext_slices("CarePlan.activity.detail", [("intensity", "0..1", sd_url("apa-intensity"))]),
@@ -1254,8 +1257,8 @@ EXAMPLES = [
      "period": {"start": "2026-03-02"}, "referralRequest": [PRESC]},
     {"resourceType": "CarePlan", "id": "plan-1", "meta": prof("apa-careplan"),
      "extension": [{"url": WORKFLOW_EOC, "valueReference": EPISODE}],
-     "basedOn": [PRESC], "status": "active", "intent": "plan", "category": [PA_CAT], "subject": PATIENT,
-     "period": {"start": "2026-03-02", "end": "2026-05-29"},
+     "status": "active", "intent": "plan", "category": [PA_CAT], "subject": PATIENT,
+     "period": {"start": "2026-03-02", "end": "2026-05-29"}, "supportingInfo": [PRESC],
      "activity": [{"detail": {
          "extension": [{"url": sd_url("apa-intensity"), "valueCodeableConcept": concept(cs_url("intensity"), "moderee")}],
          "code": concept(cs_url("activity-type"), "combine"), "status": "in-progress",
