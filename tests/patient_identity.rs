@@ -239,6 +239,28 @@ async fn naming_a_patient_by_id_does_not_open_the_compartment(app: &TestApp) {
     assert_eq!(b["issue"][0]["code"], "duplicate");
 }
 
+/// The README's example: Dr Riou's software registers Yannick Guérin, who
+/// lives in Cesson-Sévigné, with his first prescription
+/// (`fixtures/flat/prescription-new-patient.json`).
+async fn the_new_patient_fixture_is_registered_and_referred(app: &TestApp) {
+    demo::load(app.running()).await.unwrap();
+    let msp = practice(app, "msp-cesson").await;
+    let fixture: Value = serde_json::from_str(include_str!("../fixtures/flat/prescription-new-patient.json")).unwrap();
+    let r = prescribe(app, &msp, &fixture).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let body = json(r).await;
+    assert_eq!(listed(&body, "Patient")[0]["status"], "created");
+    // Obesity, moderate limitation, in Cesson: Vilaine Active's programme.
+    let task = listed(&body, "Task")[0]["id"].as_str().unwrap().to_string();
+    let task = json(app.get(&format!("Task/{task}")).await).await;
+    assert_eq!(task["owner"]["reference"], "Organization/mss-vilaine-active");
+    let patient = listed(&body, "Patient")[0]["id"].as_str().unwrap().to_string();
+    let p = json(app.get(&format!("Patient/{patient}")).await).await;
+    assert_eq!(p["birthDate"], "1957-09-14");
+    assert_eq!(p["identifier"][0]["value"], INS);
+}
+
+on_both_backends!(new_patient_fixture, the_new_patient_fixture_is_registered_and_referred);
 on_both_backends!(gp_registers_patient, a_gp_registers_a_new_patient_with_the_prescription);
 on_both_backends!(
     another_practice_identifies,
