@@ -83,17 +83,20 @@ async fn holders_of_ins(app: &TestApp) -> u64 {
     json(app.get(&q).await).await["total"].as_u64().unwrap()
 }
 
-async fn a_gp_registers_a_new_patient_with_the_prescription(app: &TestApp) {
-    demo::load(app.running()).await.unwrap();
+/// Dr Lebreton's practice registers Yannick Guérin with his prescription:
+/// its client, and the response.
+async fn lebreton_registers_guerin(app: &TestApp) -> (Client, Value) {
     let colombier = practice(app, "cabinet-colombier").await;
-    let r = prescribe(
-        app,
-        &colombier,
-        &prescription_with_identity("COL-2026-200", "99700314521"),
-    )
-    .await;
+    let sent = prescription_with_identity("COL-2026-200", "99700314521");
+    let r = prescribe(app, &colombier, &sent).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let body = json(r).await;
+    (colombier, body)
+}
+
+async fn a_gp_registers_a_new_patient_with_the_prescription(app: &TestApp) {
+    demo::load(app.running()).await.unwrap();
+    let (colombier, body) = lebreton_registers_guerin(app).await;
     // The patient registered, the prescription stored, the referral routed.
     let patient = listed(&body, "Patient")[0];
     assert_eq!(patient["status"], "created");
@@ -138,15 +141,8 @@ async fn a_gp_registers_a_new_patient_with_the_prescription(app: &TestApp) {
 
 async fn another_practice_identifies_the_same_patient(app: &TestApp) {
     demo::load(app.running()).await.unwrap();
-    let colombier = practice(app, "cabinet-colombier").await;
-    let r = prescribe(
-        app,
-        &colombier,
-        &prescription_with_identity("COL-2026-200", "99700314521"),
-    )
-    .await;
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let id = listed(&json(r).await, "Patient")[0]["id"].as_str().unwrap().to_string();
+    let (_, body) = lebreton_registers_guerin(app).await;
+    let id = listed(&body, "Patient")[0]["id"].as_str().unwrap().to_string();
 
     // Before: the MSP of Cesson-Sévigné does not see him.
     let msp = practice(app, "msp-cesson").await;
@@ -175,14 +171,7 @@ async fn another_practice_identifies_the_same_patient(app: &TestApp) {
 
 async fn the_same_ins_with_other_traits_is_refused(app: &TestApp) {
     demo::load(app.running()).await.unwrap();
-    let colombier = practice(app, "cabinet-colombier").await;
-    let r = prescribe(
-        app,
-        &colombier,
-        &prescription_with_identity("COL-2026-200", "99700314521"),
-    )
-    .await;
-    assert_eq!(r.status(), StatusCode::CREATED);
+    lebreton_registers_guerin(app).await;
 
     // Another birth date under the same INS: an identity collision or a
     // typing error, never merged; the stored traits are not disclosed.
