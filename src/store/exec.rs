@@ -348,6 +348,26 @@ pub async fn insert_columns(
     cols: &[Col],
     suffix: &str,
 ) -> Result<Vec<(i64, String, String)>, StoreError> {
+    insert_columns_or(conn, "", into, cols, suffix).await
+}
+
+/// `insert_columns` with a SQLite conflict clause (`OR FAIL`, `OR IGNORE`)
+/// in the INSERT; PostgreSQL has none, and none is needed there.
+///
+/// Why: a multi-row INSERT that may abort halfway (a NOT NULL or UNIQUE
+/// constraint under the default `ABORT`) makes SQLite keep a statement
+/// journal inside a transaction: a copy of every page it changes, to undo
+/// the statement alone. For rows every request writes (the audit trail)
+/// that copying and its allocations were a third of the writer's CPU.
+/// `OR FAIL` keeps the rows inserted before a violation and returns the
+/// error: the writer then rolls back the job or the whole batch anyway.
+pub async fn insert_columns_or(
+    conn: &mut Conn<'_>,
+    sqlite_or: &str,
+    into: &str,
+    cols: &[Col],
+    suffix: &str,
+) -> Result<Vec<(i64, String, String)>, StoreError> {
     let rows = cols.first().map_or(0, Col::len);
     if rows == 0 {
         return Ok(Vec::new());
@@ -397,7 +417,7 @@ pub async fn insert_columns(
             let mut start = 0;
             while start < rows {
                 let end = (start + CHUNK_ROWS).min(rows);
-                let mut f = Frag::new(format!("INSERT INTO {into} VALUES "));
+                let mut f = Frag::new(format!("INSERT {sqlite_or} INTO {into} VALUES "));
                 for i in start..end {
                     f.push(if i == start { "(" } else { ", (" });
                     for (j, col) in cols.iter().enumerate() {
