@@ -138,7 +138,14 @@ pub async fn put(c: &mut Conn<'_>, records: Vec<AuditRecord>) -> Result<(), Stor
         Dialect::Sqlite => ("OR IGNORE", ""),
         Dialect::Postgres => ("", "ON CONFLICT DO NOTHING"),
     };
-    insert_columns_or(c, or, "audit_entity (ref, event)", &[Col::Text(refs), Col::Text(events)], suffix).await?;
+    insert_columns_or(
+        c,
+        or,
+        "audit_entity (ref, event)",
+        &[Col::Text(refs), Col::Text(events)],
+        suffix,
+    )
+    .await?;
     Ok(())
 }
 

@@ -210,7 +210,10 @@ pub async fn fetch_versions(conn: &mut Conn<'_>, frag: &Frag) -> Result<Vec<Vers
                     body: r.try_get::<Option<Vec<u8>>, _>(7)?.map(Bytes::from),
                     patients: if r.len() > 8 {
                         let list = r.try_get::<Option<String>, _>(8)?;
-                        Some(list.map(|l| l.split(' ').map(str::to_string).collect()).unwrap_or_default())
+                        Some(
+                            list.map(|l| l.split(' ').map(str::to_string).collect())
+                                .unwrap_or_default(),
+                        )
                     } else {
                         None
                     },

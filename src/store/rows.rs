@@ -6,7 +6,8 @@ use std::collections::{HashMap, HashSet};
 use crate::fhir::search::model::{Include, IndexValue, PageStart, SearchRequest};
 
 use super::exec::{
-    Bind, Col, Conn, Dialect, Frag, execute, fetch_i64, fetch_i64_text_text, fetch_i64x3, fetch_versions, insert_columns,
+    Bind, Col, Conn, Dialect, Frag, execute, fetch_i64, fetch_i64_text_text, fetch_i64x3, fetch_versions,
+    insert_columns,
 };
 use super::keys::{hash, hash_opt, identifier_key, normalize, param_key};
 use super::sql::Builder;
