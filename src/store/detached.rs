@@ -64,7 +64,8 @@ async fn run(writer: Arc<Writer>, mut rx: mpsc::Receiver<Deferred>) {
         while batch.len() < MAX_BATCH {
             let room = MAX_BATCH - batch.len();
             match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)).await {
-                // Closed: store what was gathered, then stop.
+                // The time is up, or the queue closed (the gateway stops):
+                // store what was gathered.
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }
