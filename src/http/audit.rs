@@ -86,8 +86,9 @@ pub async fn audit(State(s): State<AppState>, req: Request, next: Next) -> Respo
         started: now_micros(),
     };
     let scope = AuditScope::new(s.audit.clone(), info);
-    let resp = scope.run_in(next.run(req)).await;
-    let served = resp.extensions().get::<Served>().cloned();
+    let mut resp = scope.run_in(next.run(req)).await;
+    // Taken, not cloned: nothing outside this layer reads it.
+    let served = resp.extensions_mut().remove::<Served>();
     let issue = resp.extensions().get::<IssueCode>().copied();
     if let Some(record) = scope.finish(resp.status().as_u16(), served, issue)
         && let Err(e) = s.store.write_detached(record).await

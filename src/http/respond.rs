@@ -52,7 +52,9 @@ pub fn render(base: &str, reply: Reply, ret: Return) -> Response {
         resource_type: v.resource_type.clone(),
         id: v.id.clone(),
         version: v.version,
-        body: v.body.clone(),
+        patients: v.patients.clone(),
+        // Kept only when the patients are to be found in it.
+        body: if v.patients.is_some() { None } else { v.body.clone() },
     });
     let mut resp = render_reply(base, reply, ret);
     if let Some(s) = served {

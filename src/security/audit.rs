@@ -118,8 +118,10 @@ pub struct Served {
     pub resource_type: String,
     pub id: String,
     pub version: i64,
-    /// The stored JSON: the patient it concerns is looked up off the
-    /// request's path, when the record is built.
+    /// The patients it concerns, when the store read them with it.
+    pub patients: Option<Vec<String>>,
+    /// The stored JSON, when the patients are not known: they are looked
+    /// up in it off the request's path, when the record is built.
     pub body: Option<Bytes>,
 }
 
@@ -231,7 +233,10 @@ impl AuditScope {
             match &served {
                 Some(s) => {
                     entities.push(format!("{}/{}/_history/{}", s.resource_type, s.id, s.version));
-                    patients = patients_of(&s.resource_type, &s.id, s.body.as_deref());
+                    patients = match &s.patients {
+                        Some(known) => known.clone(),
+                        None => patients_of(&s.resource_type, &s.id, s.body.as_deref()),
+                    };
                 }
                 None => {
                     if let (Some(t), Some(id)) = (&request.resource_type, &request.id) {

@@ -40,6 +40,7 @@ fn version(rec: &AuditRecord) -> Result<Version, FhirError> {
         updated: rec.recorded,
         method: Method::Create,
         body: Some(render(rec).ok_or_else(|| FhirError::internal("an audit record could not be read"))?),
+        patients: None,
     })
 }
 

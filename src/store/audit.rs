@@ -11,7 +11,7 @@
 
 use bytes::Bytes;
 
-use super::exec::{Bind, Col, Conn, Frag, fetch_audit, insert_columns};
+use super::exec::{Bind, Col, Conn, Dialect, Frag, fetch_audit, insert_columns_or};
 use super::{StoreError, Visibility};
 
 /// One event of the audit trail.
@@ -79,39 +79,71 @@ pub async fn put(c: &mut Conn<'_>, records: Vec<AuditRecord>) -> Result<(), Stor
     if records.is_empty() {
         return Ok(());
     }
+    let n = records.len();
     let mut refs = Vec::new();
     let mut events = Vec::new();
-    for r in &records {
-        for e in &r.entities {
-            refs.push(e.clone());
+    let (mut ids, mut recorded, mut clients, mut patients) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut subtypes, mut actions, mut outcomes, mut networks, mut details) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for r in records {
+        for e in r.entities {
+            refs.push(e);
             events.push(r.id.clone());
         }
+        ids.push(r.id);
+        recorded.push(r.recorded);
+        clients.push(r.client);
+        patients.push(r.patient);
+        subtypes.push(r.subtype);
+        actions.push(r.action);
+        outcomes.push(r.outcome);
+        networks.push(r.network);
+        details.push(Some(r.detail));
     }
     let cols = [
-        Col::Text(records.iter().map(|r| r.id.clone()).collect()),
-        Col::I64(records.iter().map(|r| r.recorded).collect()),
-        Col::OptText(records.iter().map(|r| r.client.clone()).collect()),
-        Col::OptText(records.iter().map(|r| r.patient.clone()).collect()),
-        Col::Text(records.iter().map(|r| r.subtype.clone()).collect()),
-        Col::Text(records.iter().map(|r| r.action.clone()).collect()),
-        Col::Text(records.iter().map(|r| r.outcome.clone()).collect()),
-        Col::OptText(records.iter().map(|r| r.network.clone()).collect()),
-        Col::Blob(records.into_iter().map(|r| Some(r.detail)).collect()),
+        Col::Text(ids),
+        Col::I64(recorded),
+        Col::OptText(clients),
+        Col::OptText(patients),
+        Col::Text(subtypes),
+        Col::Text(actions),
+        Col::Text(outcomes),
+        Col::OptText(networks),
+        Col::Blob(details),
     ];
-    insert_columns(
+    // No statement journal on SQLite (`insert_columns_or`): a failure
+    // rolls the whole batch back.
+    insert_columns_or(
         c,
+        "OR FAIL",
         "audit_event (id, recorded, client, patient, subtype, action, outcome, network, detail)",
         &cols,
         "",
     )
     .await?;
     // An event may name the same resource twice (a transaction that
-    // creates and then patches it): one row is enough.
-    insert_columns(
+    // creates and then patches it): one row is enough. (`OR IGNORE` is
+    // SQLite's spelling of it without a statement journal.)
+    let (or, suffix) = match c.dialect() {
+        Dialect::Sqlite => ("OR IGNORE", ""),
+        Dialect::Postgres => ("", "ON CONFLICT DO NOTHING"),
+    };
+    insert_columns_or(
         c,
+        or,
         "audit_entity (ref, event)",
         &[Col::Text(refs), Col::Text(events)],
-        "ON CONFLICT DO NOTHING",
+        suffix,
     )
     .await?;
     Ok(())

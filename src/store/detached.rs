@@ -6,6 +6,7 @@
 //! queued before it stops the writer.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
@@ -19,6 +20,13 @@ pub type Deferred = Box<dyn FnOnce() -> Vec<AuditRecord> + Send>;
 const QUEUE: usize = 8192;
 /// Records stored by one write job at most.
 const MAX_BATCH: usize = 1024;
+/// How long the first record of a batch waits for others. On SQLite every
+/// commit makes each read connection drop its whole page cache at its next
+/// query (it cannot tell which pages changed): committing the records of
+/// reads as they come, hundreds of times a second, made every read start
+/// cold. A few commits a second keep the readers' caches warm; a crash may
+/// lose this much more of the records of requests that changed nothing.
+const LINGER: Duration = Duration::from_millis(100);
 
 pub struct Detached {
     sender: Mutex<Option<mpsc::Sender<Deferred>>>,
@@ -52,6 +60,16 @@ impl Detached {
 async fn run(writer: Arc<Writer>, mut rx: mpsc::Receiver<Deferred>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let deadline = tokio::time::Instant::now() + LINGER;
+        while batch.len() < MAX_BATCH {
+            let room = MAX_BATCH - batch.len();
+            match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)).await {
+                // The time is up, or the queue closed (the gateway stops):
+                // store what was gathered.
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
         // Building a batch is CPU work of milliseconds: not on the threads
         // that answer requests.
         let makes = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));

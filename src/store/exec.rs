@@ -69,6 +69,15 @@ pub enum Conn<'c> {
     Pg(&'c mut PgConnection),
 }
 
+impl Conn<'_> {
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Conn::Sqlite(_) => Dialect::Sqlite,
+            Conn::Pg(_) => Dialect::Postgres,
+        }
+    }
+}
+
 pub fn numbered(dialect: Dialect, sql: &str) -> Cow<'_, str> {
     if dialect == Dialect::Sqlite || !sql.contains('?') {
         return Cow::Borrowed(sql);
@@ -142,6 +151,9 @@ pub struct VersionRow {
     pub updated: i64,
     pub method: i64,
     pub body: Option<Bytes>,
+    /// The resource's patients, when the query selected them (a ninth
+    /// column, `rows::patients_column`).
+    pub patients: Option<Vec<String>>,
 }
 
 /// Runs a statement; returns the number of rows it changed.
@@ -181,7 +193,7 @@ pub async fn fetch_i64_text_text(conn: &mut Conn<'_>, frag: &Frag) -> Result<Vec
 }
 
 /// Runs a query selecting, in this order: pk, vpk, rtype, id, version,
-/// updated, method, body.
+/// updated, method, body, and optionally the patients.
 pub async fn fetch_versions(conn: &mut Conn<'_>, frag: &Frag) -> Result<Vec<VersionRow>, StoreError> {
     let rows = on_conn!(conn, frag, |q, c| {
         let rows = q.fetch_all(c).await?;
@@ -196,6 +208,15 @@ pub async fn fetch_versions(conn: &mut Conn<'_>, frag: &Frag) -> Result<Vec<Vers
                     updated: r.try_get(5)?,
                     method: r.try_get(6)?,
                     body: r.try_get::<Option<Vec<u8>>, _>(7)?.map(Bytes::from),
+                    patients: if r.len() > 8 {
+                        let list = r.try_get::<Option<String>, _>(8)?;
+                        Some(
+                            list.map(|l| l.split(' ').map(str::to_string).collect())
+                                .unwrap_or_default(),
+                        )
+                    } else {
+                        None
+                    },
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()
@@ -330,6 +351,26 @@ pub async fn insert_columns(
     cols: &[Col],
     suffix: &str,
 ) -> Result<Vec<(i64, String, String)>, StoreError> {
+    insert_columns_or(conn, "", into, cols, suffix).await
+}
+
+/// `insert_columns` with a SQLite conflict clause (`OR FAIL`, `OR IGNORE`)
+/// in the INSERT; PostgreSQL has none, and none is needed there.
+///
+/// Why: a multi-row INSERT that may abort halfway (a NOT NULL or UNIQUE
+/// constraint under the default `ABORT`) makes SQLite keep a statement
+/// journal inside a transaction: a copy of every page it changes, to undo
+/// the statement alone. For rows every request writes (the audit trail)
+/// that copying and its allocations were a third of the writer's CPU.
+/// `OR FAIL` keeps the rows inserted before a violation and returns the
+/// error: the writer then rolls back the job or the whole batch anyway.
+pub async fn insert_columns_or(
+    conn: &mut Conn<'_>,
+    sqlite_or: &str,
+    into: &str,
+    cols: &[Col],
+    suffix: &str,
+) -> Result<Vec<(i64, String, String)>, StoreError> {
     let rows = cols.first().map_or(0, Col::len);
     if rows == 0 {
         return Ok(Vec::new());
@@ -379,7 +420,7 @@ pub async fn insert_columns(
             let mut start = 0;
             while start < rows {
                 let end = (start + CHUNK_ROWS).min(rows);
-                let mut f = Frag::new(format!("INSERT INTO {into} VALUES "));
+                let mut f = Frag::new(format!("INSERT {sqlite_or} INTO {into} VALUES "));
                 for i in start..end {
                     f.push(if i == start { "(" } else { ", (" });
                     for (j, col) in cols.iter().enumerate() {

@@ -91,6 +91,10 @@ pub struct Version {
     pub updated: i64,
     pub method: Method,
     pub body: Option<Bytes>,
+    /// The patients the stored resource concerns (its compartment rows,
+    /// `resource_patient`), when the query that read it asked for them:
+    /// its audit record then needs no parsing of the body.
+    pub patients: Option<Vec<String>>,
 }
 
 impl Version {
@@ -108,6 +112,7 @@ impl From<VersionRow> for Version {
             updated: r.updated,
             method: Method::from_i64(r.method),
             body: r.body,
+            patients: r.patients,
         }
     }
 }
@@ -341,7 +346,8 @@ impl Store {
         vis: &Visibility,
     ) -> Result<Option<Version>, StoreError> {
         let mut f = Frag::new(rows::VERSION_COLUMNS);
-        f.push(" FROM resource r JOIN resource_version v ON v.pk = r.pk WHERE r.rtype = ")
+        f.push(rows::patients_column(self.dialect()))
+            .push(" FROM resource r JOIN resource_version v ON v.pk = r.pk WHERE r.rtype = ")
             .bind(Bind::Text(resource_type.into()))
             .push(" AND r.id = ")
             .bind(Bind::Text(id.into()))

@@ -79,6 +79,7 @@ pub async fn create_in(
             updated,
             method: Method::Create,
             body: Some(body),
+            patients: None,
         }),
     })
 }

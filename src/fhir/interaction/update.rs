@@ -107,6 +107,7 @@ pub async fn update_in(
         updated,
         method,
         body: Some(body),
+        patients: None,
     };
     Ok(Planned {
         write: Some(write),
