@@ -260,6 +260,7 @@ pub async fn store_writes(tx: &mut WriteTx, rules: &dyn Rules, mut writes: Vec<W
             updated: w.updated,
             method: w.method,
             body: w.body.clone(),
+            patients: Some(w.patients.clone()),
         })
         .collect();
     tx.put_all(writes).await?;
