@@ -524,18 +524,6 @@ async fn check_chosen_programmes(tx: &mut WriteTx, writes: &[Write]) -> Result<(
     Ok(())
 }
 
-/// The `Type/id` a reference search parameter of an index names.
-fn indexed_reference<'a>(index: &'a [(String, IndexValue)], param: &str, rtype: &str) -> Option<&'a str> {
-    index.iter().find_map(|(code, v)| match v {
-        IndexValue::Reference {
-            rtype: Some(t),
-            id: Some(id),
-            ..
-        } if code == param && t == rtype => Some(id.as_str()),
-        _ => None,
-    })
-}
-
 /// A referral a client addresses itself (a CPTS handing it over, a GP
 /// naming the MSS): for a severe limitation the owning Maison Sport-Santé
 /// must run an active programme with health professionals (CSP D.1172-3),
@@ -544,16 +532,13 @@ fn indexed_reference<'a>(index: &'a [(String, IndexValue)], param: &str, rtype: 
 /// so that an MSS may still refuse or close what it was wrongly sent.
 async fn check_referral_owners(tx: &mut WriteTx, writes: &[Write]) -> Result<(), FhirError> {
     for w in writes.iter().filter(|w| w.resource_type == "Task" && w.body.is_some()) {
-        let requested = w.index.iter().any(|(code, v)| {
-            code == "status" && matches!(v, IndexValue::Token { code: Some(c), .. } if c == "requested")
-        });
         let (Some(owner), Some(focus)) = (
-            indexed_reference(&w.index, "owner", "Organization"),
-            indexed_reference(&w.index, "focus", "ServiceRequest"),
+            w.reference("owner", "Organization"),
+            w.reference("focus", "ServiceRequest"),
         ) else {
             continue;
         };
-        if !requested {
+        if !w.has_token("status", "requested") {
             continue;
         }
         let prescription = match writes

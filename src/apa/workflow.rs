@@ -23,7 +23,6 @@ use serde_json::Value;
 
 use crate::fhir::error::FhirError;
 use crate::fhir::search::extract::Extractor;
-use crate::fhir::search::model::IndexValue;
 use crate::fhir::search::parse::{ParseOptions, parse_search};
 use crate::fhir::search::registry::Registry;
 use crate::store::{Visibility, Write, WriteTx};
@@ -134,14 +133,6 @@ pub fn refuse(status: u16, code: &'static str, rule: &str, msg: impl std::fmt::D
 /// rules run inside the single writer.
 fn indexes(w: &Write, code: &str) -> bool {
     w.index.iter().any(|(c, _)| c == code)
-}
-
-/// Is `code` one of the write's token values for the search parameter
-/// `param` (e.g. its `status`)?
-fn has_token(w: &Write, param: &str, code: &str) -> bool {
-    w.index
-        .iter()
-        .any(|(c, v)| c == param && matches!(v, IndexValue::Token { code: Some(x), .. } if x == code))
 }
 
 /// The JSON of a write's body (`None` for a deletion).

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
-use crate::fhir::search::model::{PageStart, SearchRequest, Total};
+use crate::fhir::search::model::{IndexValue, PageStart, SearchRequest, Total};
 pub use audit::{AuditCond, AuditCursor, AuditPage, AuditQuery, AuditRecord};
 pub use clients::ClientRecord;
 pub use detached::Deferred;
@@ -155,6 +155,29 @@ pub struct Write {
     pub patients: Vec<String>,
     /// Access this write establishes, or re-decides (a Consent changed).
     pub grants: Vec<Grant>,
+}
+
+impl Write {
+    /// The id of the `rtype` that the reference search parameter `param`
+    /// of this version names, if any (read from the index: no parsing).
+    pub fn reference(&self, param: &str, rtype: &str) -> Option<&str> {
+        self.index.iter().find_map(|(code, v)| match v {
+            IndexValue::Reference {
+                rtype: Some(t),
+                id: Some(id),
+                ..
+            } if code == param && t == rtype => Some(id.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Does the search parameter `param` of this version index the token
+    /// `code` (whatever its system), e.g. its `status`?
+    pub fn has_token(&self, param: &str, code: &str) -> bool {
+        self.index
+            .iter()
+            .any(|(c, v)| c == param && matches!(v, IndexValue::Token { code: Some(x), .. } if x == code))
+    }
 }
 
 /// A party's access to a patient's data.

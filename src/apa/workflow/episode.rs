@@ -16,7 +16,7 @@ use crate::fhir::resource::Resource;
 use crate::fhir::search::values::format_instant;
 use crate::store::{Method, Write, WriteTx};
 
-use super::{Target, body_of, has_token, indexes, refuse};
+use super::{Target, body_of, indexes, refuse};
 
 /// FHIR R4 episode-of-care-status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,7 +160,7 @@ impl Follow {
     /// An Encounter written: attended (`finished`) sessions of a programme
     /// may start it.
     pub fn note_session(&mut self, w: &Write) {
-        if !has_token(w, "status", "finished") || !indexes(w, "episode-of-care") {
+        if !w.has_token("status", "finished") || !indexes(w, "episode-of-care") {
             return;
         }
         let Ok(Some(json)) = body_of(w) else {
