@@ -45,7 +45,7 @@ use serde_json::{Value, json};
 use crate::clock::now_micros;
 use crate::fhir::error::{FhirError, Issue, Severity};
 use crate::fhir::interaction::{index_of, new_id};
-use crate::fhir::resource::Resource;
+use crate::fhir::resource::{Resource, codes};
 use crate::fhir::rules::Note;
 use crate::fhir::search::model::{IndexValue, PageStart};
 use crate::fhir::search::parse::{ParseOptions, parse_search};
@@ -790,23 +790,6 @@ fn referral(p: &Prescription, owner: &str) -> Result<Write, FhirError> {
         pk: None,
         patients: Vec::new(),
         grants: Vec::new(),
-    })
-}
-
-/// The codes of `system` in a CodeableConcept or a list of them.
-fn codes<'a>(cc: Option<&'a Value>, system: &'a str) -> impl Iterator<Item = &'a str> {
-    let list: Vec<&Value> = match cc {
-        Some(Value::Array(items)) => items.iter().collect(),
-        Some(v @ Value::Object(_)) => vec![v],
-        _ => Vec::new(),
-    };
-    list.into_iter().flat_map(move |c| {
-        c.get("coding")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter(move |coding| coding.get("system").and_then(Value::as_str) == Some(system))
-            .filter_map(|coding| coding.get("code").and_then(Value::as_str))
     })
 }
 

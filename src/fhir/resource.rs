@@ -61,6 +61,23 @@ impl Resource {
     }
 }
 
+/// The codes of `system` in a CodeableConcept, or in a list of them.
+pub fn codes<'a>(cc: Option<&'a Value>, system: &'a str) -> impl Iterator<Item = &'a str> {
+    let concepts: &[Value] = match cc {
+        Some(Value::Array(items)) => items,
+        Some(v @ Value::Object(_)) => std::slice::from_ref(v),
+        _ => &[],
+    };
+    concepts.iter().flat_map(move |c| {
+        c.get("coding")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(move |coding| coding.get("system").and_then(Value::as_str) == Some(system))
+            .filter_map(|coding| coding.get("code").and_then(Value::as_str))
+    })
+}
+
 /// A logical id: 1–64 of `A-Z a-z 0-9 - .` (FHIR R4 `id`).
 pub fn valid_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')

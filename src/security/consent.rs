@@ -14,6 +14,7 @@
 
 use serde_json::Value;
 
+use crate::fhir::resource::codes;
 use crate::fhir::search::values::date_range;
 
 /// The CodeSystem of recipient kinds (`actor.role` of a Consent provision,
@@ -51,7 +52,7 @@ impl Kind {
 
     /// The kind an Organization declares in `type`, if any.
     pub fn of_organization(org: &Value) -> Option<Kind> {
-        codes_in(org.get("type"), RECIPIENT_KIND).find_map(Kind::from_code)
+        codes(org.get("type"), RECIPIENT_KIND).find_map(Kind::from_code)
     }
 }
 
@@ -123,7 +124,7 @@ fn provision(p: &Value, recipient: Recipient<'_>, now: i64, inherited: Option<De
 }
 
 fn actor_matches(actor: &Value, recipient: Recipient<'_>) -> bool {
-    let kind_matches = codes_in(actor.get("role"), RECIPIENT_KIND)
+    let kind_matches = codes(actor.get("role"), RECIPIENT_KIND)
         .filter_map(Kind::from_code)
         .any(|k| Some(k) == recipient.kind);
     if !kind_matches {
@@ -155,27 +156,6 @@ fn in_period(period: Option<&Value>, now: i64) -> bool {
         .and_then(date_range)
         .is_none_or(|r| now <= r.hi);
     starts && ends
-}
-
-/// The codes of `system` in a CodeableConcept, or in a list of them.
-fn codes_in<'a>(cc: Option<&'a Value>, system: &'a str) -> impl Iterator<Item = &'a str> {
-    concepts(cc).flat_map(move |c| {
-        c.get("coding")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter(move |coding| coding.get("system").and_then(Value::as_str) == Some(system))
-            .filter_map(|coding| coding.get("code").and_then(Value::as_str))
-    })
-}
-
-fn concepts(cc: Option<&Value>) -> impl Iterator<Item = &Value> {
-    let list: Vec<&Value> = match cc {
-        Some(Value::Array(items)) => items.iter().collect(),
-        Some(v @ Value::Object(_)) => vec![v],
-        _ => Vec::new(),
-    };
-    list.into_iter()
 }
 
 #[cfg(test)]
