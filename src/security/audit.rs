@@ -544,12 +544,19 @@ fn records(
         id: uuid::Uuid::now_v7().to_string(),
         recorded,
         client: client.id.clone(),
+        // `Patient/x` of an event about x: an `entity=Patient/x` search
+        // finds it by its patient already; one index row less per event
+        // (every read of a Patient) in the most written table.
+        entities: refs
+            .iter()
+            .filter(|r| r.strip_prefix("Patient/").is_none_or(|p| Some(p) != patient.as_deref()))
+            .cloned()
+            .collect(),
         patient,
         subtype: subtype.to_string(),
         action: action_of(subtype).to_string(),
         outcome: outcome.to_string(),
         network: request.network.clone(),
-        entities: refs.clone(),
         detail: detail.clone(),
     };
     if patients.is_empty() {
@@ -743,6 +750,36 @@ mod tests {
         assert_eq!((two[0].action.as_str(), two[0].outcome.as_str()), ("R", "0"));
         // Time-ordered ids: the table grows at its end.
         assert!(two[0].id < two[1].id);
+    }
+
+    #[test]
+    fn the_patient_an_event_is_about_is_not_indexed_twice() {
+        let gw = Gateway::new("https://gw.example/fhir");
+        let req = RequestInfo {
+            interaction: "search-type",
+            resource_type: Some("Patient".into()),
+            ..Default::default()
+        };
+        let client = Client::default();
+        let found = vec!["Patient/p1/_history/1".into(), "Patient/p2/_history/3".into()];
+        let recs = records(
+            &gw,
+            &req,
+            "search-type",
+            &client,
+            "0",
+            None,
+            found,
+            None,
+            vec!["p1".into(), "p2".into()],
+        );
+        // Each event is found by `entity=Patient/pN` through its patient;
+        // the other patient is an entity it names.
+        assert_eq!(recs[0].entities, vec!["Patient/p2".to_string()]);
+        assert_eq!(recs[1].entities, vec!["Patient/p1".to_string()]);
+        // Still in the event as rendered.
+        let event: Value = serde_json::from_slice(&render(&recs[0]).unwrap_or_default()).unwrap_or_default();
+        assert_eq!(event["entity"].as_array().map(Vec::len), Some(4), "{event}");
     }
 
     #[test]
