@@ -651,6 +651,10 @@ fn free_port() -> u16 {
 struct Mem {
     vm_rss_kib: u64,
     vm_hwm_kib: u64,
+    /// The process's own memory (heap, stacks): VmRSS also counts the
+    /// pages of files it maps, once per mapping (SQLite's read
+    /// connections each map the database file).
+    rss_anon_kib: u64,
 }
 
 fn proc_mem(pid: u32) -> Option<Mem> {
@@ -662,6 +666,7 @@ fn proc_mem(pid: u32) -> Option<Mem> {
     Some(Mem {
         vm_rss_kib: field("VmRSS:")?,
         vm_hwm_kib: field("VmHWM:")?,
+        rss_anon_kib: field("RssAnon:")?,
     })
 }
 
@@ -777,16 +782,17 @@ impl Storage {
     }
 }
 
-/// The SQLite database's files (main file, WAL, shared memory) and their sizes.
+/// The SQLite database's files (main file, WAL, shared memory, and those of
+/// the audit trail file beside it, `apa-trail.db`) and their sizes.
 fn sqlite_files(file: &Path) -> Option<Vec<(String, u64)>> {
-    let name = file.file_name()?.to_string_lossy().into_owned();
+    let name = file.file_stem()?.to_string_lossy().into_owned();
     let mut files: Vec<(String, u64)> = std::fs::read_dir(file.parent()?)
         .ok()?
         .flatten()
         .filter_map(|e| {
             let n = e.file_name().to_string_lossy().into_owned();
             let len = e.metadata().ok()?.len();
-            n.starts_with(&name).then_some((n, len))
+            (n.starts_with(&format!("{name}.")) || n.starts_with(&format!("{name}-trail."))).then_some((n, len))
         })
         .collect();
     files.sort();
@@ -1761,9 +1767,10 @@ fn mem_line(m: Option<Mem>) -> String {
         || "n/a".into(),
         |m| {
             format!(
-                "VmRSS {} (VmHWM {})",
+                "VmRSS {} (VmHWM {}), of which the process's own (RssAnon) {}",
                 mib(m.vm_rss_kib * 1024),
-                mib(m.vm_hwm_kib * 1024)
+                mib(m.vm_hwm_kib * 1024),
+                mib(m.rss_anon_kib * 1024)
             )
         },
     )
