@@ -516,6 +516,18 @@ async fn the_trail_pages_by_date_and_refuses_what_it_cannot_filter(app: &TestApp
     sorted.sort();
     sorted.reverse();
     assert_eq!(seen, sorted);
+    // The create (recorded with the write) and the reads (recorded after
+    // them, on SQLite in a file of their own) read back by id.
+    let created = &seen[4].1;
+    assert_eq!(
+        auditor
+            .get(app.url(&format!("AuditEvent/{created}")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     // One event reads back by id, at version 1 only.
     let id = &seen[0].1;
     assert_eq!(

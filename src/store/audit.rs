@@ -73,7 +73,33 @@ pub struct AuditPage {
     pub next: Option<AuditCursor>,
 }
 
-const COLUMNS: &str = "SELECT e.id, e.recorded, e.client, e.patient, e.subtype, e.action, e.outcome, e.network, e.detail FROM audit_event e";
+/// Where events are kept. On PostgreSQL, one table. On SQLite, the events
+/// of writes are in the database file, in the transaction of the change
+/// they record; the events of requests that changed nothing are in a file
+/// of their own, attached to the read connections as `trail` (see
+/// `detached.rs` for why).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Main,
+    Trail,
+}
+
+impl Part {
+    fn tables(self) -> (&'static str, &'static str) {
+        match self {
+            // Unqualified: SQLite looks in `main` before attached files.
+            Part::Main => ("audit_event", "audit_entity"),
+            Part::Trail => ("trail.audit_event", "trail.audit_entity"),
+        }
+    }
+
+    fn select(self) -> Frag {
+        Frag::new(format!(
+            "SELECT e.id, e.recorded, e.client, e.patient, e.subtype, e.action, e.outcome, e.network, e.detail FROM {} e",
+            self.tables().0
+        ))
+    }
+}
 
 pub async fn put(c: &mut Conn<'_>, records: Vec<AuditRecord>) -> Result<(), StoreError> {
     if records.is_empty() {
@@ -183,15 +209,22 @@ fn in_list(f: &mut Frag, column: &str, values: &[String]) {
     f.push(")");
 }
 
-pub async fn read(c: &mut Conn<'_>, id: &str, vis: &Visibility) -> Result<Option<AuditRecord>, StoreError> {
-    let mut f = Frag::new(COLUMNS);
+pub async fn read(c: &mut Conn<'_>, part: Part, id: &str, vis: &Visibility) -> Result<Option<AuditRecord>, StoreError> {
+    let mut f = part.select();
     f.push(" WHERE e.id = ").bind(Bind::Text(id.into()));
     restrict(&mut f, vis);
     Ok(fetch_audit(c, &f).await?.into_iter().next())
 }
 
-pub async fn search(c: &mut Conn<'_>, q: &AuditQuery, vis: &Visibility) -> Result<AuditPage, StoreError> {
-    let mut f = Frag::new(COLUMNS);
+/// The first `q.count + 1` events of `part` that match, in the query's
+/// order (one more than a page: it tells whether there is a next one).
+pub async fn search(
+    c: &mut Conn<'_>,
+    part: Part,
+    q: &AuditQuery,
+    vis: &Visibility,
+) -> Result<Vec<AuditRecord>, StoreError> {
+    let mut f = part.select();
     f.push(" WHERE 1 = 1");
     for cond in &q.conds {
         match cond {
@@ -209,7 +242,10 @@ pub async fn search(c: &mut Conn<'_>, q: &AuditQuery, vis: &Visibility) -> Resul
                     .bind(Bind::I64(*hi));
             }
             AuditCond::Entity(refs) => {
-                f.push(" AND (e.id IN (SELECT ae.event FROM audit_entity ae WHERE ");
+                f.push(&format!(
+                    " AND (e.id IN (SELECT ae.event FROM {} ae WHERE ",
+                    part.tables().1
+                ));
                 in_list(&mut f, "ae.ref", refs);
                 f.push(")");
                 let patients: Vec<String> = refs
@@ -238,12 +274,21 @@ pub async fn search(c: &mut Conn<'_>, q: &AuditQuery, vis: &Visibility) -> Resul
     }
     f.push(&format!(" ORDER BY e.recorded {dir}, e.id {dir} LIMIT "))
         .bind(Bind::I64(q.count as i64 + 1));
-    let mut records = fetch_audit(c, &f).await?;
+    fetch_audit(c, &f).await
+}
+
+/// One page from the matches of each part (each in the query's order).
+pub fn page(q: &AuditQuery, parts: Vec<Vec<AuditRecord>>) -> AuditPage {
+    let mut records: Vec<AuditRecord> = parts.into_iter().flatten().collect();
+    records.sort_by(|a, b| {
+        let order = (a.recorded, &a.id).cmp(&(b.recorded, &b.id));
+        if q.descending { order.reverse() } else { order }
+    });
     let next = if records.len() > q.count {
         records.truncate(q.count);
         records.last().map(|r| (r.recorded, r.id.clone()))
     } else {
         None
     };
-    Ok(AuditPage { records, next })
+    AuditPage { records, next }
 }

@@ -27,7 +27,7 @@ use crate::fhir::search::model::{IndexValue, PageStart, SearchRequest, Total};
 pub use audit::{AuditCond, AuditCursor, AuditPage, AuditQuery, AuditRecord};
 pub use clients::ClientRecord;
 pub use detached::Deferred;
-use detached::Detached;
+use detached::{Detached, Sink};
 pub use exec::Dialect;
 use exec::{Bind, Conn, Frag, VersionRow, fetch_i64, fetch_versions};
 pub use idempotency::IdempotencyRecord;
@@ -233,18 +233,9 @@ struct Inner {
     detached: Detached,
 }
 
-impl Inner {
-    fn new(pool: Pool, writer: Writer) -> Inner {
-        let writer = Arc::new(writer);
-        Inner {
-            detached: Detached::start(writer.clone()),
-            writer,
-            pool,
-        }
-    }
-}
-
 const SQLITE_SCHEMA: &str = include_str!("schema_sqlite.sql");
+/// In the database file and in the trail file.
+const SQLITE_AUDIT_SCHEMA: &str = include_str!("schema_sqlite_audit.sql");
 const POSTGRES_SCHEMA: &str = include_str!("schema_postgres.sql");
 
 /// Upper bound on resources that `_include`/`_revinclude` may add to a page.
@@ -277,7 +268,14 @@ impl Store {
             // behind readers for a connection, nor they behind it.
             let writer_pool = pg_pool(2).connect_with(opts).await?;
             Ok(Store {
-                inner: Arc::new(Inner::new(Pool::Pg(pool), Writer::start_pg(writer_pool))),
+                inner: {
+                    let writer = Arc::new(Writer::start_pg(writer_pool));
+                    Arc::new(Inner {
+                        pool: Pool::Pg(pool),
+                        detached: Detached::start(Sink::Writer(writer.clone())),
+                        writer,
+                    })
+                },
             })
         } else if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
             let path = path.split('?').next().unwrap_or(path);
@@ -310,14 +308,53 @@ impl Store {
             {
                 let mut c = write_pool.acquire().await?;
                 sqlx::raw_sql(SQLITE_SCHEMA).execute(&mut *c).await?;
+                sqlx::raw_sql(SQLITE_AUDIT_SCHEMA).execute(&mut *c).await?;
                 add_missing_columns_sqlite(&mut c).await?;
             }
+            // The records of requests that changed nothing (detached.rs),
+            // committed about once a second, durable like the rest.
+            let trail = trail_path(path);
+            let trail_pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(
+                    SqliteConnectOptions::new()
+                        .filename(&trail)
+                        .create_if_missing(true)
+                        .journal_mode(SqliteJournalMode::Wal)
+                        .synchronous(SqliteSynchronous::Full)
+                        .busy_timeout(Duration::from_secs(10))
+                        .pragma("cache_size", "-16000")
+                        .pragma("wal_autocheckpoint", "10000")
+                        .pragma("journal_size_limit", "67108864"),
+                )
+                .await?;
+            sqlx::raw_sql(SQLITE_AUDIT_SCHEMA).execute(&trail_pool).await?;
+            // Readers map the database file (up to 1 GiB) instead of
+            // copying its pages into each connection's cache: every commit
+            // empties the caches of all readers (SQLite cannot tell which
+            // pages changed), and a page then comes back from the map for
+            // the cost of a lookup, not of a read(2) and a copy.
             let read_pool = SqlitePoolOptions::new()
                 .max_connections(pool_size.max(1))
-                .connect_with(opts.pragma("cache_size", "-4000").read_only(true))
+                .after_connect(move |c, _| {
+                    let trail = trail.clone();
+                    Box::pin(async move {
+                        sqlx::query("ATTACH DATABASE ? AS trail").bind(trail).execute(c).await?;
+                        Ok(())
+                    })
+                })
+                .connect_with(
+                    opts.pragma("cache_size", "-4000")
+                        .pragma("mmap_size", "1073741824")
+                        .read_only(true),
+                )
                 .await?;
             Ok(Store {
-                inner: Arc::new(Inner::new(Pool::Sqlite(read_pool), Writer::start_sqlite(write_pool))),
+                inner: Arc::new(Inner {
+                    pool: Pool::Sqlite(read_pool),
+                    writer: Arc::new(Writer::start_sqlite(write_pool)),
+                    detached: Detached::start(Sink::Trail(trail_pool)),
+                }),
             })
         } else {
             Err(StoreError::Config(
@@ -420,14 +457,39 @@ impl Store {
         self.with_conn(async |c| rows::search(c, req, vis).await).await
     }
 
+    /// Where audit events are kept (`audit::Part`).
+    fn audit_parts(&self) -> &'static [audit::Part] {
+        match self.inner.pool {
+            Pool::Sqlite(_) => &[audit::Part::Main, audit::Part::Trail],
+            Pool::Pg(_) => &[audit::Part::Main],
+        }
+    }
+
     /// One event of the audit trail, if `vis` lets it be seen.
     pub async fn audit_read(&self, id: &str, vis: &Visibility) -> Result<Option<AuditRecord>, StoreError> {
-        self.with_conn(async |c| audit::read(c, id, vis).await).await
+        let parts = self.audit_parts();
+        self.with_conn(async |c| {
+            for part in parts {
+                if let Some(found) = audit::read(c, *part, id, vis).await? {
+                    return Ok(Some(found));
+                }
+            }
+            Ok(None)
+        })
+        .await
     }
 
     /// A page of the audit trail, in recorded order.
     pub async fn audit_search(&self, q: &AuditQuery, vis: &Visibility) -> Result<AuditPage, StoreError> {
-        self.with_conn(async |c| audit::search(c, q, vis).await).await
+        let parts = self.audit_parts();
+        self.with_conn(async |c| {
+            let mut found = Vec::with_capacity(parts.len());
+            for part in parts {
+                found.push(audit::search(c, *part, q, vis).await?);
+            }
+            Ok(audit::page(q, found))
+        })
+        .await
     }
 
     /// Runs `f` inside the group-committed write transaction, seeing what
@@ -458,6 +520,15 @@ impl Store {
             Pool::Sqlite(p) => p.close().await,
             Pool::Pg(p) => p.close().await,
         }
+    }
+}
+
+/// The trail file beside the database file: `data/apa.db` →
+/// `data/apa-trail.db`.
+fn trail_path(path: &str) -> String {
+    match path.strip_suffix(".db") {
+        Some(stem) => format!("{stem}-trail.db"),
+        None => format!("{path}-trail"),
     }
 }
 

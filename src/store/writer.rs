@@ -36,6 +36,13 @@ const MAX_BATCH: usize = 512;
 /// search plans (stream the leading index in pk order, stop at the page)
 /// rely on them, and a fresh or fast-growing database has none.
 const ANALYZE_EVERY: usize = 5_000;
+/// SQLite: when no write came for this long after the last commit, the WAL
+/// is copied into the database file (a passive checkpoint, readers are not
+/// blocked). A reader of a fully checkpointed WAL reads the database file
+/// alone (memory-mapped, no WAL lookup); otherwise the pages of the last
+/// writes before a quiet spell stay in the WAL until the next automatic
+/// checkpoint, which only writes trigger, and every read pays for them.
+const IDLE_CHECKPOINT: std::time::Duration = std::time::Duration::from_secs(1);
 
 enum WConn {
     Sqlite(PoolConnection<Sqlite>),
@@ -361,8 +368,23 @@ impl Writer {
 
 async fn run(pool: WPool, mut rx: mpsc::Receiver<Job>) {
     let mut since_analyze = 0usize;
+    let mut unchecked = false;
     refresh_statistics(&pool).await;
-    while let Some(first) = rx.recv().await {
+    loop {
+        let next = match &pool {
+            WPool::Sqlite(p) if unchecked => match tokio::time::timeout(IDLE_CHECKPOINT, rx.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    unchecked = false;
+                    if let Err(e) = sqlx::raw_sql("PRAGMA wal_checkpoint(PASSIVE)").execute(p).await {
+                        tracing::warn!(error = %e, "idle WAL checkpoint failed");
+                    }
+                    continue;
+                }
+            },
+            _ => rx.recv().await,
+        };
+        let Some(first) = next else { break };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -403,6 +425,7 @@ async fn run(pool: WPool, mut rx: mpsc::Receiver<Job>) {
                 for d in dones {
                     (d.deliver)(None);
                 }
+                unchecked = true;
                 since_analyze += size;
                 if since_analyze >= ANALYZE_EVERY && matches!(pool, WPool::Pg(_)) {
                     since_analyze = 0;
