@@ -777,9 +777,10 @@ mod tests {
         // the other patient is an entity it names.
         assert_eq!(recs[0].entities, vec!["Patient/p2".to_string()]);
         assert_eq!(recs[1].entities, vec!["Patient/p1".to_string()]);
-        // Still in the event as rendered.
+        // Still in the event as rendered: both resources, and the patient.
         let event: Value = serde_json::from_slice(&render(&recs[0]).unwrap_or_default()).unwrap_or_default();
-        assert_eq!(event["entity"].as_array().map(Vec::len), Some(4), "{event}");
+        assert_eq!(event["entity"].as_array().map(Vec::len), Some(3), "{event}");
+        assert_eq!(event["entity"][0]["what"]["reference"], "Patient/p1/_history/1");
     }
 
     #[test]
