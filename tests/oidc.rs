@@ -254,6 +254,40 @@ async fn professionals_of_registered_organisations(app: &TestApp, issuer: &MockS
 
     // The gateway's own clients are unaffected.
     assert_eq!(app.get("Patient").await.status(), 200);
+
+    // The trail names the professional behind the client (agent altId).
+    let auditor = bearer_client(
+        &register_client(app.running(), "auditor", None, "system/AuditEvent.rs operator")
+            .await
+            .token,
+    );
+    let by_professional = |e: &Value| e["agent"][0]["altId"] == ID_NAT_PS;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let found = loop {
+        let r = auditor
+            .get(app.url("AuditEvent?agent:identifier=cabinet-martin&subtype=search-type&_count=100"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let events: Vec<Value> = json(r).await["entry"]
+            .as_array()
+            .map(|es| es.iter().map(|e| e["resource"].clone()).collect())
+            .unwrap_or_default();
+        if let Some(e) = events.into_iter().find(by_professional) {
+            break e;
+        }
+        assert!(std::time::Instant::now() < deadline, "no event names the professional");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(found["agent"].as_array().map(Vec::len), Some(2));
+    assert_eq!(found["agent"][0]["who"]["identifier"]["value"], "cabinet-martin");
+    assert!(
+        found["agent"][0]["who"]["display"]
+            .as_str()
+            .is_some_and(|d| d.contains(ID_NAT_PS)),
+        "{found}"
+    );
 }
 
 async fn an_unreachable_issuer_is_not_asked_at_every_request(app: &TestApp, issuer: &MockServer) {

@@ -118,8 +118,8 @@ pub async fn token(
             if let Some(client) = claimed {
                 audit::note_client(audit::Client {
                     id: Some(client),
-                    organization: None,
                     verified: true,
+                    ..audit::Client::default()
                 });
             }
             Json(t).into_response()

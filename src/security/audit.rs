@@ -20,7 +20,8 @@
 //!   without personal data (status, issue code, authentication reason);
 //! - `agent[0]`: the client (`who.identifier` = its client id in the
 //!   namespace of the gateway's token issuer, `requestor`, `network` = its
-//!   IP address); `agent[1]`: the gateway. Never more than two;
+//!   IP address, `altId` = the professional's idNatPs when a professional
+//!   acts through it); `agent[1]`: the gateway. Never more than two;
 //! - `source.observer`: the gateway as a Device (identifier = its base URL);
 //! - `entity`: the resource(s) acted on (`Type/id/_history/v`), the patient
 //!   concerned (role Patient: BALP "with Patient"), the query of a search
@@ -84,6 +85,9 @@ pub struct Client {
     pub organization: Option<String>,
     /// False when `id` is only what a refused credential claimed.
     pub verified: bool,
+    /// The health professional acting through the client (idNatPs), when
+    /// the token is one of the external OpenID Connect issuer's.
+    pub professional: Option<String>,
 }
 
 impl From<&Caller> for Client {
@@ -92,6 +96,7 @@ impl From<&Caller> for Client {
             id: Some(c.client_id.clone()),
             organization: c.organization.clone(),
             verified: true,
+            professional: c.professional.clone(),
         }
     }
 }
@@ -354,8 +359,7 @@ pub fn note_refusal(claimed_client: Option<String>, reason: impl Into<String>) {
         let mut st = s.state();
         st.client = Client {
             id: claimed_client,
-            organization: None,
-            verified: false,
+            ..Client::default()
         };
         st.refusal = Some(reason);
     });
@@ -495,6 +499,9 @@ struct Detail {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     organization: Option<String>,
     verified: bool,
+    /// The professional acting through the client (idNatPs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    professional: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     outcome_desc: Option<String>,
     /// The resources acted on, `Type/id/_history/v` when the version is known.
@@ -535,6 +542,7 @@ fn records(
         started: request.started,
         organization: client.organization.clone(),
         verified: client.verified,
+        professional: client.professional.clone(),
         outcome_desc,
         entities,
         query,
@@ -592,12 +600,22 @@ pub fn render(rec: &AuditRecord) -> Option<Bytes> {
         (Some(id), true, Some(org)) => format!("client {id} of organization {org}"),
         (Some(id), true, None) => format!("client {id}"),
     };
+    let display = match &d.professional {
+        Some(p) => format!("professional {p} (idNatPs) through {display}"),
+        None => display,
+    };
     who.insert("display".into(), Value::String(display));
     let mut client = json!({
         "type": {"coding": [client_type]},
         "who": who,
         "requestor": true,
     });
+    // The human behind the client, as the identity provider knows them
+    // (`altId`: "a user identifier from the authentication system"): the
+    // event keeps its two agents.
+    if let (Some(p), Some(o)) = (&d.professional, client.as_object_mut()) {
+        o.insert("altId".into(), Value::String(p.clone()));
+    }
     if let (Some(addr), Some(o)) = (&rec.network, client.as_object_mut()) {
         o.insert("network".into(), json!({"address": addr, "type": "2"}));
     }
@@ -671,6 +689,7 @@ mod tests {
             id: Some("mss-1".into()),
             organization: Some("org-1".into()),
             verified: true,
+            professional: None,
         };
         records(
             &gw,
