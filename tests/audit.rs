@@ -229,6 +229,35 @@ async fn every_interaction_is_audited(app: &TestApp) {
     let searched = wait_for(app, &auditor, &format!("patient={pid}&subtype=search-type"), 1).await;
     assert_eq!(searched[0]["action"], "E");
     assert_eq!(searched[0]["entity"][0]["role"]["code"], "24", "the query entity");
+    // The same search by POST: its form body is the query the event
+    // records, and it names the patient as well.
+    let r = app
+        .req(Method::POST, "Observation/_search?_count=5")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("patient={pid}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // (The auditor's own searches name the patient too: look for this one.)
+    let posted = format!("_count=5&patient={pid}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let queries: Vec<String> = events(app, &auditor, &format!("patient={pid}&subtype=search-type"))
+            .await
+            .iter()
+            .filter_map(|e| e["entity"][0]["query"].as_str().map(str::to_string))
+            .map(|q| {
+                use base64::Engine;
+                String::from_utf8(base64::engine::general_purpose::STANDARD.decode(q).unwrap()).unwrap()
+            })
+            .collect();
+        if queries.contains(&posted) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no event records {posted}: {queries:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     assert_eq!(app.delete(&format!("Observation/{oid}")).await.status(), 204);
     let deleted = events(app, &auditor, &format!("entity=Observation/{oid}&action=D")).await;

@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::fhir::error::FhirError;
 use crate::fhir::interaction::{self as fi, bundle::BundleInput, parse_etag, search::SearchInput};
 use crate::fhir::search::registry::Registry;
-use crate::security::Caller;
+use crate::security::{Caller, audit};
 
 use super::AppState;
 use super::respond::{Prefer, Return, render};
@@ -217,9 +217,7 @@ pub async fn search_type_post(
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Result<Response> {
-    let mut params = pairs(q.as_deref());
-    params.extend(pairs(Some(&String::from_utf8_lossy(&body))));
-    run_search(&s, &caller, &h, Some(&rtype), params).await
+    run_search(&s, &caller, &h, Some(&rtype), search_form(q.as_deref(), &body)).await
 }
 
 pub async fn search_system(
@@ -238,9 +236,17 @@ pub async fn search_system_post(
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Result<Response> {
-    let mut params = pairs(q.as_deref());
-    params.extend(pairs(Some(&String::from_utf8_lossy(&body))));
-    run_search(&s, &caller, &h, None, params).await
+    run_search(&s, &caller, &h, None, search_form(q.as_deref(), &body)).await
+}
+
+/// The parameters of a `POST _search`: the URL's, then the form body's,
+/// which the audit event records with the URL's.
+fn search_form(query: Option<&str>, body: &[u8]) -> Vec<(String, String)> {
+    let form = String::from_utf8_lossy(body);
+    audit::note_search_form(&form);
+    let mut params = pairs(query);
+    params.extend(pairs(Some(&form)));
+    params
 }
 
 async fn run_history(

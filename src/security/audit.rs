@@ -365,6 +365,22 @@ pub fn note_refusal(claimed_client: Option<String>, reason: impl Into<String>) {
     });
 }
 
+/// Adds the parameters of a `POST _search` form body to the query the
+/// event records: the criteria, and the patient they name, are those of
+/// the search whichever way they came.
+pub fn note_search_form(form: &str) {
+    if form.is_empty() {
+        return;
+    }
+    let _ = CURRENT.try_with(|s| {
+        let mut st = s.state();
+        st.request.query = Some(match st.request.query.take().filter(|q| !q.is_empty()) {
+            Some(q) => format!("{q}&{form}"),
+            None => form.to_string(),
+        });
+    });
+}
+
 /// Corrects the interaction once the request is understood (a Bundle POST
 /// is a batch or a transaction).
 pub fn note_interaction(interaction: &'static str) {
