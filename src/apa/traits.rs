@@ -121,7 +121,8 @@ impl Traits {
     }
 }
 
-const BIRTH_PLACE: &str = "http://hl7.org/fhir/StructureDefinition/patient-birthPlace";
+/// The Patient's birth place extension (its INSEE commune code).
+pub const BIRTH_PLACE: &str = "http://hl7.org/fhir/StructureDefinition/patient-birthPlace";
 
 /// Is the stored Patient the person `sent` describes? `Unknown` unless the
 /// two share an INS (a match on a local identifier never crosses
@@ -174,7 +175,7 @@ pub async fn unique_ins(tx: &mut WriteTx, writes: &[Write]) -> Result<(), FhirEr
             .filter(|w| w.resource_type == "Patient" && w.id != id && w.body.is_some())
             .any(|w| has_token(&w.index, &system, &value))
         {
-            return Err(taken(&system, &value));
+            return Err(taken(&system));
         }
         let pairs = vec![("identifier".to_string(), format!("{system}|{value}"))];
         let opts = ParseOptions {
@@ -185,7 +186,7 @@ pub async fn unique_ins(tx: &mut WriteTx, writes: &[Write]) -> Result<(), FhirEr
         let req = parse_search(Registry::r4(), Some("Patient"), &pairs, &opts)?;
         let holders = tx.search_keys_unrestricted(&req, 2).await?;
         if holders.iter().any(|(_, other, _)| other != id) {
-            return Err(taken(&system, &value));
+            return Err(taken(&system));
         }
     }
     Ok(())
@@ -197,7 +198,7 @@ fn has_token(index: &[(String, IndexValue)], system: &str, value: &str) -> bool 
         .any(|(_, v)| matches!(v, IndexValue::Token { system: Some(s), code: Some(c) } if s == system && c == value))
 }
 
-fn taken(system: &str, _value: &str) -> FhirError {
+fn taken(system: &str) -> FhirError {
     FhirError::new(
         409,
         "duplicate",

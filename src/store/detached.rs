@@ -21,7 +21,7 @@ use sqlx::SqlitePool;
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 
-use super::exec::{Conn, Frag, execute};
+use super::exec::Conn;
 use super::{AuditRecord, StoreError, Visibility, Writer};
 
 /// Builds the records to store, off the request's path (it may cost CPU).
@@ -94,17 +94,10 @@ impl Sink {
                     .await
             }
             Sink::Trail(pool) => {
-                let mut c = pool.acquire().await?;
-                let mut conn = Conn::Sqlite(&mut c);
-                execute(&mut conn, &Frag::new("BEGIN IMMEDIATE")).await?;
-                let stored = super::audit::put(&mut conn, records).await;
-                let end = if stored.is_ok() { "COMMIT" } else { "ROLLBACK" };
-                let ended = execute(&mut conn, &Frag::new(end)).await;
-                if ended.is_err() {
-                    // A connection in an unknown state must not go back to the pool.
-                    drop(c.detach());
-                }
-                stored.and(ended.map(|_| ()))
+                // Rolled back when dropped on an error.
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                super::audit::put(&mut Conn::Sqlite(&mut tx), records).await?;
+                Ok(tx.commit().await?)
             }
         }
     }

@@ -303,7 +303,7 @@ impl Store {
                 .pragma("journal_size_limit", "67108864");
             let write_pool = SqlitePoolOptions::new()
                 .max_connections(1)
-                .connect_with(writer_opts)
+                .connect_with(writer_opts.clone())
                 .await?;
             {
                 let mut c = write_pool.acquire().await?;
@@ -312,21 +312,12 @@ impl Store {
                 add_missing_columns_sqlite(&mut c).await?;
             }
             // The records of requests that changed nothing (detached.rs),
-            // committed about once a second, durable like the rest.
+            // committed about once a second, durable like the rest: the
+            // writer's settings, with a smaller cache.
             let trail = trail_path(path);
             let trail_pool = SqlitePoolOptions::new()
                 .max_connections(1)
-                .connect_with(
-                    SqliteConnectOptions::new()
-                        .filename(&trail)
-                        .create_if_missing(true)
-                        .journal_mode(SqliteJournalMode::Wal)
-                        .synchronous(SqliteSynchronous::Full)
-                        .busy_timeout(Duration::from_secs(10))
-                        .pragma("cache_size", "-16000")
-                        .pragma("wal_autocheckpoint", "10000")
-                        .pragma("journal_size_limit", "67108864"),
-                )
+                .connect_with(writer_opts.filename(&trail).pragma("cache_size", "-16000"))
                 .await?;
             sqlx::raw_sql(SQLITE_AUDIT_SCHEMA).execute(&trail_pool).await?;
             // Readers map the database file (up to 1 GiB) instead of

@@ -175,7 +175,7 @@ pub fn resource(input: &PatientInput, ins: Option<&Ins>, f: &mut Faults) -> Opti
                 "extension": [{"url": "identityStatus", "valueCoding": {"system": system::IDENTITY_STATUS[0], "code": "QUAL"}}],
             },
             {
-                "url": "http://hl7.org/fhir/StructureDefinition/patient-birthPlace",
+                "url": crate::apa::traits::BIRTH_PLACE,
                 "valueAddress": {"extension": [insee(&birth_place)]},
             },
         ],
