@@ -11,8 +11,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::clock::now_micros;
-use crate::fhir::search::registry::Registry;
-use crate::security::audit::{AuditScope, IssueCode, LOGIN, RequestInfo, Served};
+use crate::security::audit::{AuditScope, IssueCode, LOGIN, RequestInfo, Served, path_names};
 
 use super::AppState;
 use super::observe::interaction;
@@ -55,24 +54,7 @@ pub async fn audit(State(s): State<AppState>, req: Request, next: Next) -> Respo
     let Some(interaction) = audited(req.method(), &template, &path) else {
         return next.run(req).await;
     };
-    let segs: Vec<&str> = path
-        .strip_prefix("/fhir")
-        .unwrap_or_default()
-        .split('/')
-        .filter(|x| !x.is_empty())
-        .collect();
-    let resource_type = segs
-        .first()
-        .filter(|t| Registry::r4().is_resource_type(t))
-        .map(|t| t.to_string());
-    let id = segs
-        .get(1)
-        .filter(|i| resource_type.is_some() && !i.starts_with('_'))
-        .map(|i| i.to_string());
-    let version = match (segs.get(2), segs.get(3)) {
-        (Some(&"_history"), Some(v)) if id.is_some() => Some(v.to_string()),
-        _ => None,
-    };
+    let (resource_type, id, version) = path_names(path.strip_prefix("/fhir").unwrap_or_default());
     let info = RequestInfo {
         interaction,
         resource_type,

@@ -15,8 +15,8 @@ impl IntoResponse for FhirError {
         let mut resp = (status, body).into_response();
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
-        if let Some(i) = self.issues.first() {
-            resp.extensions_mut().insert(IssueCode(i.code));
+        if let Some(code) = IssueCode::of(&self) {
+            resp.extensions_mut().insert(code);
         }
         resp
     }

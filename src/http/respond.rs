@@ -47,15 +47,8 @@ impl Prefer {
 }
 
 pub fn render(base: &str, reply: Reply, ret: Return) -> Response {
-    // What was served, for the audit record (a cheap clone of the bytes).
-    let served = reply.version.as_ref().map(|v| Served {
-        resource_type: v.resource_type.clone(),
-        id: v.id.clone(),
-        version: v.version,
-        patients: v.patients.clone(),
-        // Kept only when the patients are to be found in it.
-        body: if v.patients.is_some() { None } else { v.body.clone() },
-    });
+    // What was served, for the audit record.
+    let served = reply.version.as_ref().map(Served::of);
     let mut resp = render_reply(base, reply, ret);
     if let Some(s) = served {
         resp.extensions_mut().insert(s);

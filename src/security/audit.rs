@@ -37,10 +37,12 @@ use serde_json::{Map, Value, json};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::now_micros;
+use crate::fhir::error::FhirError;
 use crate::fhir::search::extract::Extractor;
 use crate::fhir::search::model::IndexValue;
+use crate::fhir::search::registry::Registry;
 use crate::fhir::search::values::format_instant;
-use crate::store::{AuditRecord, Deferred, JobHook, Method, Write};
+use crate::store::{AuditRecord, Deferred, JobHook, Method, Version, Write};
 
 use super::Caller;
 
@@ -130,11 +132,41 @@ pub struct Served {
     pub body: Option<Bytes>,
 }
 
+impl Served {
+    /// What serving `v` gives the record: its version, and its patients as
+    /// the store read them with it, else its body to find them in (a cheap
+    /// clone of the bytes, kept only then).
+    pub fn of(v: &Version) -> Served {
+        Served {
+            resource_type: v.resource_type.clone(),
+            id: v.id.clone(),
+            version: v.version,
+            patients: v.patients.clone(),
+            body: if v.patients.is_some() { None } else { v.body.clone() },
+        }
+    }
+}
+
 /// The OperationOutcome issue code of an error response (a response
 /// extension): says why without repeating the diagnostics, which may quote
 /// what the client sent.
 #[derive(Debug, Clone, Copy)]
 pub struct IssueCode(pub &'static str);
+
+impl IssueCode {
+    /// The code of an error's first issue, the one its status stands for.
+    pub fn of(e: &FhirError) -> Option<IssueCode> {
+        e.issues.first().map(|i| IssueCode(i.code))
+    }
+}
+
+/// How a request ended: what its record says of the outcome and of what
+/// was served.
+struct Ended {
+    status: u16,
+    served: Option<Served>,
+    issue: Option<IssueCode>,
+}
 
 /// A version a write job stored.
 #[derive(Debug, Clone)]
@@ -232,64 +264,76 @@ impl AuditScope {
         let request = st.request.clone();
         let client = st.client.clone();
         let refusal = st.refusal.clone();
+        let ended = Ended { status, served, issue };
         Some(Box::new(move || {
-            let mut entities = Vec::new();
-            let mut patients = Vec::new();
-            match &served {
-                Some(s) => {
-                    entities.push(format!("{}/{}/_history/{}", s.resource_type, s.id, s.version));
-                    patients = match &s.patients {
-                        Some(known) => known.clone(),
-                        None => patients_of(&s.resource_type, &s.id, s.body.as_deref()),
-                    };
-                }
-                None => {
-                    if let (Some(t), Some(id)) = (&request.resource_type, &request.id) {
-                        let what = match &request.version {
-                            Some(v) => format!("{t}/{id}/_history/{v}"),
-                            None => format!("{t}/{id}"),
-                        };
-                        entities.push(what);
-                        if t == "Patient" && status < 300 {
-                            patients.push(id.clone());
-                        }
-                    }
-                }
-            }
-            if is_query(request.interaction)
-                && let Some(p) = request
-                    .resource_type
-                    .as_deref()
-                    .and_then(|t| queried_patient(t, request.query.as_deref().unwrap_or_default()))
-            {
-                patients.push(p);
-            }
-            let mut outcome_desc = None;
-            if status >= 400 {
-                let mut d = format!("HTTP {status}");
-                if let Some(IssueCode(code)) = issue {
-                    d.push_str(&format!(" ({code})"));
-                }
-                if let Some(r) = &refusal {
-                    d.push_str(&format!(": {r}"));
-                }
-                outcome_desc = Some(d);
-            }
-            let entities: Vec<String> = entities;
-            let query = is_query(request.interaction).then(|| request.query.clone().unwrap_or_default());
-            records(
-                &gateway,
-                &request,
-                request.interaction,
-                &client,
-                outcome_of(status),
-                outcome_desc,
-                entities,
-                query,
-                patients,
-            )
+            record_of(&gateway, &client, &request, refusal.as_deref(), ended)
         }))
     }
+}
+
+/// The records of one interaction once it ended.
+fn record_of(
+    gateway: &Gateway,
+    client: &Client,
+    request: &RequestInfo,
+    refusal: Option<&str>,
+    ended: Ended,
+) -> Vec<AuditRecord> {
+    let Ended { status, served, issue } = ended;
+    let mut entities = Vec::new();
+    let mut patients = Vec::new();
+    match &served {
+        Some(s) => {
+            entities.push(format!("{}/{}/_history/{}", s.resource_type, s.id, s.version));
+            patients = match &s.patients {
+                Some(known) => known.clone(),
+                None => patients_of(&s.resource_type, &s.id, s.body.as_deref()),
+            };
+        }
+        None => {
+            if let (Some(t), Some(id)) = (&request.resource_type, &request.id) {
+                let what = match &request.version {
+                    Some(v) => format!("{t}/{id}/_history/{v}"),
+                    None => format!("{t}/{id}"),
+                };
+                entities.push(what);
+                if t == "Patient" && status < 300 {
+                    patients.push(id.clone());
+                }
+            }
+        }
+    }
+    if is_query(request.interaction)
+        && let Some(p) = request
+            .resource_type
+            .as_deref()
+            .and_then(|t| queried_patient(t, request.query.as_deref().unwrap_or_default()))
+    {
+        patients.push(p);
+    }
+    let mut outcome_desc = None;
+    if status >= 400 {
+        let mut d = format!("HTTP {status}");
+        if let Some(IssueCode(code)) = issue {
+            d.push_str(&format!(" ({code})"));
+        }
+        if let Some(r) = refusal {
+            d.push_str(&format!(": {r}"));
+        }
+        outcome_desc = Some(d);
+    }
+    let query = is_query(request.interaction).then(|| request.query.clone().unwrap_or_default());
+    records(
+        gateway,
+        request,
+        request.interaction,
+        client,
+        outcome_of(status),
+        outcome_desc,
+        entities,
+        query,
+        patients,
+    )
 }
 
 impl JobHook for AuditScope {
@@ -385,6 +429,27 @@ pub fn note_search_form(form: &str) {
 /// is a batch or a transaction).
 pub fn note_interaction(interaction: &'static str) {
     let _ = CURRENT.try_with(|s| s.state().request.interaction = interaction);
+}
+
+/// What a FHIR REST path relative to the base names, as an event records
+/// it: `(type, id, version)`. The type only when it is one; an id only
+/// after a type, never an `_` segment (`_history`, `_search`); a version
+/// only in `Type/id/_history/v`.
+pub fn path_names(path: &str) -> (Option<String>, Option<String>, Option<String>) {
+    let segs: Vec<&str> = path.split('/').filter(|x| !x.is_empty()).collect();
+    let resource_type = segs
+        .first()
+        .filter(|t| Registry::r4().is_resource_type(t))
+        .map(|t| t.to_string());
+    let id = segs
+        .get(1)
+        .filter(|i| resource_type.is_some() && !i.starts_with('_'))
+        .map(|i| i.to_string());
+    let version = match (segs.get(2), segs.get(3)) {
+        (Some(&"_history"), Some(v)) if id.is_some() => Some(v.to_string()),
+        _ => None,
+    };
+    (resource_type, id, version)
 }
 
 fn outcome_of(status: u16) -> &'static str {
@@ -831,5 +896,21 @@ mod tests {
         assert_eq!(queried_patient("Patient", "_id=p3").as_deref(), Some("p3"));
         assert_eq!(queried_patient("Observation", "patient=p1,p2"), None);
         assert_eq!(queried_patient("Observation", "code=x"), None);
+    }
+
+    #[test]
+    fn a_path_names_a_type_an_id_and_a_version() {
+        let names = |p: &str| path_names(p);
+        let some = |x: &str| Some(x.to_string());
+        assert_eq!(names("Patient/p1"), (some("Patient"), some("p1"), None));
+        assert_eq!(
+            names("/Patient/p1/_history/3"),
+            (some("Patient"), some("p1"), some("3"))
+        );
+        assert_eq!(names("Observation"), (some("Observation"), None, None));
+        assert_eq!(names("Observation/_history"), (some("Observation"), None, None));
+        assert_eq!(names("Observation/_search"), (some("Observation"), None, None));
+        assert_eq!(names("Nothing/x"), (None, None, None));
+        assert_eq!(names(""), (None, None, None));
     }
 }
