@@ -6,11 +6,13 @@
 //!
 //! This module knows FHIR, not SQL nor HTTP. The HTTP layer opens an
 //! `AuditScope` per request and tells it what it learns (who calls, what
-//! was served, the status); the store hands it the versions a write job
-//! stores (`store::JobHook`), so that the AuditEvent of a change is written
-//! in the same database transaction as the change. Requests that changed
-//! nothing (reads, searches, refusals, rolled-back writes) are recorded
-//! without making the response wait for the commit (`Store::write_detached`).
+//! was served, the status); the FHIR layer notes each GET entry a Bundle
+//! answers (`note_entry`), recorded as the same request sent on its own;
+//! the store hands it the versions a write job stores (`store::JobHook`),
+//! so that the AuditEvent of a change is written in the same database
+//! transaction as the change. Requests that changed nothing (reads,
+//! searches, refusals, rolled-back writes) are recorded without making the
+//! response wait for the commit (`Store::write_detached`).
 //!
 //! Shape of an event:
 //! - `type` audit-event-type `rest` (or DICOM "User Authentication" / "Login"
@@ -160,12 +162,18 @@ impl IssueCode {
     }
 }
 
-/// How a request ended: what its record says of the outcome and of what
-/// was served.
+/// How a request, or a GET entry of a Bundle, ended: what its record says
+/// of the outcome and of what was served.
 struct Ended {
     status: u16,
     served: Option<Served>,
     issue: Option<IssueCode>,
+}
+
+/// A GET entry of a Bundle, recorded as the same request sent on its own.
+struct NotedEntry {
+    request: RequestInfo,
+    ended: Ended,
 }
 
 /// A version a write job stored.
@@ -210,6 +218,8 @@ struct State {
     refusal: Option<String>,
     /// What the current write job stored.
     job: Vec<Stored>,
+    /// The GET entries a batch or transaction answered.
+    entries: Vec<NotedEntry>,
 }
 
 /// The audit of one request. The HTTP layer opens it (`run_in`), the
@@ -235,6 +245,7 @@ impl AuditScope {
                 client: Client::default(),
                 refusal: None,
                 job: Vec::new(),
+                entries: Vec::new(),
             }),
             committed: AtomicBool::new(false),
         })
@@ -252,12 +263,17 @@ impl AuditScope {
         CURRENT.scope(self.clone(), crate::store::with_job_hook(hook, f)).await
     }
 
-    /// Builds the record of the request once its response is known, unless
-    /// its write already committed one. The returned closure does the work
-    /// (JSON, index values) where it runs: off the request's path.
+    /// Builds the records of the request once its response is known: its
+    /// own, unless its write already committed it, and one per GET entry
+    /// its Bundle answered. The returned closure does the work (JSON, index
+    /// values) where it runs: off the request's path.
     pub fn finish(&self, status: u16, served: Option<Served>, issue: Option<IssueCode>) -> Option<Deferred> {
-        let st = self.state();
-        if self.committed.load(Ordering::Acquire) && st.request.interaction != "batch" {
+        let mut st = self.state();
+        // A write commits the request's record with it; a batch's write
+        // entries commit theirs, never the batch's.
+        let own = !self.committed.load(Ordering::Acquire) || st.request.interaction == "batch";
+        let entries = std::mem::take(&mut st.entries);
+        if !own && entries.is_empty() {
             return None;
         }
         let gateway = self.gateway.clone();
@@ -266,12 +282,22 @@ impl AuditScope {
         let refusal = st.refusal.clone();
         let ended = Ended { status, served, issue };
         Some(Box::new(move || {
-            record_of(&gateway, &client, &request, refusal.as_deref(), ended)
+            let mut out = Vec::new();
+            if own {
+                out = record_of(&gateway, &client, &request, refusal.as_deref(), ended);
+            }
+            for e in entries {
+                // The refusal is the request's: an entry runs only once the
+                // client is authenticated.
+                out.extend(record_of(&gateway, &client, &e.request, None, e.ended));
+            }
+            out
         }))
     }
 }
 
-/// The records of one interaction once it ended.
+/// The records of one interaction, the request itself or a GET entry of
+/// its Bundle, once it ended.
 fn record_of(
     gateway: &Gateway,
     client: &Client,
@@ -431,10 +457,43 @@ pub fn note_interaction(interaction: &'static str) {
     let _ = CURRENT.try_with(|s| s.state().request.interaction = interaction);
 }
 
+/// Records a GET entry a batch or transaction answered (`interaction`
+/// read, vread, search-type, history-instance…; `path` and `query` its URL
+/// relative to the base), as the same request sent on its own would be,
+/// with the Bundle's client, network address and start: a patient read
+/// through a Bundle is in their trail like any other read.
+pub fn note_entry(
+    interaction: &'static str,
+    path: &str,
+    query: Option<&str>,
+    status: u16,
+    served: Option<Served>,
+    issue: Option<IssueCode>,
+) {
+    let (resource_type, id, version) = path_names(path);
+    let _ = CURRENT.try_with(|s| {
+        let mut st = s.state();
+        let request = RequestInfo {
+            interaction,
+            resource_type,
+            id,
+            version,
+            query: query.map(str::to_string),
+            network: st.request.network.clone(),
+            started: st.request.started,
+        };
+        st.entries.push(NotedEntry {
+            request,
+            ended: Ended { status, served, issue },
+        });
+    });
+}
+
 /// What a FHIR REST path relative to the base names, as an event records
 /// it: `(type, id, version)`. The type only when it is one; an id only
 /// after a type, never an `_` segment (`_history`, `_search`); a version
-/// only in `Type/id/_history/v`.
+/// only in `Type/id/_history/v`. Requests and the GET entries of Bundles
+/// read their paths with it, so that both are recorded alike.
 pub fn path_names(path: &str) -> (Option<String>, Option<String>, Option<String>) {
     let segs: Vec<&str> = path.split('/').filter(|x| !x.is_empty()).collect();
     let resource_type = segs
@@ -912,5 +971,143 @@ mod tests {
         assert_eq!(names("Observation/_search"), (some("Observation"), None, None));
         assert_eq!(names("Nothing/x"), (None, None, None));
         assert_eq!(names(""), (None, None, None));
+    }
+
+    const STARTED: i64 = 1_700_000_000_000_000;
+
+    fn caller_client() -> Client {
+        Client {
+            id: Some("mss-1".into()),
+            organization: Some("org-1".into()),
+            verified: true,
+            professional: None,
+        }
+    }
+
+    fn scope(interaction: &'static str, path: &str, query: Option<&str>) -> Arc<AuditScope> {
+        let (resource_type, id, version) = path_names(path);
+        AuditScope::new(
+            Arc::new(Gateway::new("https://gw.example/fhir")),
+            RequestInfo {
+                interaction,
+                resource_type,
+                id,
+                version,
+                query: query.map(str::to_string),
+                network: Some("10.0.0.7".into()),
+                started: STARTED,
+            },
+        )
+    }
+
+    fn served_patient() -> Served {
+        Served {
+            resource_type: "Patient".into(),
+            id: "p1".into(),
+            version: 1,
+            patients: Some(vec!["p1".into()]),
+            body: None,
+        }
+    }
+
+    /// What two records of the same interaction share: all but their id
+    /// and when they were built.
+    fn same(a: &AuditRecord, b: &AuditRecord) -> bool {
+        (
+            &a.client,
+            &a.patient,
+            &a.subtype,
+            &a.action,
+            &a.outcome,
+            &a.network,
+            &a.entities,
+            &a.detail,
+        ) == (
+            &b.client,
+            &b.patient,
+            &b.subtype,
+            &b.action,
+            &b.outcome,
+            &b.network,
+            &b.entities,
+            &b.detail,
+        )
+    }
+
+    /// The records of `interaction` on `path` sent on its own.
+    async fn alone(
+        interaction: &'static str,
+        path: &str,
+        query: Option<&str>,
+        status: u16,
+        served: Option<Served>,
+        issue: Option<IssueCode>,
+    ) -> Vec<AuditRecord> {
+        let s = scope(interaction, path, query);
+        s.run_in(async { note_client(caller_client()) }).await;
+        s.finish(status, served, issue).map(|f| f()).unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn each_get_entry_of_a_batch_is_recorded_as_the_request_alone() {
+        let batch = scope("transaction", "", None);
+        batch
+            .run_in(async {
+                note_client(caller_client());
+                note_interaction("batch");
+                note_entry("read", "Patient/p1", None, 200, Some(served_patient()), None);
+                note_entry("search-type", "Observation", Some("patient=p1"), 200, None, None);
+                note_entry("read", "Patient/gone", None, 404, None, Some(IssueCode("not-found")));
+            })
+            .await;
+        let recs = batch.finish(200, None, None).map(|f| f()).unwrap_or_default();
+        assert_eq!(recs.len(), 4, "the batch and its three GET entries: {recs:#?}");
+        assert_eq!(recs[0].subtype, "batch");
+        let expected = [
+            alone("read", "Patient/p1", None, 200, Some(served_patient()), None).await,
+            alone("search-type", "Observation", Some("patient=p1"), 200, None, None).await,
+            alone("read", "Patient/gone", None, 404, None, Some(IssueCode("not-found"))).await,
+        ];
+        for (rec, want) in recs[1..].iter().zip(expected.iter()) {
+            assert_eq!(want.len(), 1);
+            assert!(same(rec, &want[0]), "{rec:#?} != {want:#?}");
+        }
+        // What the entries say, rendered.
+        let event =
+            |r: &AuditRecord| -> Value { serde_json::from_slice(&render(r).unwrap_or_default()).unwrap_or_default() };
+        let read = event(&recs[1]);
+        assert_eq!(read["subtype"][0]["code"], "read");
+        assert_eq!(read["entity"][0]["what"]["reference"], "Patient/p1/_history/1");
+        assert_eq!(recs[1].patient.as_deref(), Some("p1"));
+        assert_eq!(recs[2].patient.as_deref(), Some("p1"), "the patient the search names");
+        let missing = event(&recs[3]);
+        assert_eq!(missing["outcome"], "4");
+        assert_eq!(missing["outcomeDesc"], "HTTP 404 (not-found)");
+        assert_eq!(recs[3].patient, None, "a refused read names no patient");
+        // The batch's client, network address and start.
+        for r in &recs {
+            assert_eq!(r.client.as_deref(), Some("mss-1"));
+            assert_eq!(r.network.as_deref(), Some("10.0.0.7"));
+            assert_eq!(event(r)["period"]["start"], format_instant(STARTED));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_committed_transaction_still_records_its_get_entries() {
+        let tx = scope("transaction", "", None);
+        tx.run_in(async {
+            note_client(caller_client());
+            note_entry("read", "Patient/p1", None, 200, Some(served_patient()), None);
+        })
+        .await;
+        // Its write stored the transaction's own record with the change.
+        JobHook::committed(&*tx);
+        let recs = tx.finish(200, None, None).map(|f| f()).unwrap_or_default();
+        assert_eq!(recs.len(), 1, "{recs:#?}");
+        assert_eq!(recs[0].subtype, "read");
+        // Without GET entries, nothing is left to record.
+        let plain = scope("create", "Patient", None);
+        JobHook::committed(&*plain);
+        assert!(plain.finish(201, None, None).is_none());
     }
 }

@@ -21,6 +21,7 @@ use crate::fhir::search::model::{IndexValue, SearchRequest};
 use crate::fhir::search::registry::Registry;
 use crate::fhir::search::values::format_instant;
 use crate::security::Caller;
+use crate::security::audit::{self, IssueCode, Served};
 use crate::security::scopes::Perm;
 use crate::store::{Store, Version, WriteTx};
 
@@ -708,17 +709,39 @@ async fn run_one(
         .await
 }
 
-/// A GET entry: read, vread, search or history, as the URL says.
+/// A GET entry: read, vread, search or history, as the URL says. It leaves
+/// its own AuditEvent, as the same request sent on its own would.
 async fn get(store: &Store, caller: &Caller, base: &str, url: &str) -> Result<Reply, FhirError> {
+    // A transaction's conditional delete that matched nothing: no GET.
     if url.is_empty() {
         return Ok(Reply::empty(204));
     }
-    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let (path, query) = match url.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (url, None),
+    };
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let reply = run_get(store, caller, base, url, &segs, query.unwrap_or_default()).await;
+    let (status, served, issue) = match &reply {
+        Ok(r) => (r.status, r.version.as_ref().map(Served::of), None),
+        Err(e) => (e.status, None, IssueCode::of(e)),
+    };
+    audit::note_entry(get_interaction(&segs), path, query, status, served, issue);
+    reply
+}
+
+async fn run_get(
+    store: &Store,
+    caller: &Caller,
+    base: &str,
+    url: &str,
+    segs: &[&str],
+    query: &str,
+) -> Result<Reply, FhirError> {
     let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
-    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    match segs.as_slice() {
+    match segs {
         [t] if Registry::r4().is_resource_type(t) => {
             search::search(
                 store,
@@ -738,6 +761,25 @@ async fn get(store: &Store, caller: &Caller, base: &str, url: &str) -> Result<Re
         _ => Err(FhirError::invalid(format!(
             "'{url}' is not a URL this server can GET in a Bundle"
         ))),
+    }
+}
+
+/// The restful interaction a GET entry's path (relative to the base)
+/// stands for: the one the route table gives the same request sent on its
+/// own (`http::observe::interaction`), whether or not a Bundle entry can
+/// run it, so that a refused entry is recorded as what it asked.
+fn get_interaction(segs: &[&str]) -> &'static str {
+    match segs {
+        [] => "search-system",
+        ["metadata"] => "capabilities",
+        ["_search"] => "search-system",
+        ["_history"] => "history-system",
+        [_] | [_, "_search"] => "search-type",
+        [_, "_history"] => "history-type",
+        [_, _] => "read",
+        [_, _, "_history"] => "history-instance",
+        [_, _, "_history", _] => "vread",
+        _ => "other",
     }
 }
 
@@ -784,5 +826,31 @@ fn write_response(w: &mut BundleWriter, base: &str, reply: Result<Reply, FhirErr
                 json!({ "response": { "status": status_line(e.status), "outcome": e.outcome() } }),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn interaction(path: &str) -> &'static str {
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        get_interaction(&segs)
+    }
+
+    #[test]
+    fn a_get_entry_is_the_interaction_its_path_stands_for() {
+        assert_eq!(interaction("Patient/p1"), "read");
+        assert_eq!(interaction("Patient/p1/_history/2"), "vread");
+        assert_eq!(interaction("Patient/p1/_history"), "history-instance");
+        assert_eq!(interaction("Observation"), "search-type");
+        assert_eq!(interaction("Observation/_search"), "search-type");
+        // Shapes a Bundle entry cannot run are still named for the trail.
+        assert_eq!(interaction("Observation/_history"), "history-type");
+        assert_eq!(interaction("_history"), "history-system");
+        assert_eq!(interaction(""), "search-system");
+        assert_eq!(interaction("_search"), "search-system");
+        assert_eq!(interaction("metadata"), "capabilities");
+        assert_eq!(interaction("Patient/p1/$everything/x/y"), "other");
     }
 }
