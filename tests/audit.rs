@@ -333,6 +333,212 @@ async fn every_interaction_is_audited(app: &TestApp) {
     );
 }
 
+/// A client acting for organisation `org`, with every scope but the trail's.
+async fn org_client(app: &TestApp, id: &str, org: &str) -> Client {
+    bearer_client(
+        &register_client(app.running(), id, Some(org), "system/*.cruds")
+            .await
+            .token,
+    )
+}
+
+/// Creates `resource` as `client`; its id.
+async fn create_as(app: &TestApp, client: &Client, resource: &Value) -> String {
+    let r = client
+        .post(app.url(resource["resourceType"].as_str().unwrap()))
+        .header("content-type", "application/fhir+json")
+        .body(resource.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    json(r).await["id"].as_str().unwrap().to_string()
+}
+
+fn decoded_query(e: &Value) -> Option<String> {
+    e["entity"].as_array()?.iter().find_map(|x| {
+        let q = base64::engine::general_purpose::STANDARD
+            .decode(x["query"].as_str()?)
+            .ok()?;
+        String::from_utf8(q).ok()
+    })
+}
+
+/// An event without what differs between two records of the same request:
+/// its id and when it happened.
+fn timeless(e: &Value) -> Value {
+    let mut e = e.clone();
+    if let Some(o) = e.as_object_mut() {
+        for k in ["id", "meta", "recorded", "period"] {
+            o.remove(k);
+        }
+    }
+    e
+}
+
+/// A patient read through a batch is in their trail: each GET entry leaves
+/// the event the same request sent alone leaves, failures included, and a
+/// patient of another organisation is not named by A's refused read.
+async fn each_get_entry_of_a_bundle_is_audited(app: &TestApp) {
+    let auditor = auditor(app).await;
+    let a = org_client(app, "mss-a-app", "org-a").await;
+    let b = org_client(app, "mss-b-app", "org-b").await;
+    let pa = create_as(app, &a, &json!({"resourceType": "Patient", "active": true})).await;
+    create_as(
+        app,
+        &a,
+        &json!({"resourceType": "Observation", "status": "final", "code": {"text": "steps"},
+                "subject": {"reference": format!("Patient/{pa}")}}),
+    )
+    .await;
+    // Registered by the other organisation: not in A's compartment.
+    let pb = create_as(app, &b, &json!({"resourceType": "Patient", "active": true})).await;
+    let of_a = "agent:identifier=mss-a-app";
+
+    let urls = [
+        format!("Patient/{pa}"),
+        format!("Observation?patient={pa}"),
+        "Patient/nobody-here".to_string(),
+        format!("Patient/{pb}"),
+    ];
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": urls
+        .iter()
+        .map(|u| json!({"request": {"method": "GET", "url": u}}))
+        .collect::<Vec<_>>()});
+    let r = a
+        .post(app.url(""))
+        .header("content-type", "application/fhir+json")
+        .body(batch.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let statuses: Vec<String> = json(r).await["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(statuses, ["200 OK", "200 OK", "404 Not Found", "404 Not Found"]);
+
+    // The batch and its four GET entries (A's token request and creates
+    // aside).
+    let reads_of_a = format!("{of_a}&subtype=batch,read,search-type");
+    let batch_events = wait_for(app, &auditor, &reads_of_a, 5).await;
+    assert_eq!(batch_events.len(), 5, "{batch_events:#?}");
+    let the_batch: Vec<&Value> = batch_events.iter().filter(|e| subtype(e) == "batch").collect();
+    assert_eq!(the_batch.len(), 1);
+    for e in &batch_events {
+        check_shape(e);
+        assert_eq!(client_id(e), "mss-a-app");
+        assert_eq!(e["agent"][0]["network"]["address"], "127.0.0.1");
+        // The Bundle's start.
+        assert_eq!(e["period"], the_batch[0]["period"], "{e}");
+    }
+    let find = |pred: &dyn Fn(&Value) -> bool| -> Value {
+        let found: Vec<&Value> = batch_events.iter().filter(|e| pred(e)).collect();
+        assert_eq!(found.len(), 1, "{batch_events:#?}");
+        found[0].clone()
+    };
+
+    // The read of A's patient: the version read, the patient concerned.
+    let read = find(&|e| subtype(e) == "read" && e["outcome"] == "0");
+    assert_eq!(read["action"], "R");
+    assert_eq!(
+        entities(&read),
+        [format!("Patient/{pa}/_history/1"), format!("Patient/{pa}")]
+    );
+    assert_eq!(read["entity"][1]["role"]["code"], "1", "the patient entity");
+    let trail = events(app, &auditor, &format!("patient={pa}&subtype=read&{of_a}")).await;
+    assert_eq!(trail.len(), 1);
+    assert_eq!(trail[0]["id"], read["id"], "in the patient's trail");
+    assert_eq!(
+        events(app, &auditor, &format!("entity=Patient/{pa}&subtype=read&{of_a}"))
+            .await
+            .len(),
+        1
+    );
+
+    // The search: its query, and the patient it names.
+    let search = find(&|e| subtype(e) == "search-type");
+    assert_eq!(search["action"], "E");
+    assert_eq!(search["outcome"], "0");
+    assert_eq!(
+        decoded_query(&search).as_deref(),
+        Some(format!("patient={pa}").as_str())
+    );
+    assert_eq!(entities(&search), [format!("Patient/{pa}")]);
+    let trail = events(app, &auditor, &format!("patient={pa}&subtype=search-type&{of_a}")).await;
+    assert_eq!(trail.len(), 1);
+    assert_eq!(trail[0]["id"], search["id"]);
+
+    // The missing resource: a failed read.
+    let missing = find(&|e| entities(e) == ["Patient/nobody-here"]);
+    assert_eq!(subtype(&missing), "read");
+    assert_eq!(missing["outcome"], "4");
+    assert_eq!(missing["outcomeDesc"], "HTTP 404 (not-found)");
+    assert_eq!(events(app, &auditor, "entity=Patient/nobody-here").await.len(), 1);
+
+    // The other organisation's patient: a failed read that names what was
+    // asked, and no patient (the gateway told the caller nothing of one).
+    let hidden = find(&|e| entities(e) == [format!("Patient/{pb}")]);
+    assert_eq!(subtype(&hidden), "read");
+    assert_eq!(hidden["outcome"], "4");
+    assert_eq!(hidden["outcomeDesc"], "HTTP 404 (not-found)");
+    assert!(
+        hidden["entity"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["role"]["code"] != "1"),
+        "{hidden}"
+    );
+    assert!(events(app, &auditor, &format!("patient={pb}&{of_a}")).await.is_empty());
+
+    // The same requests sent on their own are recorded alike.
+    for u in &urls {
+        a.get(app.url(u)).send().await.unwrap();
+    }
+    let with_alone = wait_for(app, &auditor, &reads_of_a, 9).await;
+    assert_eq!(with_alone.len(), 9);
+    let batch_ids: Vec<&Value> = batch_events.iter().map(|e| &e["id"]).collect();
+    let alone: Vec<Value> = with_alone
+        .iter()
+        .filter(|e| !batch_ids.contains(&&e["id"]))
+        .map(timeless)
+        .collect();
+    assert_eq!(alone.len(), 4);
+    for entry in [&read, &search, &missing, &hidden] {
+        let entry = timeless(entry);
+        assert!(alone.contains(&entry), "{entry:#} not among {alone:#?}");
+    }
+
+    // A transaction's GET entries too, beside its own event committed with
+    // its write.
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                      "subject": {"reference": format!("Patient/{pa}")}},
+         "request": {"method": "POST", "url": "Observation"}},
+        {"request": {"method": "GET", "url": format!("Patient/{pa}")}}
+    ]});
+    let r = a
+        .post(app.url(""))
+        .header("content-type", "application/fhir+json")
+        .body(tx.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        events(app, &auditor, &format!("subtype=transaction&{of_a}"))
+            .await
+            .len(),
+        1
+    );
+    let reads = wait_for(app, &auditor, &format!("patient={pa}&subtype=read&{of_a}"), 3).await;
+    assert_eq!(reads.len(), 3, "the batch's, alone, the transaction's");
+}
+
 async fn the_trail_is_read_only_and_needs_its_own_scope(app: &TestApp) {
     let auditor = auditor(app).await;
     let pid = app.create(&json!({"resourceType": "Patient"})).await;
@@ -617,6 +823,10 @@ on_both_backends!(
     the_trail_pages_by_date_and_refuses_what_it_cannot_filter
 );
 on_both_backends!(every_interaction_leaves_an_audit_event, every_interaction_is_audited);
+on_both_backends!(
+    every_get_entry_of_a_bundle_leaves_an_audit_event,
+    each_get_entry_of_a_bundle_is_audited
+);
 on_both_backends!(
     the_audit_trail_is_read_only,
     the_trail_is_read_only_and_needs_its_own_scope
