@@ -7,7 +7,8 @@
 //! This module knows FHIR, not SQL nor HTTP. The HTTP layer opens an
 //! `AuditScope` per request and tells it what it learns (who calls, what
 //! was served, the status); the FHIR layer notes each GET entry a Bundle
-//! answers (`note_entry`), recorded as the same request sent on its own;
+//! answers, and each write entry of a batch that committed no record of its
+//! own (`note_entry`), recorded as the same request sent on its own;
 //! the store hands it the versions a write job stores (`store::JobHook`),
 //! so that the AuditEvent of a change is written in the same database
 //! transaction as the change. Requests that changed nothing (reads,
@@ -29,7 +30,7 @@
 //!   concerned (role Patient: BALP "with Patient"), the query of a search
 //!   (base64 in `entity.query`, as BALP records it).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use base64::Engine;
@@ -170,7 +171,7 @@ struct Ended {
     issue: Option<IssueCode>,
 }
 
-/// A GET entry of a Bundle, recorded as the same request sent on its own.
+/// An entry of a Bundle, recorded as the same request sent on its own.
 struct NotedEntry {
     request: RequestInfo,
     ended: Ended,
@@ -218,7 +219,8 @@ struct State {
     refusal: Option<String>,
     /// What the current write job stored.
     job: Vec<Stored>,
-    /// The GET entries a batch or transaction answered.
+    /// The entries of a batch or transaction recorded apart from the
+    /// request: its GET entries, a batch's writes that committed no record.
     entries: Vec<NotedEntry>,
 }
 
@@ -228,8 +230,10 @@ struct State {
 pub struct AuditScope {
     gateway: Arc<Gateway>,
     state: Mutex<State>,
-    /// Was an AuditEvent committed with a write of this request?
-    committed: AtomicBool,
+    /// How many of this request's write jobs committed an AuditEvent with
+    /// their change: a batch runs one job per write entry, each of which
+    /// must know whether its own did (`CommitMark`).
+    commits: AtomicU64,
 }
 
 tokio::task_local! {
@@ -247,7 +251,7 @@ impl AuditScope {
                 job: Vec::new(),
                 entries: Vec::new(),
             }),
-            committed: AtomicBool::new(false),
+            commits: AtomicU64::new(0),
         })
     }
 
@@ -264,14 +268,14 @@ impl AuditScope {
     }
 
     /// Builds the records of the request once its response is known: its
-    /// own, unless its write already committed it, and one per GET entry
-    /// its Bundle answered. The returned closure does the work (JSON, index
-    /// values) where it runs: off the request's path.
+    /// own, unless its write already committed it, and one per entry of its
+    /// Bundle noted apart (`note_entry`). The returned closure does the work
+    /// (JSON, index values) where it runs: off the request's path.
     pub fn finish(&self, status: u16, served: Option<Served>, issue: Option<IssueCode>) -> Option<Deferred> {
         let mut st = self.state();
         // A write commits the request's record with it; a batch's write
         // entries commit theirs, never the batch's.
-        let own = !self.committed.load(Ordering::Acquire) || st.request.interaction == "batch";
+        let own = self.commits.load(Ordering::Acquire) == 0 || st.request.interaction == "batch";
         let entries = std::mem::take(&mut st.entries);
         if !own && entries.is_empty() {
             return None;
@@ -296,8 +300,8 @@ impl AuditScope {
     }
 }
 
-/// The records of one interaction, the request itself or a GET entry of
-/// its Bundle, once it ended.
+/// The records of one interaction, the request itself or an entry of its
+/// Bundle, once it ended.
 fn record_of(
     gateway: &Gateway,
     client: &Client,
@@ -400,7 +404,7 @@ impl JobHook for AuditScope {
     }
 
     fn committed(&self) {
-        self.committed.store(true, Ordering::Release);
+        self.commits.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -457,11 +461,13 @@ pub fn note_interaction(interaction: &'static str) {
     let _ = CURRENT.try_with(|s| s.state().request.interaction = interaction);
 }
 
-/// Records a GET entry a batch or transaction answered (`interaction`
-/// read, vread, search-type, history-instance…; `path` and `query` its URL
-/// relative to the base), as the same request sent on its own would be,
-/// with the Bundle's client, network address and start: a patient read
-/// through a Bundle is in their trail like any other read.
+/// Records an entry of a batch or transaction (`interaction` read, vread,
+/// search-type, create, update, delete…; `path` and `query` its URL relative
+/// to the base), as the same request sent on its own would be, with the
+/// Bundle's client, network address and start: a patient read through a
+/// Bundle is in their trail like any other read, and a batch write that
+/// failed says which resource it was and why, as a failed write alone does.
+/// Not for an entry whose job committed its record (`CommitMark`).
 pub fn note_entry(
     interaction: &'static str,
     path: &str,
@@ -487,6 +493,26 @@ pub fn note_entry(
             ended: Ended { status, served, issue },
         });
     });
+}
+
+/// Where the current request's committed records stand. Taken before a
+/// batch write entry runs, it tells whether the entry's own job committed
+/// its AuditEvent with the change (`committed_since`): if not (the entry
+/// failed, or changed nothing), the entry is noted apart (`note_entry`),
+/// and it is never recorded twice. Entries run one after the other, so a
+/// commit after the mark is the entry's.
+#[derive(Debug, Clone, Copy)]
+pub struct CommitMark(u64);
+
+impl CommitMark {
+    pub fn now() -> CommitMark {
+        CommitMark(CURRENT.try_with(|s| s.commits.load(Ordering::Acquire)).unwrap_or(0))
+    }
+
+    /// Has a write job of the request committed its record since the mark?
+    pub fn committed_since(self) -> bool {
+        CommitMark::now().0 > self.0
+    }
 }
 
 /// What a FHIR REST path relative to the base names, as an event records
@@ -1090,6 +1116,59 @@ mod tests {
             assert_eq!(r.network.as_deref(), Some("10.0.0.7"));
             assert_eq!(event(r)["period"]["start"], format_instant(STARTED));
         }
+    }
+
+    #[tokio::test]
+    async fn a_batch_write_entry_is_recorded_once_its_own_or_with_its_change() {
+        let batch = scope("transaction", "", None);
+        batch
+            .run_in(async {
+                note_client(caller_client());
+                note_interaction("batch");
+                // A create whose job committed its record with the change.
+                let mark = CommitMark::now();
+                JobHook::committed(&*batch);
+                assert!(mark.committed_since(), "the entry's job committed");
+                // A refused update, a conditional create that matched: no
+                // job of theirs committed, they are noted.
+                let mark = CommitMark::now();
+                assert!(!mark.committed_since());
+                note_entry("update", "Patient/p1", None, 412, None, Some(IssueCode("conflict")));
+                note_entry("create", "Patient", None, 200, Some(served_patient()), None);
+            })
+            .await;
+        let recs = batch.finish(200, None, None).map(|f| f()).unwrap_or_default();
+        assert_eq!(recs.len(), 3, "the batch and its two entries noted apart: {recs:#?}");
+        assert_eq!(recs[0].subtype, "batch");
+        let expected = [
+            alone("update", "Patient/p1", None, 412, None, Some(IssueCode("conflict"))).await,
+            alone("create", "Patient", None, 200, Some(served_patient()), None).await,
+        ];
+        for (rec, want) in recs[1..].iter().zip(expected.iter()) {
+            assert_eq!(want.len(), 1);
+            assert!(same(rec, &want[0]), "{rec:#?} != {want:#?}");
+        }
+        let refused: Value = serde_json::from_slice(&render(&recs[1]).unwrap_or_default()).unwrap_or_default();
+        assert_eq!(
+            (refused["action"].as_str(), refused["outcome"].as_str()),
+            (Some("U"), Some("4"))
+        );
+        assert_eq!(refused["outcomeDesc"], "HTTP 412 (conflict)");
+        assert_eq!(refused["entity"][0]["what"]["reference"], "Patient/p1");
+        assert_eq!(recs[1].patient, None, "a refused write names no patient");
+        // The match a conditional create returned, as a create alone names it.
+        let matched: Value = serde_json::from_slice(&render(&recs[2]).unwrap_or_default()).unwrap_or_default();
+        assert_eq!(
+            (matched["action"].as_str(), matched["outcome"].as_str()),
+            (Some("C"), Some("0"))
+        );
+        assert_eq!(matched["entity"][0]["what"]["reference"], "Patient/p1/_history/1");
+        assert_eq!(recs[2].patient.as_deref(), Some("p1"));
+    }
+
+    #[test]
+    fn a_mark_outside_a_request_sees_no_commit() {
+        assert!(!CommitMark::now().committed_since());
     }
 
     #[tokio::test]

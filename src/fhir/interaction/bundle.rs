@@ -6,12 +6,18 @@
 //! to the ids they resolve to, and all versions are stored with one
 //! multi-row write. Any failing entry fails the whole Bundle: nothing is
 //! stored. A batch runs each entry on its own.
+//!
+//! Every entry leaves the AuditEvent the same request sent on its own
+//! would: a GET entry's is noted when it is answered; a batch write entry's
+//! is committed with its change (the store's `JobHook`) or, when it failed
+//! or changed nothing, noted once it is answered. A transaction's writes
+//! are its own event.
 
 use std::collections::{HashMap, HashSet};
 
 use base64::Engine;
 use futures_util::future::BoxFuture;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::fhir::bundle_writer::BundleWriter;
 use crate::fhir::error::{FhirError, outcome_json};
@@ -21,7 +27,7 @@ use crate::fhir::search::model::{IndexValue, SearchRequest};
 use crate::fhir::search::registry::Registry;
 use crate::fhir::search::values::format_instant;
 use crate::security::Caller;
-use crate::security::audit::{self, IssueCode, Served};
+use crate::security::audit::{self, CommitMark, IssueCode, Served};
 use crate::security::scopes::Perm;
 use crate::store::{Store, Version, WriteTx};
 
@@ -159,7 +165,12 @@ fn relative<'u>(base: &str, url: &'u str) -> &'u str {
     url.strip_prefix(base).map_or(url, |r| r.trim_start_matches('/'))
 }
 
-fn parse_entry(base: &str, i: usize, e: &Value) -> Result<Entry, FhirError> {
+/// An entry's `request`, its method and its URL relative to our base.
+fn entry_request<'e>(
+    base: &str,
+    i: usize,
+    e: &'e Value,
+) -> Result<(&'e Map<String, Value>, &'e str, &'e str), FhirError> {
     let at = format!("Bundle.entry[{i}]");
     let request = e
         .get("request")
@@ -170,12 +181,22 @@ fn parse_entry(base: &str, i: usize, e: &Value) -> Result<Entry, FhirError> {
         .get("url")
         .and_then(Value::as_str)
         .ok_or_else(|| FhirError::structure("the entry's request has no url").at(format!("{at}.request.url")))?;
-    let url = relative(base, url);
+    Ok((request, method, relative(base, url)))
+}
+
+/// A URL relative to the base: its path, the path's segments, its query.
+fn split_url(url: &str) -> (&str, Vec<&str>, Option<&str>) {
     let (path, query) = match url.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (url, None),
     };
-    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    (path, path.split('/').filter(|s| !s.is_empty()).collect(), query)
+}
+
+fn parse_entry(base: &str, i: usize, e: &Value) -> Result<Entry, FhirError> {
+    let at = format!("Bundle.entry[{i}]");
+    let (request, method, url) = entry_request(base, i, e)?;
+    let (_, segs, query) = split_url(url);
     let if_match = match request.get("ifMatch").and_then(Value::as_str) {
         None => None,
         Some(s) => Some(parse_etag(s).ok_or_else(|| {
@@ -662,6 +683,7 @@ async fn batch(
 ) -> Result<Reply, FhirError> {
     let mut w = BundleWriter::new("batch-response", None, &[]);
     for (i, e) in raw.iter().enumerate() {
+        let mark = CommitMark::now();
         let (reply, is_get) = match parse_entry(input.base, i, e) {
             Err(err) => (Err(err), false),
             Ok(entry) => {
@@ -669,6 +691,17 @@ async fn batch(
                 (run_one(store, rules, caller, input.base, entry).await, is_get)
             }
         };
+        // A GET entry noted itself (`get`), a write that committed has its
+        // record: the rest (a refused or failed write, one that changed
+        // nothing) are recorded here. An entry without a URL is no request
+        // the gateway could have been sent alone: the batch's event covers it.
+        if !is_get
+            && !mark.committed_since()
+            && let Ok((_, method, url)) = entry_request(input.base, i, e)
+        {
+            let (path, segs, query) = split_url(url);
+            note(entry_interaction(method, &segs), path, query, &reply);
+        }
         write_response(&mut w, input.base, reply, input.representation || is_get);
     }
     Ok(Reply::bundle(w.finish()))
@@ -716,18 +749,20 @@ async fn get(store: &Store, caller: &Caller, base: &str, url: &str) -> Result<Re
     if url.is_empty() {
         return Ok(Reply::empty(204));
     }
-    let (path, query) = match url.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (url, None),
-    };
-    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let (path, segs, query) = split_url(url);
     let reply = run_get(store, caller, base, url, &segs, query.unwrap_or_default()).await;
-    let (status, served, issue) = match &reply {
+    note(entry_interaction("GET", &segs), path, query, &reply);
+    reply
+}
+
+/// Records an entry (`audit::note_entry`) as it ended: what it served, or
+/// the issue code of its error.
+fn note(interaction: &'static str, path: &str, query: Option<&str>, reply: &Result<Reply, FhirError>) {
+    let (status, served, issue) = match reply {
         Ok(r) => (r.status, r.version.as_ref().map(Served::of), None),
         Err(e) => (e.status, None, IssueCode::of(e)),
     };
-    audit::note_entry(get_interaction(&segs), path, query, status, served, issue);
-    reply
+    audit::note_entry(interaction, path, query, status, served, issue);
 }
 
 async fn run_get(
@@ -764,19 +799,27 @@ async fn run_get(
     }
 }
 
-/// The restful interaction a GET entry's path (relative to the base)
-/// stands for: the one the route table gives the same request sent on its
-/// own (`http::observe::interaction`), whether or not a Bundle entry can
+/// The restful interaction an entry's method and path (relative to the
+/// base) stand for: the one the route table gives the same request sent on
+/// its own (`http::observe::interaction`; a conditional update or delete
+/// as the audit middleware records it), whether or not a Bundle entry can
 /// run it, so that a refused entry is recorded as what it asked.
-fn get_interaction(segs: &[&str]) -> &'static str {
+fn entry_interaction(method: &str, segs: &[&str]) -> &'static str {
+    let get = matches!(method, "GET" | "HEAD");
     match segs {
-        [] => "search-system",
         ["metadata"] => "capabilities",
+        [] if get => "search-system",
+        [] if method == "POST" => "transaction",
         ["_search"] => "search-system",
         ["_history"] => "history-system",
-        [_] | [_, "_search"] => "search-type",
+        [_] if get => "search-type",
+        [_, "_search"] => "search-type",
         [_, "_history"] => "history-type",
-        [_, _] => "read",
+        [_] if method == "POST" => "create",
+        [_] | [_, _] if method == "PUT" => "update",
+        [_] | [_, _] if method == "DELETE" => "delete",
+        [_, _] if get => "read",
+        [_, _] if method == "PATCH" => "patch",
         [_, _, "_history"] => "history-instance",
         [_, _, "_history", _] => "vread",
         _ => "other",
@@ -834,8 +877,12 @@ mod tests {
     use super::*;
 
     fn interaction(path: &str) -> &'static str {
-        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        get_interaction(&segs)
+        on("GET", path)
+    }
+
+    fn on(method: &str, url: &str) -> &'static str {
+        let (_, segs, _) = split_url(url);
+        entry_interaction(method, &segs)
     }
 
     #[test]
@@ -852,5 +899,24 @@ mod tests {
         assert_eq!(interaction("_search"), "search-system");
         assert_eq!(interaction("metadata"), "capabilities");
         assert_eq!(interaction("Patient/p1/$everything/x/y"), "other");
+    }
+
+    #[test]
+    fn a_write_entry_is_the_interaction_the_same_request_alone_is() {
+        assert_eq!(on("POST", "Patient"), "create");
+        assert_eq!(on("PUT", "Patient/p1"), "update");
+        // Conditional ones are recorded as the middleware records them.
+        assert_eq!(on("PUT", "Patient?identifier=x"), "update");
+        assert_eq!(on("DELETE", "Patient/p1"), "delete");
+        assert_eq!(on("DELETE", "Patient?identifier=x"), "delete");
+        assert_eq!(on("PATCH", "Patient/p1"), "patch");
+        assert_eq!(on("HEAD", "Patient/p1"), "read");
+        assert_eq!(on("POST", "Observation/_search"), "search-type");
+        assert_eq!(on("POST", ""), "transaction");
+        // What the route table does not serve.
+        assert_eq!(on("POST", "Patient/p1"), "other");
+        assert_eq!(on("PATCH", "Patient"), "other");
+        assert_eq!(on("DELETE", ""), "other");
+        assert_eq!(on("FETCH", "Patient/p1"), "other");
     }
 }
