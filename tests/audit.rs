@@ -539,6 +539,173 @@ async fn each_get_entry_of_a_bundle_is_audited(app: &TestApp) {
     assert_eq!(reads.len(), 3, "the batch's, alone, the transaction's");
 }
 
+/// A batch write that failed, or changed nothing, leaves the event the same
+/// request sent alone leaves (which resource, why it failed); one that
+/// stored its change leaves the event committed with it, and no other.
+async fn each_write_entry_of_a_batch_is_audited(app: &TestApp) {
+    let auditor = auditor(app).await;
+    let a = org_client(app, "batch-writer", "org-a").await;
+    let known = json!({"resourceType": "Patient", "active": true,
+                       "identifier": [{"system": "urn:test:local", "value": "known"}]});
+    let pid = create_as(app, &a, &known).await;
+    let of_a = "agent:identifier=batch-writer&subtype=batch,create,update,delete";
+
+    // What each refused or idle entry asks, as a request of its own too.
+    let invalid = json!({"resourceType": "Patient", "gender": "robot"});
+    let stale = json!({"resourceType": "Patient", "id": pid, "active": false});
+    let trail = json!({"resourceType": "AuditEvent", "id": "forged"});
+    let nobody = "Patient?identifier=urn:test:local|nobody";
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": {"resourceType": "Patient", "active": true}, "request": {"method": "POST", "url": "Patient"}},
+        {"resource": invalid, "request": {"method": "POST", "url": "Patient"}},
+        {"resource": stale, "request": {"method": "PUT", "url": format!("Patient/{pid}"), "ifMatch": "W/\"9\""}},
+        {"resource": trail, "request": {"method": "PUT", "url": "AuditEvent/forged"}},
+        {"request": {"method": "DELETE", "url": nobody}},
+        {"resource": known, "request": {"method": "POST", "url": "Patient",
+                                        "ifNoneExist": "identifier=urn:test:local|known"}}
+    ]});
+    let r = a
+        .post(app.url(""))
+        .header("content-type", "application/fhir+json")
+        .body(batch.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let responses: Vec<Value> = json(r).await["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"].clone())
+        .collect();
+    let statuses: Vec<&str> = responses.iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(
+        statuses,
+        [
+            "201 Created",
+            "422 Unprocessable Entity",
+            "412 Precondition Failed",
+            "405 Method Not Allowed",
+            "204 No Content",
+            "200 OK"
+        ]
+    );
+    let created = responses[0]["location"].as_str().unwrap().to_string();
+    assert_eq!(
+        responses[5]["location"].as_str().unwrap(),
+        format!("Patient/{pid}/_history/1"),
+        "the conditional create found the known patient"
+    );
+
+    // The first create, the batch and its six entries.
+    let found = wait_for(app, &auditor, of_a, 8).await;
+    assert_eq!(found.len(), 8, "{found:#?}");
+    let the_batch: Vec<&Value> = found.iter().filter(|e| subtype(e) == "batch").collect();
+    assert_eq!(the_batch.len(), 1);
+    let entries: Vec<&Value> = found
+        .iter()
+        .filter(|e| e["period"] == the_batch[0]["period"] && subtype(e) != "batch")
+        .collect();
+    assert_eq!(entries.len(), 6, "each entry, with the batch's start: {found:#?}");
+    for e in &entries {
+        check_shape(e);
+        assert_eq!(client_id(e), "batch-writer");
+    }
+    let find = |pred: &dyn Fn(&Value) -> bool| -> Value {
+        let hits: Vec<&&Value> = entries.iter().filter(|e| pred(e)).collect();
+        assert_eq!(hits.len(), 1, "{entries:#?}");
+        (*hits[0]).clone()
+    };
+
+    // The create that stored its Patient: committed with it, once.
+    let stored = find(&|e| entities(e).first() == Some(&created.as_str()));
+    assert_eq!((subtype(&stored), stored["outcome"].as_str()), ("create", Some("0")));
+
+    // The invalid create: failed, and why.
+    let refused_create = find(&|e| subtype(e) == "create" && e["outcome"] == "4");
+    assert_eq!(refused_create["action"], "C");
+    let why = refused_create["outcomeDesc"].as_str().unwrap();
+    assert!(why.starts_with("HTTP 422 ("), "{why}");
+    assert!(entities(&refused_create).is_empty(), "nothing was stored");
+
+    // The stale update and the update of the trail: failed, naming what
+    // they meant to change, and no patient.
+    let stale_update = find(&|e| entities(e) == [format!("Patient/{pid}")]);
+    assert_eq!(
+        (subtype(&stale_update), stale_update["action"].as_str()),
+        ("update", Some("U"))
+    );
+    assert_eq!(stale_update["outcome"], "4");
+    assert!(stale_update["outcomeDesc"].as_str().unwrap().starts_with("HTTP 412 ("));
+    let forged = find(&|e| entities(e) == ["AuditEvent/forged"]);
+    assert_eq!(subtype(&forged), "update");
+    assert!(forged["outcomeDesc"].as_str().unwrap().starts_with("HTTP 405 ("));
+
+    // The conditional delete that matched nothing: done, nothing deleted.
+    let idle_delete = find(&|e| subtype(e) == "delete");
+    assert_eq!(
+        (idle_delete["action"].as_str(), idle_delete["outcome"].as_str()),
+        (Some("D"), Some("0"))
+    );
+
+    // The conditional create that matched: recorded apart (nothing was
+    // stored), naming the patient it found.
+    let matched = find(&|e| entities(e).first() == Some(&format!("Patient/{pid}/_history/1").as_str()));
+    assert_eq!((subtype(&matched), matched["outcome"].as_str()), ("create", Some("0")));
+    assert_eq!(
+        entities(&matched),
+        [format!("Patient/{pid}/_history/1"), format!("Patient/{pid}")]
+    );
+
+    // The same requests sent alone are recorded alike.
+    let send = |method: Method, path: &str, body: Option<&Value>| {
+        let mut req = a
+            .request(method, app.url(path))
+            .header("content-type", "application/fhir+json");
+        if let Some(b) = body {
+            req = req.body(b.to_string());
+        }
+        req
+    };
+    let alone = [
+        (send(Method::POST, "Patient", Some(&batch["entry"][1]["resource"])), 422),
+        (
+            send(
+                Method::PUT,
+                &format!("Patient/{pid}"),
+                Some(&batch["entry"][2]["resource"]),
+            )
+            .header("if-match", "W/\"9\""),
+            412,
+        ),
+        (
+            send(Method::PUT, "AuditEvent/forged", Some(&batch["entry"][3]["resource"])),
+            405,
+        ),
+        (send(Method::DELETE, nobody, None), 204),
+        (
+            send(Method::POST, "Patient", Some(&batch["entry"][5]["resource"]))
+                .header("if-none-exist", "identifier=urn:test:local|known"),
+            200,
+        ),
+    ];
+    for (req, status) in alone {
+        assert_eq!(req.send().await.unwrap().status(), status);
+    }
+    let with_alone = wait_for(app, &auditor, of_a, 13).await;
+    assert_eq!(with_alone.len(), 13, "{with_alone:#?}");
+    let seen: Vec<&Value> = found.iter().map(|e| &e["id"]).collect();
+    let alone: Vec<Value> = with_alone
+        .iter()
+        .filter(|e| !seen.contains(&&e["id"]))
+        .map(timeless)
+        .collect();
+    for entry in [&refused_create, &stale_update, &forged, &idle_delete, &matched] {
+        let entry = timeless(entry);
+        assert!(alone.contains(&entry), "{entry:#} not among {alone:#?}");
+    }
+}
+
 async fn the_trail_is_read_only_and_needs_its_own_scope(app: &TestApp) {
     let auditor = auditor(app).await;
     let pid = app.create(&json!({"resourceType": "Patient"})).await;
@@ -826,6 +993,10 @@ on_both_backends!(every_interaction_leaves_an_audit_event, every_interaction_is_
 on_both_backends!(
     every_get_entry_of_a_bundle_leaves_an_audit_event,
     each_get_entry_of_a_bundle_is_audited
+);
+on_both_backends!(
+    every_write_entry_of_a_batch_leaves_an_audit_event,
+    each_write_entry_of_a_batch_is_audited
 );
 on_both_backends!(
     the_audit_trail_is_read_only,
