@@ -706,6 +706,28 @@ async fn each_write_entry_of_a_batch_is_audited(app: &TestApp) {
     }
 }
 
+/// HEAD is served by the GET routes: recorded as the read it is.
+async fn a_head_request_is_audited_as_its_get(app: &TestApp) {
+    let auditor = auditor(app).await;
+    let a = org_client(app, "header", "org-a").await;
+    let pid = create_as(app, &a, &json!({"resourceType": "Patient", "active": true})).await;
+    for method in [Method::HEAD, Method::GET] {
+        let r = a
+            .request(method, app.url(&format!("Patient/{pid}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let reads = wait_for(app, &auditor, "agent:identifier=header&subtype=read", 2).await;
+    assert_eq!(reads.len(), 2, "{reads:#?}");
+    assert_eq!(timeless(&reads[0]), timeless(&reads[1]));
+    assert_eq!(
+        entities(&reads[0]),
+        [format!("Patient/{pid}/_history/1"), format!("Patient/{pid}")]
+    );
+}
+
 async fn the_trail_is_read_only_and_needs_its_own_scope(app: &TestApp) {
     let auditor = auditor(app).await;
     let pid = app.create(&json!({"resourceType": "Patient"})).await;
@@ -998,6 +1020,7 @@ on_both_backends!(
     every_write_entry_of_a_batch_leaves_an_audit_event,
     each_write_entry_of_a_batch_is_audited
 );
+on_both_backends!(a_head_request_is_audited_as_read, a_head_request_is_audited_as_its_get);
 on_both_backends!(
     the_audit_trail_is_read_only,
     the_trail_is_read_only_and_needs_its_own_scope

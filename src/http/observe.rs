@@ -12,7 +12,10 @@ use tracing::Instrument;
 
 /// The FHIR interaction a route template and method stand for.
 pub(super) fn interaction(method: &Method, template: &str) -> &'static str {
-    match (method.as_str(), template) {
+    // The router serves HEAD with the GET route (the body dropped): the
+    // client read, searched… all the same, and is recorded so.
+    let method = if method == Method::HEAD { "GET" } else { method.as_str() };
+    match (method, template) {
         (_, "/fhir/metadata") => "capabilities",
         ("POST", "/fhir" | "/fhir/") => "transaction",
         ("GET", "/fhir" | "/fhir/") | (_, "/fhir/_search") => "search-system",
@@ -81,4 +84,23 @@ pub async fn observe(req: Request, next: Next) -> Response {
         tracing::debug!(parent: &span, status, elapsed, "request done");
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_is_the_interaction_get_is() {
+        for (template, name) in [
+            ("/fhir/{rtype}/{id}", "read"),
+            ("/fhir/{rtype}", "search-type"),
+            ("/fhir", "search-system"),
+            ("/fhir/{rtype}/{id}/_history/{vid}", "vread"),
+        ] {
+            assert_eq!(interaction(&Method::GET, template), name);
+            assert_eq!(interaction(&Method::HEAD, template), name);
+        }
+        assert_eq!(interaction(&Method::POST, "/fhir/{rtype}"), "create");
+    }
 }
