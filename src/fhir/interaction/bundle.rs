@@ -34,7 +34,7 @@ use crate::store::{Store, Version, WriteTx};
 use super::create::create_in;
 use super::delete::delete_in;
 use super::patch::{parse_patch, patch_in};
-use super::update::update_in;
+use super::update::{conditional_update_id, update_in};
 use super::{
     Planned, Reply, conditional_matches, conditional_query, history, index_of, match_create, new_id, parse_etag, read,
     search, status_line,
@@ -83,6 +83,9 @@ enum Op {
 }
 
 struct Entry {
+    /// Its place in `Bundle.entry`, which its errors name: a batch runs
+    /// each entry alone, as the only one of its job.
+    at: usize,
     full_url: Option<String>,
     op: Op,
     /// Create: the id it will get.
@@ -272,6 +275,7 @@ fn parse_entry(base: &str, i: usize, e: &Value) -> Result<Entry, FhirError> {
         }
     };
     Ok(Entry {
+        at: i,
         full_url,
         op,
         new_id: None,
@@ -496,7 +500,8 @@ async fn resolve_conditionals(
     entries: &mut [Entry],
     map: &mut HashMap<String, String>,
 ) -> Result<(), FhirError> {
-    for (i, e) in entries.iter_mut().enumerate() {
+    for e in entries.iter_mut() {
+        let i = e.at;
         match &mut e.op {
             Op::Create { res, cond: Some(cond) } => {
                 if let Some(v) = match_create(tx, rules, res, cond)
@@ -511,23 +516,8 @@ async fn resolve_conditionals(
                 }
             }
             Op::CondUpdate { res, cond, if_match } => {
-                let id = match (
-                    conditional_matches(tx, cond)
-                        .await
-                        .map_err(|err| in_entry(i, err))?
-                        .as_slice(),
-                    res.id(),
-                ) {
-                    ([], Some(body_id)) => body_id.to_string(),
-                    ([], None) => new_id(),
-                    ([(_, matched, _)], _) => matched.clone(),
-                    _ => {
-                        return Err(in_entry(
-                            i,
-                            FhirError::precondition("the conditional update matches more than one resource"),
-                        ));
-                    }
-                };
+                let found = conditional_matches(tx, cond).await.map_err(|err| in_entry(i, err))?;
+                let id = conditional_update_id(&found, res).map_err(|err| in_entry(i, err))?;
                 if let Some(full) = &e.full_url {
                     map.insert(full.clone(), format!("{}/{id}", res.resource_type));
                 }
@@ -571,11 +561,12 @@ async fn resolve_conditionals(
     }
     // Conditional references: `Patient?identifier=…` must match exactly one.
     let mut wanted: Vec<(usize, String)> = Vec::new();
-    for (i, e) in entries.iter_mut().enumerate() {
+    for e in entries.iter_mut() {
+        let at = e.at;
         if let Some(res) = op_resource(&mut e.op) {
             for_each_reference(&mut res.json, &mut |r| {
                 if is_conditional_reference(r) && !map.contains_key(r.as_str()) {
-                    wanted.push((i, r.clone()));
+                    wanted.push((at, r.clone()));
                 }
             });
         }
@@ -623,6 +614,7 @@ async fn plan_and_store(tx: &mut WriteTx, rules: &dyn Rules, entries: &mut [Entr
     order.sort_by_key(|&i| rank(&entries[i].op));
     for i in order {
         let e = &mut entries[i];
+        let at = e.at;
         let index = e.index.take().unwrap_or_default();
         let planned: Option<Planned> = match &e.op {
             Op::Create { res, .. } => match (e.existing.take(), e.new_id.as_deref()) {
@@ -633,19 +625,19 @@ async fn plan_and_store(tx: &mut WriteTx, rules: &dyn Rules, entries: &mut [Entr
                 (None, Some(id)) => Some(
                     create_in(tx, rules, res.clone(), id.to_string(), index, None)
                         .await
-                        .map_err(|err| in_entry(i, err))?,
+                        .map_err(|err| in_entry(at, err))?,
                 ),
                 (None, None) => None,
             },
             Op::Update { res, id, if_match } => Some(
                 update_in(tx, res.clone(), id, index, *if_match)
                     .await
-                    .map_err(|err| in_entry(i, err))?,
+                    .map_err(|err| in_entry(at, err))?,
             ),
             Op::Delete { rtype, id, if_match } => Some(
                 delete_in(tx, rtype, id, *if_match)
                     .await
-                    .map_err(|err| in_entry(i, err))?,
+                    .map_err(|err| in_entry(at, err))?,
             ),
             Op::Patch {
                 rtype,
@@ -655,7 +647,7 @@ async fn plan_and_store(tx: &mut WriteTx, rules: &dyn Rules, entries: &mut [Entr
             } => Some(
                 patch_in(tx, rules, rtype, id, ops, *if_match)
                     .await
-                    .map_err(|err| in_entry(i, err))?,
+                    .map_err(|err| in_entry(at, err))?,
             ),
             Op::CondUpdate { .. } | Op::CondDelete { .. } | Op::Get { .. } => None,
         };
