@@ -284,16 +284,33 @@ fn parse_entry(base: &str, i: usize, e: &Value) -> Result<Entry, FhirError> {
     })
 }
 
-/// What the caller's scopes must grant for an entry (GET entries are
-/// checked by the interaction they run).
-fn check_scopes(caller: &Caller, op: &Op) -> Result<(), FhirError> {
-    match op {
-        Op::Create { res, .. } => caller.require(&res.resource_type, Perm::Create),
-        Op::Update { res, .. } | Op::CondUpdate { res, .. } => caller.require(&res.resource_type, Perm::Update),
-        Op::Delete { rtype, .. } | Op::CondDelete { rtype, .. } => caller.require(rtype, Perm::Delete),
-        Op::Patch { rtype, .. } => caller.require(rtype, Perm::Update),
-        Op::Get { .. } => Ok(()),
-    }
+/// An entry, once the caller may send it: the scopes are checked as soon
+/// as its method and type are read, before its resource, conditions or
+/// `ifMatch` are, as the same request sent alone is checked before its
+/// body; otherwise a client without the scope would hear about its
+/// malformed entry (400) where the request alone gets 403.
+fn admit_entry(base: &str, caller: &Caller, i: usize, e: &Value) -> Result<Entry, FhirError> {
+    let (_, method, url) = entry_request(base, i, e)?;
+    let (_, segs, _) = split_url(url);
+    check_scopes(caller, method, &segs)?;
+    parse_entry(base, i, e)
+}
+
+/// What the caller's scopes must grant for an entry's method and path: what
+/// the route of the same request alone requires (`entry_interaction`).
+/// GET entries are checked by the interaction they run; an entry whose type
+/// cannot be read has nothing to check and is refused by [`parse_entry`].
+fn check_scopes(caller: &Caller, method: &str, segs: &[&str]) -> Result<(), FhirError> {
+    let Some(rtype) = segs.first().filter(|t| Registry::r4().is_resource_type(t)) else {
+        return Ok(());
+    };
+    let perm = match entry_interaction(method, segs) {
+        "create" => Perm::Create,
+        "update" | "patch" => Perm::Update,
+        "delete" => Perm::Delete,
+        _ => return Ok(()),
+    };
+    caller.require(rtype, perm)
 }
 
 /// A PATCH entry carries its JSON Patch as a Binary resource.
@@ -426,8 +443,7 @@ async fn run_transaction(
 ) -> Result<(Vec<Entry>, Transacted), FhirError> {
     let mut entries = Vec::with_capacity(raw.len());
     for (i, e) in raw.iter().enumerate() {
-        let entry = parse_entry(base, i, e).map_err(|err| in_entry(i, err))?;
-        check_scopes(caller, &entry.op).map_err(|err| in_entry(i, err))?;
+        let entry = admit_entry(base, caller, i, e).map_err(|err| in_entry(i, err))?;
         validate_entry(&**rules, i, &entry)?;
         entries.push(entry);
     }
@@ -676,7 +692,7 @@ async fn batch(
     let mut w = BundleWriter::new("batch-response", None, &[]);
     for (i, e) in raw.iter().enumerate() {
         let mark = CommitMark::now();
-        let (reply, is_get) = match parse_entry(input.base, i, e) {
+        let (reply, is_get) = match admit_entry(input.base, caller, i, e) {
             Err(err) => (Err(err), false),
             Ok(entry) => {
                 let is_get = matches!(entry.op, Op::Get { .. });
@@ -707,7 +723,6 @@ async fn run_one(
     base: &str,
     mut entry: Entry,
 ) -> Result<Reply, FhirError> {
-    check_scopes(caller, &entry.op)?;
     if let Op::Get { url } = &entry.op {
         return get(store, caller, base, url).await;
     }
