@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{TestApp, json};
+use common::{TestApp, bearer_client, json, register_client};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -256,9 +256,96 @@ async fn conditional_references_in_a_transaction(app: &TestApp) {
     assert_eq!(obs["performer"][0]["reference"], format!("Patient/{pid}"));
 }
 
+/// The local identifier of a GP practice's patients.
+const IPP: &str = "https://cabinet-dupont.example/ipp";
+
+/// A conditional update whose criteria find one patient but whose body
+/// names another must not overwrite the body's id: alone it gets 400
+/// (R4 http.html#cond-update), and so does the same request in a Bundle.
+async fn a_conditional_update_naming_another_patient_is_refused_in_a_bundle(app: &TestApp) {
+    let r = app
+        .put(
+            "Organization/cabinet-dupont",
+            &json!({"resourceType": "Organization", "id": "cabinet-dupont", "name": "Cabinet du Dr Dupont"}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let gp = bearer_client(
+        &register_client(app.running(), "gp-software", Some("cabinet-dupont"), "system/*.cruds")
+            .await
+            .token,
+    );
+    let send = |method: Method, path: &str, body: &Value| {
+        gp.request(method, app.url(path))
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string())
+            .send()
+    };
+    // The GP's software registered patient A under its local identifier.
+    let a = json!({"resourceType": "Patient", "identifier": [{"system": IPP, "value": "IPP-A"}],
+                   "name": [{"family": "Abalain", "given": ["Anne"]}]});
+    let r = send(Method::POST, "Patient", &a).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let a_id = json(r).await["id"].as_str().unwrap().to_string();
+    // It then sends A's record again by identifier, but with the id of
+    // another patient, B, in the body.
+    let criteria = format!("Patient?identifier={IPP}|IPP-A");
+    let mut b = a.clone();
+    b["id"] = json!("patient-b");
+    b["name"][0]["family"] = json!("Bernard");
+    let alone = send(Method::PUT, &criteria, &b).await.unwrap();
+    assert_eq!(alone.status(), 400, "the request alone");
+    let alone = json(alone).await;
+    assert_eq!(alone["issue"][0]["expression"][0], "Patient.id", "{alone}");
+
+    let a_is_untouched = || async {
+        let r = gp.get(app.url(&format!("Patient/{a_id}"))).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let stored = json(r).await;
+        assert_eq!(stored["meta"]["versionId"], "1", "A keeps its version: {stored}");
+        assert_eq!(stored["name"][0]["family"], "Abalain");
+        // The operator sees every organisation's data: B is nowhere.
+        assert_eq!(app.get("Patient/patient-b").await.status(), 404, "B was not created");
+    };
+
+    // In a batch, the entry fails as the request alone does.
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": b, "request": {"method": "PUT", "url": criteria}}
+    ]});
+    let r = send(Method::POST, "", &batch).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = json(r).await;
+    let response = &r["entry"][0]["response"];
+    assert_eq!(response["status"], "400 Bad Request", "{r}");
+    let issue = &response["outcome"]["issue"][0];
+    assert_eq!(issue["code"], alone["issue"][0]["code"]);
+    assert_eq!(issue["expression"][0], "Bundle.entry[0].resource.id", "{r}");
+    a_is_untouched().await;
+
+    // In a transaction, it fails the whole Bundle: the patient registered
+    // in the same transaction is not stored either.
+    let c = json!({"resourceType": "Patient", "identifier": [{"system": IPP, "value": "IPP-C"}],
+                   "name": [{"family": "Cadiou", "given": ["Claire"]}]});
+    let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": c, "request": {"method": "POST", "url": "Patient"}},
+        {"resource": b, "request": {"method": "PUT", "url": criteria}}
+    ]});
+    let r = send(Method::POST, "", &transaction).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let oo = json(r).await;
+    assert_eq!(oo["issue"][0]["expression"][0], "Bundle.entry[1].resource.id", "{oo}");
+    a_is_untouched().await;
+    let found = json(app.get(&format!("Patient?identifier={IPP}|IPP-C&_summary=count")).await).await;
+    assert_eq!(found["total"], 0, "nothing of the transaction is stored");
+}
+
 on_both_backends!(transaction_stores_and_links, a_transaction_stores_all_and_links_them);
 on_both_backends!(transaction_is_atomic, a_failing_entry_stores_nothing);
 on_both_backends!(batch_entries_are_independent, a_batch_runs_each_entry_on_its_own);
 on_both_backends!(transaction_processing_order, transaction_order_put_delete_and_get);
 on_both_backends!(conditional_interactions, conditional_create_update_delete);
 on_both_backends!(conditional_references, conditional_references_in_a_transaction);
+on_both_backends!(
+    conditional_update_id_mismatch_in_bundles,
+    a_conditional_update_naming_another_patient_is_refused_in_a_bundle
+);

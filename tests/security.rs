@@ -248,7 +248,42 @@ async fn scopes_limit_what_a_client_does(app: &TestApp) {
     assert_eq!(types, ["Patient"]);
 }
 
+/// What a client may do is checked before what it sent is read, in a
+/// Bundle as alone: a client that may only read patients hears 403 for an
+/// Observation it may not create, however malformed.
+async fn a_forbidden_entry_is_refused_before_it_is_read(app: &TestApp) {
+    let reader = register_client(app.running(), "patient-reader", None, "system/Patient.rs").await;
+    let c = bearer_client(&reader.token);
+    let send = |path: &str, body: &Value| {
+        c.post(app.url(path))
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string())
+            .send()
+    };
+    // An Observation without its resourceType.
+    let malformed = json!({"status": "final", "code": {"text": "poids"}});
+    let alone = send("Observation", &malformed).await.unwrap();
+    assert_eq!(alone.status(), StatusCode::FORBIDDEN, "the create alone");
+
+    let entry = json!({"resource": malformed, "request": {"method": "POST", "url": "Observation"}});
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [entry]});
+    let r = send("", &batch).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = json(r).await;
+    assert_eq!(r["entry"][0]["response"]["status"], "403 Forbidden", "{r}");
+    assert_eq!(r["entry"][0]["response"]["outcome"]["issue"][0]["code"], "forbidden");
+
+    let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [entry]});
+    let r = send("", &transaction).await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(json(r).await["issue"][0]["code"], "forbidden");
+}
+
 on_both_backends!(unauthenticated_requests_are_refused, no_token_no_data);
 on_both_backends!(token_endpoint_refusals, the_token_endpoint_refuses_bad_assertions);
 on_both_backends!(rs384_client_assertions, an_rs384_client_gets_a_token);
 on_both_backends!(scopes_are_enforced, scopes_limit_what_a_client_does);
+on_both_backends!(
+    scopes_come_before_the_body,
+    a_forbidden_entry_is_refused_before_it_is_read
+);

@@ -34,7 +34,7 @@ use crate::store::{Store, Version, WriteTx};
 use super::create::create_in;
 use super::delete::delete_in;
 use super::patch::{parse_patch, patch_in};
-use super::update::update_in;
+use super::update::{conditional_update_id, update_in};
 use super::{
     Planned, Reply, conditional_matches, conditional_query, history, index_of, match_create, new_id, parse_etag, read,
     search, status_line,
@@ -83,6 +83,9 @@ enum Op {
 }
 
 struct Entry {
+    /// Its place in `Bundle.entry`, which its errors name: a batch runs
+    /// each entry alone, as the only one of its job.
+    at: usize,
     full_url: Option<String>,
     op: Op,
     /// Create: the id it will get.
@@ -272,6 +275,7 @@ fn parse_entry(base: &str, i: usize, e: &Value) -> Result<Entry, FhirError> {
         }
     };
     Ok(Entry {
+        at: i,
         full_url,
         op,
         new_id: None,
@@ -280,16 +284,33 @@ fn parse_entry(base: &str, i: usize, e: &Value) -> Result<Entry, FhirError> {
     })
 }
 
-/// What the caller's scopes must grant for an entry (GET entries are
-/// checked by the interaction they run).
-fn check_scopes(caller: &Caller, op: &Op) -> Result<(), FhirError> {
-    match op {
-        Op::Create { res, .. } => caller.require(&res.resource_type, Perm::Create),
-        Op::Update { res, .. } | Op::CondUpdate { res, .. } => caller.require(&res.resource_type, Perm::Update),
-        Op::Delete { rtype, .. } | Op::CondDelete { rtype, .. } => caller.require(rtype, Perm::Delete),
-        Op::Patch { rtype, .. } => caller.require(rtype, Perm::Update),
-        Op::Get { .. } => Ok(()),
-    }
+/// An entry, once the caller may send it: the scopes are checked as soon
+/// as its method and type are read, before its resource, conditions or
+/// `ifMatch` are, as the same request sent alone is checked before its
+/// body; otherwise a client without the scope would hear about its
+/// malformed entry (400) where the request alone gets 403.
+fn admit_entry(base: &str, caller: &Caller, i: usize, e: &Value) -> Result<Entry, FhirError> {
+    let (_, method, url) = entry_request(base, i, e)?;
+    let (_, segs, _) = split_url(url);
+    check_scopes(caller, method, &segs)?;
+    parse_entry(base, i, e)
+}
+
+/// What the caller's scopes must grant for an entry's method and path: what
+/// the route of the same request alone requires (`entry_interaction`).
+/// GET entries are checked by the interaction they run; an entry whose type
+/// cannot be read has nothing to check and is refused by [`parse_entry`].
+fn check_scopes(caller: &Caller, method: &str, segs: &[&str]) -> Result<(), FhirError> {
+    let Some(rtype) = segs.first().filter(|t| Registry::r4().is_resource_type(t)) else {
+        return Ok(());
+    };
+    let perm = match entry_interaction(method, segs) {
+        "create" => Perm::Create,
+        "update" | "patch" => Perm::Update,
+        "delete" => Perm::Delete,
+        _ => return Ok(()),
+    };
+    caller.require(rtype, perm)
 }
 
 /// A PATCH entry carries its JSON Patch as a Binary resource.
@@ -422,8 +443,7 @@ async fn run_transaction(
 ) -> Result<(Vec<Entry>, Transacted), FhirError> {
     let mut entries = Vec::with_capacity(raw.len());
     for (i, e) in raw.iter().enumerate() {
-        let entry = parse_entry(base, i, e).map_err(|err| in_entry(i, err))?;
-        check_scopes(caller, &entry.op).map_err(|err| in_entry(i, err))?;
+        let entry = admit_entry(base, caller, i, e).map_err(|err| in_entry(i, err))?;
         validate_entry(&**rules, i, &entry)?;
         entries.push(entry);
     }
@@ -496,7 +516,8 @@ async fn resolve_conditionals(
     entries: &mut [Entry],
     map: &mut HashMap<String, String>,
 ) -> Result<(), FhirError> {
-    for (i, e) in entries.iter_mut().enumerate() {
+    for e in entries.iter_mut() {
+        let i = e.at;
         match &mut e.op {
             Op::Create { res, cond: Some(cond) } => {
                 if let Some(v) = match_create(tx, rules, res, cond)
@@ -511,23 +532,8 @@ async fn resolve_conditionals(
                 }
             }
             Op::CondUpdate { res, cond, if_match } => {
-                let id = match (
-                    conditional_matches(tx, cond)
-                        .await
-                        .map_err(|err| in_entry(i, err))?
-                        .as_slice(),
-                    res.id(),
-                ) {
-                    ([], Some(body_id)) => body_id.to_string(),
-                    ([], None) => new_id(),
-                    ([(_, matched, _)], _) => matched.clone(),
-                    _ => {
-                        return Err(in_entry(
-                            i,
-                            FhirError::precondition("the conditional update matches more than one resource"),
-                        ));
-                    }
-                };
+                let found = conditional_matches(tx, cond).await.map_err(|err| in_entry(i, err))?;
+                let id = conditional_update_id(&found, res).map_err(|err| in_entry(i, err))?;
                 if let Some(full) = &e.full_url {
                     map.insert(full.clone(), format!("{}/{id}", res.resource_type));
                 }
@@ -571,11 +577,12 @@ async fn resolve_conditionals(
     }
     // Conditional references: `Patient?identifier=…` must match exactly one.
     let mut wanted: Vec<(usize, String)> = Vec::new();
-    for (i, e) in entries.iter_mut().enumerate() {
+    for e in entries.iter_mut() {
+        let at = e.at;
         if let Some(res) = op_resource(&mut e.op) {
             for_each_reference(&mut res.json, &mut |r| {
                 if is_conditional_reference(r) && !map.contains_key(r.as_str()) {
-                    wanted.push((i, r.clone()));
+                    wanted.push((at, r.clone()));
                 }
             });
         }
@@ -623,6 +630,7 @@ async fn plan_and_store(tx: &mut WriteTx, rules: &dyn Rules, entries: &mut [Entr
     order.sort_by_key(|&i| rank(&entries[i].op));
     for i in order {
         let e = &mut entries[i];
+        let at = e.at;
         let index = e.index.take().unwrap_or_default();
         let planned: Option<Planned> = match &e.op {
             Op::Create { res, .. } => match (e.existing.take(), e.new_id.as_deref()) {
@@ -633,19 +641,19 @@ async fn plan_and_store(tx: &mut WriteTx, rules: &dyn Rules, entries: &mut [Entr
                 (None, Some(id)) => Some(
                     create_in(tx, rules, res.clone(), id.to_string(), index, None)
                         .await
-                        .map_err(|err| in_entry(i, err))?,
+                        .map_err(|err| in_entry(at, err))?,
                 ),
                 (None, None) => None,
             },
             Op::Update { res, id, if_match } => Some(
                 update_in(tx, res.clone(), id, index, *if_match)
                     .await
-                    .map_err(|err| in_entry(i, err))?,
+                    .map_err(|err| in_entry(at, err))?,
             ),
             Op::Delete { rtype, id, if_match } => Some(
                 delete_in(tx, rtype, id, *if_match)
                     .await
-                    .map_err(|err| in_entry(i, err))?,
+                    .map_err(|err| in_entry(at, err))?,
             ),
             Op::Patch {
                 rtype,
@@ -655,7 +663,7 @@ async fn plan_and_store(tx: &mut WriteTx, rules: &dyn Rules, entries: &mut [Entr
             } => Some(
                 patch_in(tx, rules, rtype, id, ops, *if_match)
                     .await
-                    .map_err(|err| in_entry(i, err))?,
+                    .map_err(|err| in_entry(at, err))?,
             ),
             Op::CondUpdate { .. } | Op::CondDelete { .. } | Op::Get { .. } => None,
         };
@@ -684,7 +692,7 @@ async fn batch(
     let mut w = BundleWriter::new("batch-response", None, &[]);
     for (i, e) in raw.iter().enumerate() {
         let mark = CommitMark::now();
-        let (reply, is_get) = match parse_entry(input.base, i, e) {
+        let (reply, is_get) = match admit_entry(input.base, caller, i, e) {
             Err(err) => (Err(err), false),
             Ok(entry) => {
                 let is_get = matches!(entry.op, Op::Get { .. });
@@ -715,7 +723,6 @@ async fn run_one(
     base: &str,
     mut entry: Entry,
 ) -> Result<Reply, FhirError> {
-    check_scopes(caller, &entry.op)?;
     if let Op::Get { url } = &entry.op {
         return get(store, caller, base, url).await;
     }

@@ -140,25 +140,31 @@ pub async fn conditional_update(
         .write(caller.visibility(), move |tx| {
             Box::pin(async move {
                 let found = conditional_matches(tx, &cond).await?;
-                let id = match (found.as_slice(), res.id()) {
-                    ([], Some(body_id)) => body_id.to_string(),
-                    ([], None) => new_id(),
-                    ([(_, matched, _)], Some(body_id)) if body_id != matched => {
-                        return Err(FhirError::invalid(format!(
-                            "the criteria match {matched} but the resource id is '{body_id}'"
-                        ))
-                        .at(format!("{}.id", res.resource_type)));
-                    }
-                    ([(_, matched, _)], _) => matched.clone(),
-                    _ => {
-                        return Err(FhirError::precondition(
-                            "the conditional update matches more than one resource",
-                        ));
-                    }
-                };
+                let id = conditional_update_id(&found, &res)?;
                 let planned = update_in(tx, res, &id, index, if_match).await?;
                 commit_one(tx, &*rules, planned).await
             })
         })
         .await
+}
+
+/// The id a conditional update writes, given what its criteria matched
+/// ([`conditional_matches`]): the one match, unless the body names another
+/// resource (400, R4 http.html#cond-update: writing the match would
+/// silently overwrite the id the client sent); with no match, the body's id
+/// (update as create) or a new one; several matches are a 412. A Bundle
+/// entry decides with this too, so that it ends as the request alone does.
+pub fn conditional_update_id(found: &[(String, String, i64)], res: &Resource) -> Result<String, FhirError> {
+    match (found, res.id()) {
+        ([], Some(body_id)) => Ok(body_id.to_string()),
+        ([], None) => Ok(new_id()),
+        ([(_, matched, _)], Some(body_id)) if body_id != matched => Err(FhirError::invalid(format!(
+            "the criteria match {matched} but the resource id is '{body_id}'"
+        ))
+        .at(format!("{}.id", res.resource_type))),
+        ([(_, matched, _)], _) => Ok(matched.clone()),
+        _ => Err(FhirError::precondition(
+            "the conditional update matches more than one resource",
+        )),
+    }
 }
