@@ -344,13 +344,14 @@ async fn org_client(app: &TestApp, id: &str, org: &str) -> Client {
 
 /// Creates `resource` as `client`; its id.
 async fn create_as(app: &TestApp, client: &Client, resource: &Value) -> String {
-    let r = client
-        .post(app.url(resource["resourceType"].as_str().unwrap()))
-        .header("content-type", "application/fhir+json")
-        .body(resource.to_string())
-        .send()
-        .await
-        .unwrap();
+    let r = app
+        .send_as(
+            client,
+            Method::POST,
+            resource["resourceType"].as_str().unwrap(),
+            resource,
+        )
+        .await;
     assert_eq!(r.status(), 201);
     json(r).await["id"].as_str().unwrap().to_string()
 }
@@ -405,13 +406,7 @@ async fn each_get_entry_of_a_bundle_is_audited(app: &TestApp) {
         .iter()
         .map(|u| json!({"request": {"method": "GET", "url": u}}))
         .collect::<Vec<_>>()});
-    let r = a
-        .post(app.url(""))
-        .header("content-type", "application/fhir+json")
-        .body(batch.to_string())
-        .send()
-        .await
-        .unwrap();
+    let r = app.send_as(&a, Method::POST, "", &batch).await;
     assert_eq!(r.status(), 200);
     let statuses: Vec<String> = json(r).await["entry"]
         .as_array()
@@ -521,13 +516,7 @@ async fn each_get_entry_of_a_bundle_is_audited(app: &TestApp) {
          "request": {"method": "POST", "url": "Observation"}},
         {"request": {"method": "GET", "url": format!("Patient/{pa}")}}
     ]});
-    let r = a
-        .post(app.url(""))
-        .header("content-type", "application/fhir+json")
-        .body(tx.to_string())
-        .send()
-        .await
-        .unwrap();
+    let r = app.send_as(&a, Method::POST, "", &tx).await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         events(app, &auditor, &format!("subtype=transaction&{of_a}"))
@@ -564,13 +553,7 @@ async fn each_write_entry_of_a_batch_is_audited(app: &TestApp) {
         {"resource": known, "request": {"method": "POST", "url": "Patient",
                                         "ifNoneExist": "identifier=urn:test:local|known"}}
     ]});
-    let r = a
-        .post(app.url(""))
-        .header("content-type", "application/fhir+json")
-        .body(batch.to_string())
-        .send()
-        .await
-        .unwrap();
+    let r = app.send_as(&a, Method::POST, "", &batch).await;
     assert_eq!(r.status(), 200);
     let responses: Vec<Value> = json(r).await["entry"]
         .as_array()

@@ -275,16 +275,10 @@ async fn a_conditional_update_naming_another_patient_is_refused_in_a_bundle(app:
             .await
             .token,
     );
-    let send = |method: Method, path: &str, body: &Value| {
-        gp.request(method, app.url(path))
-            .header("content-type", "application/fhir+json")
-            .body(body.to_string())
-            .send()
-    };
     // The GP's software registered patient A under its local identifier.
     let a = json!({"resourceType": "Patient", "identifier": [{"system": IPP, "value": "IPP-A"}],
                    "name": [{"family": "Abalain", "given": ["Anne"]}]});
-    let r = send(Method::POST, "Patient", &a).await.unwrap();
+    let r = app.send_as(&gp, Method::POST, "Patient", &a).await;
     assert_eq!(r.status(), 201);
     let a_id = json(r).await["id"].as_str().unwrap().to_string();
     // It then sends A's record again by identifier, but with the id of
@@ -293,7 +287,7 @@ async fn a_conditional_update_naming_another_patient_is_refused_in_a_bundle(app:
     let mut b = a.clone();
     b["id"] = json!("patient-b");
     b["name"][0]["family"] = json!("Bernard");
-    let alone = send(Method::PUT, &criteria, &b).await.unwrap();
+    let alone = app.send_as(&gp, Method::PUT, &criteria, &b).await;
     assert_eq!(alone.status(), 400, "the request alone");
     let alone = json(alone).await;
     assert_eq!(alone["issue"][0]["expression"][0], "Patient.id", "{alone}");
@@ -312,7 +306,7 @@ async fn a_conditional_update_naming_another_patient_is_refused_in_a_bundle(app:
     let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
         {"resource": b, "request": {"method": "PUT", "url": criteria}}
     ]});
-    let r = send(Method::POST, "", &batch).await.unwrap();
+    let r = app.send_as(&gp, Method::POST, "", &batch).await;
     assert_eq!(r.status(), 200);
     let r = json(r).await;
     let response = &r["entry"][0]["response"];
@@ -330,7 +324,7 @@ async fn a_conditional_update_naming_another_patient_is_refused_in_a_bundle(app:
         {"resource": c, "request": {"method": "POST", "url": "Patient"}},
         {"resource": b, "request": {"method": "PUT", "url": criteria}}
     ]});
-    let r = send(Method::POST, "", &transaction).await.unwrap();
+    let r = app.send_as(&gp, Method::POST, "", &transaction).await;
     assert_eq!(r.status(), 400);
     let oo = json(r).await;
     assert_eq!(oo["issue"][0]["expression"][0], "Bundle.entry[1].resource.id", "{oo}");

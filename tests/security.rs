@@ -7,7 +7,7 @@ mod common;
 use base64::Engine;
 use common::{TestApp, bearer_client, json, register_client, token_endpoint};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-use reqwest::{Client, StatusCode};
+use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
 
 fn now() -> u64 {
@@ -254,27 +254,21 @@ async fn scopes_limit_what_a_client_does(app: &TestApp) {
 async fn a_forbidden_entry_is_refused_before_it_is_read(app: &TestApp) {
     let reader = register_client(app.running(), "patient-reader", None, "system/Patient.rs").await;
     let c = bearer_client(&reader.token);
-    let send = |path: &str, body: &Value| {
-        c.post(app.url(path))
-            .header("content-type", "application/fhir+json")
-            .body(body.to_string())
-            .send()
-    };
     // An Observation without its resourceType.
     let malformed = json!({"status": "final", "code": {"text": "poids"}});
-    let alone = send("Observation", &malformed).await.unwrap();
+    let alone = app.send_as(&c, Method::POST, "Observation", &malformed).await;
     assert_eq!(alone.status(), StatusCode::FORBIDDEN, "the create alone");
 
     let entry = json!({"resource": malformed, "request": {"method": "POST", "url": "Observation"}});
     let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [entry]});
-    let r = send("", &batch).await.unwrap();
+    let r = app.send_as(&c, Method::POST, "", &batch).await;
     assert_eq!(r.status(), StatusCode::OK);
     let r = json(r).await;
     assert_eq!(r["entry"][0]["response"]["status"], "403 Forbidden", "{r}");
     assert_eq!(r["entry"][0]["response"]["outcome"]["issue"][0]["code"], "forbidden");
 
     let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [entry]});
-    let r = send("", &transaction).await.unwrap();
+    let r = app.send_as(&c, Method::POST, "", &transaction).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert_eq!(json(r).await["issue"][0]["code"], "forbidden");
 }

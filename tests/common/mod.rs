@@ -215,6 +215,17 @@ impl TestApp {
             .expect("request")
     }
 
+    /// Sends FHIR JSON as another client (its own token, its organisation).
+    pub async fn send_as(&self, client: &Client, method: Method, path: &str, body: &Value) -> Response {
+        client
+            .request(method, self.url(path))
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("request")
+    }
+
     pub async fn delete(&self, path: &str) -> Response {
         self.req(Method::DELETE, path).send().await.expect("request")
     }
