@@ -17,11 +17,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::SqlitePool;
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 
-use super::exec::Conn;
+use super::trail_file::TrailFile;
 use super::{AuditRecord, StoreError, Visibility, Writer};
 
 /// Builds the records to store, off the request's path (it may cost CPU).
@@ -69,8 +68,8 @@ const LOOK_EVERY: Duration = Duration::from_millis(20);
 pub enum Sink {
     /// The writer's transactions (PostgreSQL).
     Writer(Arc<Writer>),
-    /// The trail file (SQLite), one connection.
-    Trail(SqlitePool),
+    /// The trail file (SQLite), one connection of its own.
+    Trail(Arc<TrailFile>),
 }
 
 impl Sink {
@@ -81,32 +80,49 @@ impl Sink {
         }
     }
 
-    async fn store(&self, records: Vec<AuditRecord>) -> Result<(), StoreError> {
+    /// Builds the records of `makes` and stores them: how many, or how
+    /// many were lost and why.
+    async fn store(&self, makes: Vec<Deferred>) -> Result<usize, (usize, StoreError)> {
         match self {
             Sink::Writer(writer) => {
-                writer
-                    .submit(Visibility::All, move |tx| {
-                        Box::pin(async move {
-                            tx.put_audit(records);
-                            Ok::<_, StoreError>(())
-                        })
-                    })
+                // Building a batch is CPU work of milliseconds: not on the
+                // threads that answer requests.
+                let records = tokio::task::spawn_blocking(move || build(makes))
                     .await
+                    .map_err(|e| (0, StoreError::Commit(format!("building detached records: {e}"))))?;
+                let n = records.len();
+                if n > 0 {
+                    writer
+                        .submit(Visibility::All, move |tx| {
+                            Box::pin(async move {
+                                tx.put_audit(records);
+                                Ok::<_, StoreError>(())
+                            })
+                        })
+                        .await
+                        .map_err(|e| (n, e))?;
+                }
+                Ok(n)
             }
-            Sink::Trail(pool) => {
-                // Rolled back when dropped on an error.
-                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                super::audit::put(&mut Conn::Sqlite(&mut tx), records).await?;
-                Ok(tx.commit().await?)
+            Sink::Trail(file) => {
+                // Built and stored on one blocking thread, not on the
+                // threads that answer requests.
+                let file = file.clone();
+                tokio::task::spawn_blocking(move || {
+                    let records = build(makes);
+                    file.put(&records)
+                        .map(|()| records.len())
+                        .map_err(|e| (records.len(), e))
+                })
+                .await
+                .map_err(|e| (0, StoreError::Commit(format!("storing detached records: {e}"))))?
             }
         }
     }
+}
 
-    async fn close(&self) {
-        if let Sink::Trail(pool) = self {
-            pool.close().await;
-        }
-    }
+fn build(makes: Vec<Deferred>) -> Vec<AuditRecord> {
+    makes.into_iter().flat_map(|m| m()).collect()
 }
 
 pub struct Detached {
@@ -157,25 +173,14 @@ async fn run(sink: Sink, mut rx: mpsc::Receiver<Deferred>) {
                 Err(_) => break,
             }
         }
-        // Building a batch is CPU work of milliseconds: not on the threads
-        // that answer requests.
         let makes = std::mem::replace(&mut batch, Vec::with_capacity(max_batch));
-        let records: Vec<AuditRecord> =
-            tokio::task::spawn_blocking(move || makes.into_iter().flat_map(|m| m()).collect())
-                .await
-                .unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "building detached records failed");
-                    Vec::new()
-                });
-        if records.is_empty() {
-            continue;
-        }
-        let n = records.len();
-        metrics::histogram!("apa_store_detached_batch_size").record(n as f64);
-        if let Err(e) = sink.store(records).await {
-            metrics::counter!("apa_store_detached_lost_total").increment(n as u64);
-            tracing::error!(error = %e, records = n, "detached records could not be stored");
+        match sink.store(makes).await {
+            Ok(0) => {}
+            Ok(n) => metrics::histogram!("apa_store_detached_batch_size").record(n as f64),
+            Err((n, e)) => {
+                metrics::counter!("apa_store_detached_lost_total").increment(n as u64);
+                tracing::error!(error = %e, records = n, "detached records could not be stored");
+            }
         }
     }
-    sink.close().await;
 }

@@ -13,6 +13,7 @@ mod nodelay;
 mod reindex;
 mod rows;
 mod sql;
+mod trail_file;
 mod writer;
 
 use std::str::FromStr;
@@ -51,6 +52,9 @@ pub enum StoreError {
     Commit(String),
     #[error("invalid database URL: {0}")]
     Config(String),
+    /// The trail file (SQLite), written outside sqlx (`trail_file.rs`).
+    #[error("audit trail file: {0}")]
+    Trail(#[from] rusqlite::Error),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -312,14 +316,15 @@ impl Store {
                 add_missing_columns_sqlite(&mut c).await?;
             }
             // The records of requests that changed nothing (detached.rs),
-            // committed about once a second, durable like the rest: the
-            // writer's settings, with a smaller cache.
+            // committed about once a second, durable like the rest, by a
+            // connection of its own (trail_file.rs).
             let trail = trail_path(path);
-            let trail_pool = SqlitePoolOptions::new()
-                .max_connections(1)
-                .connect_with(writer_opts.filename(&trail).pragma("cache_size", "-16000"))
-                .await?;
-            sqlx::raw_sql(SQLITE_AUDIT_SCHEMA).execute(&trail_pool).await?;
+            let trail_file = {
+                let trail = trail.clone();
+                tokio::task::spawn_blocking(move || trail_file::TrailFile::open(&trail))
+                    .await
+                    .map_err(|e| StoreError::Commit(format!("opening the trail file: {e}")))??
+            };
             // Readers map the database file (up to 1 GiB) instead of
             // copying its pages into each connection's cache: every commit
             // empties the caches of all readers (SQLite cannot tell which
@@ -344,7 +349,7 @@ impl Store {
                 inner: Arc::new(Inner {
                     pool: Pool::Sqlite(read_pool),
                     writer: Arc::new(Writer::start_sqlite(write_pool)),
-                    detached: Detached::start(Sink::Trail(trail_pool)),
+                    detached: Detached::start(Sink::Trail(Arc::new(trail_file))),
                 }),
             })
         } else {
