@@ -264,7 +264,11 @@ pub async fn search(
     restrict(&mut f, vis);
     let (cmp, dir) = if q.descending { ("<", "DESC") } else { (">", "ASC") };
     if let Some((recorded, id)) = &q.after {
-        f.push(&format!(" AND (e.recorded {cmp} "))
+        // The first term bounds the index range; the OR alone would make
+        // the database read every event on the far side of the cursor.
+        f.push(&format!(" AND e.recorded {cmp}= "))
+            .bind(Bind::I64(*recorded))
+            .push(&format!(" AND (e.recorded {cmp} "))
             .bind(Bind::I64(*recorded))
             .push(" OR (e.recorded = ")
             .bind(Bind::I64(*recorded))

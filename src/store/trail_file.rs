@@ -84,3 +84,55 @@ impl TrailFile {
         Ok(tx.commit()?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn indexes(conn: &Connection) -> Vec<String> {
+        let mut s = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'audit_event' AND sql IS NOT NULL ORDER BY name")
+            .unwrap();
+        s.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    }
+
+    #[test]
+    fn a_trail_file_of_an_earlier_release_gets_the_slimmer_indexes_and_keeps_its_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("apa-trail.db");
+        let path = path.to_str().unwrap();
+        {
+            // The indexes as releases before 2026-11 made them.
+            let old = Connection::open(path).unwrap();
+            old.execute_batch(
+                "CREATE TABLE audit_event (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, recorded INTEGER NOT NULL,
+                   client TEXT, patient TEXT, subtype TEXT NOT NULL, action TEXT NOT NULL, outcome TEXT NOT NULL,
+                   network TEXT, detail BLOB NOT NULL);
+                 CREATE INDEX audit_event_recorded ON audit_event (recorded, id);
+                 CREATE INDEX audit_event_patient ON audit_event (patient, recorded, id) WHERE patient IS NOT NULL;
+                 CREATE INDEX audit_event_client ON audit_event (client, recorded, id) WHERE client IS NOT NULL;
+                 INSERT INTO audit_event (id, recorded, client, patient, subtype, action, outcome, detail)
+                   VALUES ('e1', 1, 'c', 'p', 'read', 'R', '0', x'7b7d');",
+            )
+            .unwrap();
+        }
+        let file = TrailFile::open(path).unwrap();
+        let conn = file.conn.lock().unwrap();
+        assert_eq!(
+            indexes(&conn),
+            ["audit_event_at", "audit_event_of_client", "audit_event_of_patient"]
+        );
+        let plan: String = conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT id FROM audit_event WHERE patient = 'p' ORDER BY recorded, id",
+                [],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("audit_event_of_patient"), "{plan}");
+        let kept: i64 = conn
+            .query_row("SELECT COUNT(*) FROM audit_event WHERE patient = 'p'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(kept, 1);
+    }
+}
