@@ -402,7 +402,7 @@ impl Store {
         vis: &Visibility,
     ) -> Result<Option<Version>, StoreError> {
         let mut f = Frag::new(rows::VERSION_COLUMNS);
-        f.push(rows::patients_column(self.dialect()))
+        f.push(rows::patients_column(self.dialect(), resource_type))
             .push(" FROM resource r JOIN resource_version v ON v.pk = r.pk WHERE r.rtype = ")
             .bind(Bind::Text(resource_type.into()))
             .push(" AND r.id = ")

@@ -19,10 +19,12 @@ pub const VERSION_COLUMNS: &str = "SELECT v.pk, v.vpk, v.rtype, r.id, v.version,
 /// (its compartment rows, space-separated: ids have no spaces), for the
 /// audit record of a read. One probe of the `resource_patient` key, where
 /// parsing the body again to find them cost more than the read itself
-/// spent in the database.
-pub fn patients_column(dialect: Dialect) -> &'static str {
+/// spent in the database. None for a Patient: its patient is itself, and
+/// the probe costs a read about a quarter of its instructions on the
+/// database connection (callgrind, docs/benchmark.md).
+pub fn patients_column(dialect: Dialect, rtype: &str) -> &'static str {
     // Only the audit trail needs them (docs/benchmark.md).
-    if cfg!(feature = "unaudited-baseline") {
+    if cfg!(feature = "unaudited-baseline") || rtype == "Patient" {
         return "";
     }
     match dialect {
@@ -69,7 +71,7 @@ pub async fn read_current(
     vis: &Visibility,
 ) -> Result<Option<Version>, StoreError> {
     let mut f = Frag::new(VERSION_COLUMNS);
-    f.push(patients_column(c.dialect()))
+    f.push(patients_column(c.dialect(), rtype))
         .push(" FROM resource r JOIN resource_version v ON v.pk = r.pk AND v.version = r.version WHERE r.rtype = ")
         .bind(Bind::Text(rtype.into()))
         .push(" AND r.id = ")
