@@ -81,15 +81,17 @@ impl Sink {
     }
 
     /// Builds the records of `makes` and stores them: how many, or how
-    /// many were lost and why.
+    /// many were lost and why (at least one a request when building
+    /// panicked).
     async fn store(&self, makes: Vec<Deferred>) -> Result<usize, (usize, StoreError)> {
         match self {
             Sink::Writer(writer) => {
+                let queued = makes.len();
                 // Building a batch is CPU work of milliseconds: not on the
                 // threads that answer requests.
                 let records = tokio::task::spawn_blocking(move || build(makes))
                     .await
-                    .map_err(|e| (0, StoreError::Commit(format!("building detached records: {e}"))))?;
+                    .map_err(|e| (queued, StoreError::Commit(format!("building detached records: {e}"))))?;
                 let n = records.len();
                 if n > 0 {
                     writer
@@ -107,7 +109,7 @@ impl Sink {
             Sink::Trail(file) => {
                 // Built and stored on one blocking thread, not on the
                 // threads that answer requests.
-                let file = file.clone();
+                let (file, queued) = (file.clone(), makes.len());
                 tokio::task::spawn_blocking(move || {
                     let records = build(makes);
                     file.put(&records)
@@ -115,7 +117,7 @@ impl Sink {
                         .map_err(|e| (records.len(), e))
                 })
                 .await
-                .map_err(|e| (0, StoreError::Commit(format!("storing detached records: {e}"))))?
+                .map_err(|e| (queued, StoreError::Commit(format!("storing detached records: {e}"))))?
             }
         }
     }
