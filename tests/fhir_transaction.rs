@@ -333,6 +333,65 @@ async fn a_conditional_update_naming_another_patient_is_refused_in_a_bundle(app:
     assert_eq!(found["total"], 0, "nothing of the transaction is stored");
 }
 
+/// R4 (3.1.0.11.2): a transaction fails when two entries write the same
+/// resource, conditional ones included once resolved. A conditional update
+/// and a plain update of the same patient must not both apply, one over
+/// the other, in an order the client cannot see.
+async fn a_conditional_write_may_not_target_a_resource_another_entry_writes(app: &TestApp) {
+    let a = json!({"resourceType": "Patient", "identifier": [{"system": IPP, "value": "IPP-D"}],
+                   "name": [{"family": "Derrien", "given": ["Denise"]}]});
+    let r = app.post("Patient", &a).await;
+    assert_eq!(r.status(), 201);
+    let id = json(r).await["id"].as_str().unwrap().to_string();
+    let criteria = format!("Patient?identifier={IPP}|IPP-D");
+    let renamed = |family: &str| {
+        let mut p = a.clone();
+        p["id"] = json!(id);
+        p["name"][0]["family"] = json!(family);
+        p
+    };
+    let is_untouched = || async {
+        let stored = json(app.get(&format!("Patient/{id}")).await).await;
+        assert_eq!(stored["meta"]["versionId"], "1", "{stored}");
+        assert_eq!(stored["name"][0]["family"], "Derrien");
+    };
+
+    // A conditional update that finds the patient a plain update writes.
+    let both_updates = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": renamed("Le Gall"), "request": {"method": "PUT", "url": format!("Patient/{id}")}},
+        {"resource": renamed("Le Bihan"), "request": {"method": "PUT", "url": criteria}}
+    ]});
+    let r = app.post("", &both_updates).await;
+    assert_eq!(r.status(), 400);
+    let oo = json(r).await;
+    assert_eq!(oo["issue"][0]["expression"][0], "Bundle.entry[1]", "{oo}");
+    let said = oo["issue"][0]["diagnostics"].as_str().unwrap();
+    assert!(
+        said.contains(&format!("Patient/{id} is the target of more than one entry")),
+        "{said}"
+    );
+    is_untouched().await;
+
+    // A conditional delete of the patient a plain update writes.
+    let update_and_delete = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": renamed("Le Gall"), "request": {"method": "PUT", "url": format!("Patient/{id}")}},
+        {"request": {"method": "DELETE", "url": criteria}}
+    ]});
+    let r = app.post("", &update_and_delete).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(json(r).await["issue"][0]["expression"][0], "Bundle.entry[1]");
+    is_untouched().await;
+
+    // Each alone still works: the conditional update writes version 2.
+    let one = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": renamed("Le Bihan"), "request": {"method": "PUT", "url": criteria}}
+    ]});
+    assert_eq!(app.post("", &one).await.status(), 200);
+    let stored = json(app.get(&format!("Patient/{id}")).await).await;
+    assert_eq!(stored["meta"]["versionId"], "2");
+    assert_eq!(stored["name"][0]["family"], "Le Bihan");
+}
+
 on_both_backends!(transaction_stores_and_links, a_transaction_stores_all_and_links_them);
 on_both_backends!(transaction_is_atomic, a_failing_entry_stores_nothing);
 on_both_backends!(batch_entries_are_independent, a_batch_runs_each_entry_on_its_own);
@@ -342,4 +401,8 @@ on_both_backends!(conditional_references, conditional_references_in_a_transactio
 on_both_backends!(
     conditional_update_id_mismatch_in_bundles,
     a_conditional_update_naming_another_patient_is_refused_in_a_bundle
+);
+on_both_backends!(
+    conditional_write_of_another_entry_target,
+    a_conditional_write_may_not_target_a_resource_another_entry_writes
 );

@@ -447,7 +447,8 @@ async fn run_transaction(
         validate_entry(&**rules, i, &entry)?;
         entries.push(entry);
     }
-    // One resource may be the target of one entry only (R4 3.1.0.11.2).
+    // One resource may be the target of one entry only (R4 3.1.0.11.2),
+    // conditional ones included once resolved (`resolve_conditionals`).
     let mut targets: HashSet<String> = HashSet::new();
     let mut map: HashMap<String, String> = HashMap::new();
     let mut conditional = false;
@@ -469,11 +470,8 @@ async fn run_transaction(
             Op::Get { .. } => None,
         };
         if let Some(t) = target {
-            if !matches!(e.op, Op::Create { .. }) && !targets.insert(t.clone()) {
-                return Err(in_entry(
-                    i,
-                    FhirError::invalid(format!("{t} is the target of more than one entry")),
-                ));
+            if !matches!(e.op, Op::Create { .. }) {
+                target_once(&mut targets, i, &t)?;
             }
             if let Some(full) = &e.full_url {
                 map.insert(full.clone(), t);
@@ -492,9 +490,9 @@ async fn run_transaction(
     store
         .write(caller.visibility(), move |tx| {
             Box::pin(async move {
-                let mut entries = entries;
+                let (mut entries, mut targets) = (entries, targets);
                 if conditional {
-                    resolve_conditionals(tx, &*job_rules, &mut entries, &mut map).await?;
+                    resolve_conditionals(tx, &*job_rules, &mut entries, &mut map, &mut targets).await?;
                     rewrite_and_index(&mut entries, &map);
                 }
                 let done = plan_and_store(tx, &*job_rules, &mut entries).await?;
@@ -507,14 +505,30 @@ async fn run_transaction(
         .await
 }
 
+/// Notes `target` (`Type/id`) as written by entry `i`: a 400 if another
+/// entry writes it already.
+fn target_once(targets: &mut HashSet<String>, i: usize, target: &str) -> Result<(), FhirError> {
+    if targets.insert(target.to_string()) {
+        Ok(())
+    } else {
+        Err(in_entry(
+            i,
+            FhirError::invalid(format!("{target} is the target of more than one entry")),
+        ))
+    }
+}
+
 /// Conditional creates, updates, deletes and references are looked up
 /// inside the transaction, so that what they match cannot change before
-/// the commit.
+/// the commit. A conditional update or delete that matched a resource
+/// another entry writes fails the transaction, as a plain one would
+/// (`targets`: those of the other entries).
 async fn resolve_conditionals(
     tx: &mut WriteTx,
     rules: &dyn Rules,
     entries: &mut [Entry],
     map: &mut HashMap<String, String>,
+    targets: &mut HashSet<String>,
 ) -> Result<(), FhirError> {
     for e in entries.iter_mut() {
         let i = e.at;
@@ -534,6 +548,7 @@ async fn resolve_conditionals(
             Op::CondUpdate { res, cond, if_match } => {
                 let found = conditional_matches(tx, cond).await.map_err(|err| in_entry(i, err))?;
                 let id = conditional_update_id(&found, res).map_err(|err| in_entry(i, err))?;
+                target_once(targets, i, &format!("{}/{id}", res.resource_type))?;
                 if let Some(full) = &e.full_url {
                     map.insert(full.clone(), format!("{}/{id}", res.resource_type));
                 }
@@ -558,6 +573,7 @@ async fn resolve_conditionals(
                 {
                     [] => e.op = Op::Get { url: String::new() },
                     [(_, id, _)] => {
+                        target_once(targets, i, &format!("{rtype}/{id}"))?;
                         e.op = Op::Delete {
                             rtype: rtype.clone(),
                             id: id.clone(),
@@ -740,8 +756,9 @@ async fn run_one(
         .write(caller.visibility(), move |tx| {
             Box::pin(async move {
                 let mut one = [entry];
-                let mut map = HashMap::new();
-                resolve_conditionals(tx, &*rules, &mut one, &mut map).await?;
+                // A batch entry is a Bundle of its own: no other targets.
+                let (mut map, mut targets) = (HashMap::new(), HashSet::new());
+                resolve_conditionals(tx, &*rules, &mut one, &mut map, &mut targets).await?;
                 let mut done = plan_and_store(tx, &*rules, &mut one).await?;
                 Ok(done.replies.pop().flatten().unwrap_or_else(|| Reply::empty(204)))
             })
