@@ -131,7 +131,8 @@ async fn a_batch_runs_each_entry_on_its_own(app: &TestApp) {
             {"resource": {"resourceType": "Patient", "active": true}, "request": {"method": "POST", "url": "Patient"}},
             {"request": {"method": "GET", "url": "Patient/does-not-exist"}},
             {"resource": {"resourceType": "Patient", "id": "x"}, "request": {"method": "PUT", "url": "Observation/x"}},
-            {"request": {"method": "GET", "url": "metadata-nope/1/2/3/4"}}
+            {"request": {"method": "GET", "url": "metadata-nope/1/2/3/4"}},
+            {"resource": {"resourceType": "Patient", "gender": "sometimes"}, "request": {"method": "POST", "url": "Patient"}}
         ]
     });
     let r = json(app.post("", &b).await).await;
@@ -144,9 +145,21 @@ async fn a_batch_runs_each_entry_on_its_own(app: &TestApp) {
         .collect();
     assert_eq!(
         statuses,
-        ["201 Created", "404 Not Found", "400 Bad Request", "400 Bad Request"]
+        [
+            "201 Created",
+            "404 Not Found",
+            "400 Bad Request",
+            "400 Bad Request",
+            "422 Unprocessable Entity"
+        ]
     );
     assert_eq!(r["entry"][1]["response"]["outcome"]["resourceType"], "OperationOutcome");
+    // A refused write says where it stands in the Bundle, as in a
+    // transaction: its request, its resource's element. (A GET entry's
+    // outcome is the one of the same request alone.)
+    let at = |i: usize| r["entry"][i]["response"]["outcome"]["issue"][0]["expression"][0].clone();
+    assert!(at(2).as_str().unwrap().starts_with("Bundle.entry[2]"), "{r}");
+    assert_eq!(at(4), "Bundle.entry[4].resource.gender", "{r}");
 }
 
 async fn transaction_order_put_delete_and_get(app: &TestApp) {

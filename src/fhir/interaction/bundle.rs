@@ -709,7 +709,7 @@ async fn batch(
     for (i, e) in raw.iter().enumerate() {
         let mark = CommitMark::now();
         let (reply, is_get) = match admit_entry(input.base, caller, i, e) {
-            Err(err) => (Err(err), false),
+            Err(err) => (Err(in_entry(i, err)), false),
             Ok(entry) => {
                 let is_get = matches!(entry.op, Op::Get { .. });
                 (run_one(store, rules, caller, input.base, entry).await, is_get)
@@ -748,9 +748,7 @@ async fn run_one(
     if matches!(entry.op, Op::Create { .. }) {
         entry.new_id = Some(new_id());
     }
-    if let Some(res) = op_resource(&mut entry.op) {
-        rules::check(&**rules, res, None)?;
-    }
+    validate_entry(&**rules, entry.at, &entry)?;
     let rules = rules.clone();
     store
         .write(caller.visibility(), move |tx| {
