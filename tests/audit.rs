@@ -319,6 +319,15 @@ async fn every_interaction_is_audited(app: &TestApp) {
     assert_eq!(what.len(), 3, "two entries and their patient: {what:?}");
     assert!(what.contains(&format!("Patient/{new_patient}").as_str()));
 
+    // A transaction refused for one entry: its event says which, not what.
+    let refused = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient", "active": true}, "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Patient", "gender": "sometimes"}, "request": {"method": "POST", "url": "Patient"}}
+    ]});
+    assert_eq!(app.post("", &refused).await.status(), 422);
+    let failed = wait_for(app, &auditor, "subtype=transaction&outcome=4", 1).await;
+    assert_eq!(failed[0]["outcomeDesc"], "HTTP 422 (code-invalid) at Bundle.entry[1]");
+
     // A batch: each write entry in its own transaction, and the batch itself.
     let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
         {"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}},

@@ -151,15 +151,23 @@ impl Served {
 }
 
 /// The OperationOutcome issue code of an error response (a response
-/// extension): says why without repeating the diagnostics, which may quote
-/// what the client sent.
+/// extension), and the Bundle entry at fault when there is one: says why
+/// and where without repeating the diagnostics, which may quote what the
+/// client sent.
 #[derive(Debug, Clone, Copy)]
-pub struct IssueCode(pub &'static str);
+pub struct IssueCode(pub &'static str, pub Option<usize>);
 
 impl IssueCode {
-    /// The code of an error's first issue, the one its status stands for.
+    /// The code of an error's first issue, the one its status stands for,
+    /// and the entry its location names (`Bundle.entry[i]…`).
     pub fn of(e: &FhirError) -> Option<IssueCode> {
-        e.issues.first().map(|i| IssueCode(i.code))
+        e.issues.first().map(|i| {
+            let entry = i.expression.first().and_then(|x| {
+                let (n, _) = x.strip_prefix("Bundle.entry[")?.split_once(']')?;
+                n.parse().ok()
+            });
+            IssueCode(i.code, entry)
+        })
     }
 }
 
@@ -344,8 +352,11 @@ fn record_of(
     let mut outcome_desc = None;
     if status >= 400 {
         let mut d = format!("HTTP {status}");
-        if let Some(IssueCode(code)) = issue {
+        if let Some(IssueCode(code, entry)) = issue {
             d.push_str(&format!(" ({code})"));
+            if let Some(i) = entry {
+                d.push_str(&format!(" at Bundle.entry[{i}]"));
+            }
         }
         if let Some(r) = refusal {
             d.push_str(&format!(": {r}"));
@@ -1083,7 +1094,14 @@ mod tests {
                 note_interaction("batch");
                 note_entry("read", "Patient/p1", None, 200, Some(served_patient()), None);
                 note_entry("search-type", "Observation", Some("patient=p1"), 200, None, None);
-                note_entry("read", "Patient/gone", None, 404, None, Some(IssueCode("not-found")));
+                note_entry(
+                    "read",
+                    "Patient/gone",
+                    None,
+                    404,
+                    None,
+                    Some(IssueCode("not-found", None)),
+                );
             })
             .await;
         let recs = batch.finish(200, None, None).map(|f| f()).unwrap_or_default();
@@ -1092,7 +1110,15 @@ mod tests {
         let expected = [
             alone("read", "Patient/p1", None, 200, Some(served_patient()), None).await,
             alone("search-type", "Observation", Some("patient=p1"), 200, None, None).await,
-            alone("read", "Patient/gone", None, 404, None, Some(IssueCode("not-found"))).await,
+            alone(
+                "read",
+                "Patient/gone",
+                None,
+                404,
+                None,
+                Some(IssueCode("not-found", None)),
+            )
+            .await,
         ];
         for (rec, want) in recs[1..].iter().zip(expected.iter()) {
             assert_eq!(want.len(), 1);
@@ -1133,7 +1159,14 @@ mod tests {
                 // job of theirs committed, they are noted.
                 let mark = CommitMark::now();
                 assert!(!mark.committed_since());
-                note_entry("update", "Patient/p1", None, 412, None, Some(IssueCode("conflict")));
+                note_entry(
+                    "update",
+                    "Patient/p1",
+                    None,
+                    412,
+                    None,
+                    Some(IssueCode("conflict", None)),
+                );
                 note_entry("create", "Patient", None, 200, Some(served_patient()), None);
             })
             .await;
@@ -1141,7 +1174,15 @@ mod tests {
         assert_eq!(recs.len(), 3, "the batch and its two entries noted apart: {recs:#?}");
         assert_eq!(recs[0].subtype, "batch");
         let expected = [
-            alone("update", "Patient/p1", None, 412, None, Some(IssueCode("conflict"))).await,
+            alone(
+                "update",
+                "Patient/p1",
+                None,
+                412,
+                None,
+                Some(IssueCode("conflict", None)),
+            )
+            .await,
             alone("create", "Patient", None, 200, Some(served_patient()), None).await,
         ];
         for (rec, want) in recs[1..].iter().zip(expected.iter()) {

@@ -778,11 +778,16 @@ async fn get(store: &Store, caller: &Caller, base: &str, url: &str) -> Result<Re
 }
 
 /// Records an entry (`audit::note_entry`) as it ended: what it served, or
-/// the issue code of its error.
+/// the issue code of its error, without the entry's place in the Bundle,
+/// as the same request sent alone.
 fn note(interaction: &'static str, path: &str, query: Option<&str>, reply: &Result<Reply, FhirError>) {
     let (status, served, issue) = match reply {
         Ok(r) => (r.status, r.version.as_ref().map(Served::of), None),
-        Err(e) => (e.status, None, IssueCode::of(e)),
+        Err(e) => (
+            e.status,
+            None,
+            IssueCode::of(e).map(|IssueCode(code, _)| IssueCode(code, None)),
+        ),
     };
     audit::note_entry(interaction, path, query, status, served, issue);
 }
