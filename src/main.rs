@@ -11,6 +11,10 @@ use apa_gateway::security::scopes::Scopes;
 use apa_gateway::store::{ClientRecord, Store};
 use apa_gateway::{clock, demo, server, telemetry};
 
+/// mimalloc rather than glibc's allocator (Cargo.toml says why).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(version, about = "Secure FHIR R4 gateway for the French sport-santé sector")]
 struct Cli {
