@@ -271,6 +271,18 @@ async fn a_forbidden_entry_is_refused_before_it_is_read(app: &TestApp) {
     let r = app.send_as(&c, Method::POST, "", &transaction).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert_eq!(json(r).await["issue"][0]["code"], "forbidden");
+
+    // In a transaction, the forbidden entry is found wherever it stands:
+    // after an entry that is malformed (a read without its URL), the
+    // answer is still 403.
+    let malformed_read = json!({"request": {"method": "GET"}});
+    let transaction = json!({"resourceType": "Bundle", "type": "transaction",
+                             "entry": [malformed_read, entry]});
+    let r = app.send_as(&c, Method::POST, "", &transaction).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let oo = json(r).await;
+    assert_eq!(oo["issue"][0]["code"], "forbidden", "{oo}");
+    assert_eq!(oo["issue"][0]["expression"][0], "Bundle.entry[1]", "{oo}");
 }
 
 on_both_backends!(unauthenticated_requests_are_refused, no_token_no_data);

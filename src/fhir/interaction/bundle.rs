@@ -441,6 +441,15 @@ async fn run_transaction(
     raw: Vec<Value>,
     seal: Option<Seal>,
 ) -> Result<(Vec<Entry>, Transacted), FhirError> {
+    // Every entry's scopes before any entry is read: a client refused one
+    // of them hears 403, whatever else is wrong with the Bundle, as it
+    // would sending each request alone.
+    for (i, e) in raw.iter().enumerate() {
+        if let Ok((_, method, url)) = entry_request(base, i, e) {
+            let (_, segs, _) = split_url(url);
+            check_scopes(caller, method, &segs).map_err(|err| in_entry(i, err))?;
+        }
+    }
     let mut entries = Vec::with_capacity(raw.len());
     for (i, e) in raw.iter().enumerate() {
         let entry = admit_entry(base, caller, i, e).map_err(|err| in_entry(i, err))?;
