@@ -290,10 +290,19 @@ fn parse_entry(base: &str, i: usize, e: &Value) -> Result<Entry, FhirError> {
 /// body; otherwise a client without the scope would hear about its
 /// malformed entry (400) where the request alone gets 403.
 fn admit_entry(base: &str, caller: &Caller, i: usize, e: &Value) -> Result<Entry, FhirError> {
-    let (_, method, url) = entry_request(base, i, e)?;
-    let (_, segs, _) = split_url(url);
-    check_scopes(caller, method, &segs)?;
+    entry_scopes(base, caller, i, e)?;
     parse_entry(base, i, e)
+}
+
+/// Checks the scopes an entry needs as soon as its method and URL are
+/// read; an entry whose request cannot be read is refused by
+/// [`parse_entry`].
+fn entry_scopes(base: &str, caller: &Caller, i: usize, e: &Value) -> Result<(), FhirError> {
+    let Ok((_, method, url)) = entry_request(base, i, e) else {
+        return Ok(());
+    };
+    let (_, segs, _) = split_url(url);
+    check_scopes(caller, method, &segs)
 }
 
 /// What the caller's scopes must grant for an entry's method and path: what
@@ -445,14 +454,11 @@ async fn run_transaction(
     // of them hears 403, whatever else is wrong with the Bundle, as it
     // would sending each request alone.
     for (i, e) in raw.iter().enumerate() {
-        if let Ok((_, method, url)) = entry_request(base, i, e) {
-            let (_, segs, _) = split_url(url);
-            check_scopes(caller, method, &segs).map_err(|err| in_entry(i, err))?;
-        }
+        entry_scopes(base, caller, i, e).map_err(|err| in_entry(i, err))?;
     }
     let mut entries = Vec::with_capacity(raw.len());
     for (i, e) in raw.iter().enumerate() {
-        let entry = admit_entry(base, caller, i, e).map_err(|err| in_entry(i, err))?;
+        let entry = parse_entry(base, i, e).map_err(|err| in_entry(i, err))?;
         validate_entry(&**rules, i, &entry)?;
         entries.push(entry);
     }
