@@ -1018,6 +1018,40 @@ on_both_backends!(
     the_trail_is_read_only_and_needs_its_own_scope
 );
 
+/// Versions stored before 2026-11 have no patients in their row: the
+/// record of their read still names the patient, found in the body.
+async fn a_version_stored_without_its_patients_is_audited_with_them(app: &TestApp) {
+    let auditor = auditor(app).await;
+    let pid = app.create(&json!({"resourceType": "Patient", "active": true})).await;
+    let oid = app
+        .create(&json!({"resourceType": "Observation", "status": "final", "code": {"text": "steps"}, "subject": {"reference": format!("Patient/{pid}")}}))
+        .await;
+    // Stored now, the version names its patient in its row.
+    assert_eq!(app.get(&format!("Observation/{oid}")).await.status(), 200);
+    // As an earlier release stored it.
+    app.sql("UPDATE resource_version SET patients = NULL").await;
+    assert_eq!(app.get(&format!("Observation/{oid}")).await.status(), 200);
+    assert_eq!(app.get(&format!("Observation/{oid}/_history/1")).await.status(), 200);
+    assert_eq!(app.get(&format!("Patient/{pid}")).await.status(), 200);
+
+    let reads = wait_for(app, &auditor, &format!("patient={pid}&subtype=read,vread"), 4).await;
+    assert_eq!(reads.len(), 4, "{reads:#?}");
+    let of_observation: Vec<Vec<&str>> = reads
+        .iter()
+        .filter(|e| entities(e)[0].starts_with("Observation/"))
+        .map(entities)
+        .collect();
+    assert_eq!(of_observation.len(), 3);
+    for e in of_observation {
+        assert_eq!(e, [format!("Observation/{oid}/_history/1"), format!("Patient/{pid}")]);
+    }
+}
+
+on_both_backends!(
+    a_version_stored_before_its_patients_is_audited_with_them,
+    a_version_stored_without_its_patients_is_audited_with_them
+);
+
 /// Records queued when the gateway stops are stored before it exits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_queued_at_shutdown_are_stored() {

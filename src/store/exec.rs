@@ -151,7 +151,7 @@ pub struct VersionRow {
     pub updated: i64,
     pub method: i64,
     pub body: Option<Bytes>,
-    /// The resource's patients, when the query selected them (a ninth
+    /// The version's patients, when the query selected them (a ninth
     /// column, `rows::patients_column`).
     pub patients: Option<Vec<String>>,
 }
@@ -208,12 +208,10 @@ pub async fn fetch_versions(conn: &mut Conn<'_>, frag: &Frag) -> Result<Vec<Vers
                     updated: r.try_get(5)?,
                     method: r.try_get(6)?,
                     body: r.try_get::<Option<Vec<u8>>, _>(7)?.map(Bytes::from),
+                    // NULL: a version stored before they were (2026-11).
                     patients: if r.len() > 8 {
-                        let list = r.try_get::<Option<String>, _>(8)?;
-                        Some(
-                            list.map(|l| l.split(' ').map(str::to_string).collect())
-                                .unwrap_or_default(),
-                        )
+                        r.try_get::<Option<String>, _>(8)?
+                            .map(|l| l.split_whitespace().map(str::to_string).collect())
                     } else {
                         None
                     },

@@ -402,7 +402,7 @@ impl Store {
         vis: &Visibility,
     ) -> Result<Option<Version>, StoreError> {
         let mut f = Frag::new(rows::VERSION_COLUMNS);
-        f.push(rows::patients_column(self.dialect(), resource_type))
+        f.push(rows::patients_column())
             .push(" FROM resource r JOIN resource_version v ON v.pk = r.pk WHERE r.rtype = ")
             .bind(Bind::Text(resource_type.into()))
             .push(" AND r.id = ")
@@ -530,7 +530,10 @@ fn trail_path(path: &str) -> String {
 
 /// Columns added to a table after its first release (table, column, type):
 /// SQLite has no `ADD COLUMN IF NOT EXISTS`, PostgreSQL's schema file uses it.
-const SQLITE_ADDED_COLUMNS: &[(&str, &str, &str)] = &[("client", "tls_cert_sha256", "TEXT")];
+const SQLITE_ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("client", "tls_cert_sha256", "TEXT"),
+    ("resource_version", "patients", "TEXT"),
+];
 
 async fn add_missing_columns_sqlite(c: &mut sqlx::SqliteConnection) -> Result<(), StoreError> {
     for (table, column, decl) in SQLITE_ADDED_COLUMNS {

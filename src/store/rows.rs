@@ -6,8 +6,7 @@ use std::collections::{HashMap, HashSet};
 use crate::fhir::search::model::{Include, IndexValue, PageStart, SearchRequest};
 
 use super::exec::{
-    Bind, Col, Conn, Dialect, Frag, execute, fetch_i64, fetch_i64_text_text, fetch_i64x3, fetch_versions,
-    insert_columns,
+    Bind, Col, Conn, Frag, execute, fetch_i64, fetch_i64_text_text, fetch_i64x3, fetch_versions, insert_columns,
 };
 use super::keys::{hash, hash_opt, identifier_key, normalize, param_key};
 use super::sql::Builder;
@@ -15,21 +14,18 @@ use super::{Current, Grant, MAX_INCLUDED, Method, SearchPage, StoreError, Versio
 
 pub const VERSION_COLUMNS: &str = "SELECT v.pk, v.vpk, v.rtype, r.id, v.version, v.updated, v.method, v.body";
 
-/// A ninth column after `VERSION_COLUMNS`: the patients of the resource
-/// (its compartment rows, space-separated: ids have no spaces), for the
-/// audit record of a read. One probe of the `resource_patient` key, where
-/// parsing the body again to find them cost more than the read itself
-/// spent in the database. None for a Patient: its patient is itself, and
-/// the probe costs a read about a quarter of its instructions on the
-/// database connection (callgrind, docs/benchmark.md).
-pub fn patients_column(dialect: Dialect, rtype: &str) -> &'static str {
-    // Only the audit trail needs them (docs/benchmark.md).
-    if cfg!(feature = "unaudited-baseline") || rtype == "Patient" {
-        return "";
-    }
-    match dialect {
-        Dialect::Sqlite => ", (SELECT group_concat(rp.patient, ' ') FROM resource_patient rp WHERE rp.pk = v.pk)",
-        Dialect::Postgres => ", (SELECT string_agg(rp.patient, ' ') FROM resource_patient rp WHERE rp.pk = v.pk)",
+/// A ninth column after `VERSION_COLUMNS`: the patients of the version
+/// (space-separated: ids have no spaces), for the audit record of a read.
+/// Stored with the version, so reading them costs a column of the row
+/// already read: the probe of `resource_patient` it replaces cost a read by
+/// id about 10,000 instructions of the database connection's, and parsing
+/// the body again more than the read itself (docs/benchmark.md).
+pub fn patients_column() -> &'static str {
+    // Only the audit trail needs them.
+    if cfg!(feature = "unaudited-baseline") {
+        ""
+    } else {
+        ", v.patients"
     }
 }
 
@@ -71,7 +67,7 @@ pub async fn read_current(
     vis: &Visibility,
 ) -> Result<Option<Version>, StoreError> {
     let mut f = Frag::new(VERSION_COLUMNS);
-    f.push(patients_column(c.dialect(), rtype))
+    f.push(patients_column())
         .push(" FROM resource r JOIN resource_version v ON v.pk = r.pk AND v.version = r.version WHERE r.rtype = ")
         .bind(Bind::Text(rtype.into()))
         .push(" AND r.id = ")
@@ -523,10 +519,11 @@ pub async fn put_all(c: &mut Conn<'_>, writes: Vec<Write>) -> Result<(), StoreEr
         Col::I64(writes.iter().map(|w| w.updated).collect()),
         Col::I64(writes.iter().map(|w| w.method as i64).collect()),
         Col::Blob(writes.iter().map(|w| w.body.clone()).collect()),
+        Col::Text(writes.iter().map(|w| w.patients.join(" ")).collect()),
     ];
     insert_columns(
         c,
-        "resource_version (pk, version, rtype, updated, method, body)",
+        "resource_version (pk, version, rtype, updated, method, body, patients)",
         &versions,
         "",
     )

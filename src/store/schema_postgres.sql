@@ -18,8 +18,13 @@ CREATE TABLE IF NOT EXISTS resource_version (
     rtype   TEXT    NOT NULL,
     updated BIGINT NOT NULL,
     method  BIGINT NOT NULL,
-    body    BYTEA
+    body    BYTEA,
+    -- The patients this version concerns, space-separated ('' for none;
+    -- NULL in versions stored before 2026-11): what its audit record
+    -- names, read with the version (docs/storage.md).
+    patients TEXT
 );
+ALTER TABLE resource_version ADD COLUMN IF NOT EXISTS patients TEXT;
 CREATE UNIQUE INDEX IF NOT EXISTS resource_version_pk ON resource_version (pk, version);
 CREATE INDEX IF NOT EXISTS resource_version_type ON resource_version (rtype, vpk);
 CREATE INDEX IF NOT EXISTS resource_version_updated ON resource_version (updated);

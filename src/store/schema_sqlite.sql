@@ -18,7 +18,11 @@ CREATE TABLE IF NOT EXISTS resource_version (
     rtype   TEXT    NOT NULL,
     updated INTEGER NOT NULL,
     method  INTEGER NOT NULL,
-    body    BLOB
+    body    BLOB,
+    -- The patients this version concerns, space-separated ('' for none;
+    -- NULL in versions stored before 2026-11): what its audit record
+    -- names, read with the version (docs/storage.md).
+    patients TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS resource_version_pk ON resource_version (pk, version);
 CREATE INDEX IF NOT EXISTS resource_version_type ON resource_version (rtype, vpk);

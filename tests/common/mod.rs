@@ -26,6 +26,9 @@ pub struct TestApp {
     /// Sends no token at all.
     pub anonymous: Client,
     pub backend: Backend,
+    /// Its database, for scenarios that set it up as an earlier release
+    /// left it (`TestApp::sql`).
+    database_url: String,
     running: Option<Running>,
     _dir: tempfile::TempDir,
 }
@@ -71,6 +74,7 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Config
     };
     configure(&mut cfg);
     let running = server::start(&cfg).await.expect("gateway starts");
+    let database_url = cfg.database_url.clone();
     // Over HTTPS the test brings its own HTTP clients (trust, certificates).
     let client = match cfg.tls_cert {
         None => bearer_client(
@@ -86,6 +90,7 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Config
         client,
         anonymous: Client::new(),
         backend,
+        database_url,
         running: Some(running),
         _dir: dir,
     }
@@ -237,6 +242,26 @@ impl TestApp {
         assert_eq!(r.status(), 201, "create {rtype}");
         let body: Value = r.json().await.expect("json");
         body["id"].as_str().expect("id").to_string()
+    }
+
+    /// Runs SQL on the app's database, beside the running gateway.
+    pub async fn sql(&self, statements: &str) {
+        use sqlx::Connection;
+        let sql = sqlx::AssertSqlSafe(statements.to_string());
+        match self.backend {
+            Backend::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&self.database_url)
+                    .await
+                    .expect("SQLite");
+                sqlx::raw_sql(sql).execute(&mut c).await.expect("SQL");
+            }
+            Backend::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&self.database_url)
+                    .await
+                    .expect("PostgreSQL");
+                sqlx::raw_sql(sql).execute(&mut c).await.expect("SQL");
+            }
+        }
     }
 
     pub async fn stop(mut self) {
