@@ -278,7 +278,8 @@ impl AuditScope {
     /// Builds the records of the request once its response is known: its
     /// own, unless its write already committed it, and one per entry of its
     /// Bundle noted apart (`note_entry`). The returned closure does the work
-    /// (JSON, index values) where it runs: off the request's path.
+    /// (JSON, index values) where it runs: off the request's path. Called
+    /// once, when the request ends.
     pub fn finish(&self, status: u16, served: Option<Served>, issue: Option<IssueCode>) -> Option<Deferred> {
         let mut st = self.state();
         // A write commits the request's record with it; a batch's write
@@ -288,10 +289,11 @@ impl AuditScope {
         if !own && entries.is_empty() {
             return None;
         }
+        // Taken, not cloned: the request has ended, nothing reads them after.
         let gateway = self.gateway.clone();
-        let request = st.request.clone();
-        let client = st.client.clone();
-        let refusal = st.refusal.clone();
+        let request = std::mem::take(&mut st.request);
+        let client = std::mem::take(&mut st.client);
+        let refusal = st.refusal.take();
         let ended = Ended { status, served, issue };
         Some(Box::new(move || {
             let mut out = Vec::new();

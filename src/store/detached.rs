@@ -128,7 +128,8 @@ fn build(makes: Vec<Deferred>) -> Vec<AuditRecord> {
 }
 
 pub struct Detached {
-    sender: Mutex<Option<mpsc::Sender<Deferred>>>,
+    // Taken by every request, for an instant: a std lock, not tokio's.
+    sender: std::sync::Mutex<Option<mpsc::Sender<Deferred>>>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -136,20 +137,25 @@ impl Detached {
     pub fn start(sink: Sink) -> Detached {
         let (tx, rx) = mpsc::channel(sink.gathering().queue);
         Detached {
-            sender: Mutex::new(Some(tx)),
+            sender: std::sync::Mutex::new(Some(tx)),
             task: Mutex::new(Some(tokio::spawn(run(sink, rx)))),
         }
     }
 
+    fn sender(&self) -> std::sync::MutexGuard<'_, Option<mpsc::Sender<Deferred>>> {
+        // Nothing panics while holding it; if something did, the sender is intact.
+        self.sender.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Queues a record; waits only while the queue is full.
     pub async fn send(&self, make: Deferred) -> Result<(), StoreError> {
-        let sender = self.sender.lock().await.clone().ok_or(StoreError::WriterGone)?;
+        let sender = self.sender().clone().ok_or(StoreError::WriterGone)?;
         sender.send(make).await.map_err(|_| StoreError::WriterGone)
     }
 
     /// Stops taking records and waits until the queued ones are stored.
     pub async fn close(&self) {
-        self.sender.lock().await.take();
+        self.sender().take();
         if let Some(task) = self.task.lock().await.take() {
             let _ = task.await;
         }
