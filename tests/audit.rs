@@ -1052,6 +1052,33 @@ on_both_backends!(
     a_version_stored_without_its_patients_is_audited_with_them
 );
 
+/// Events stored before 2026-11 have every resource they name in
+/// `audit_entity`, none in their row: an `entity=` search still finds them.
+async fn events_of_an_earlier_release_are_found_by_entity(app: &TestApp) {
+    let auditor = auditor(app).await;
+    let oid = app
+        .create(&json!({"resourceType": "Observation", "status": "final", "code": {"text": "steps"}}))
+        .await;
+    let by_entity = format!("entity=Observation/{oid}");
+    let created = events(app, &auditor, &by_entity).await;
+    assert_eq!(created.len(), 1);
+    // As an earlier release stored it.
+    app.sql(
+        "INSERT INTO audit_entity (ref, event) SELECT entity, id FROM audit_event WHERE entity IS NOT NULL; \
+         UPDATE audit_event SET entity = NULL",
+    )
+    .await;
+    let found = events(app, &auditor, &by_entity).await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["id"], created[0]["id"]);
+    assert_eq!(entities(&found[0])[0], format!("Observation/{oid}/_history/1"));
+}
+
+on_both_backends!(
+    an_event_of_an_earlier_release_is_found_by_entity,
+    events_of_an_earlier_release_are_found_by_entity
+);
+
 /// Records queued when the gateway stops are stored before it exits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_queued_at_shutdown_are_stored() {

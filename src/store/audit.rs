@@ -3,8 +3,9 @@
 //! An event is written for every request, reads included, so its cost is
 //! paid on every read: it is one row with the handful of columns auditors
 //! search by (`recorded`, `client`, `patient`, `subtype`, `action`,
-//! `outcome`, `network`) and an opaque `detail`, plus one `audit_entity`
-//! row per resource it names. No generic index rows, no JSON built on the
+//! `outcome`, `network`, the first resource it names) and an opaque
+//! `detail`, plus one `audit_entity` row per other resource it names (most
+//! events name one: a read). No generic index rows, no JSON built on the
 //! request's path. The ids are time-ordered (UUID v7, made by the caller),
 //! so the table and most of its indexes grow at their end. What the rows
 //! mean is the security layer's business (`security::audit`).
@@ -121,8 +122,12 @@ pub async fn put(c: &mut Conn<'_>, records: Vec<AuditRecord>) -> Result<(), Stor
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
+    let mut firsts = Vec::with_capacity(n);
     for r in records {
-        for e in r.entities {
+        // The first resource in the event's row, the others apart.
+        let mut entities = r.entities.into_iter();
+        firsts.push(entities.next());
+        for e in entities {
             refs.push(e);
             events.push(r.id.clone());
         }
@@ -146,13 +151,14 @@ pub async fn put(c: &mut Conn<'_>, records: Vec<AuditRecord>) -> Result<(), Stor
         Col::Text(outcomes),
         Col::OptText(networks),
         Col::Blob(details),
+        Col::OptText(firsts),
     ];
     // No statement journal on SQLite (`insert_columns_or`): a failure
     // rolls the whole batch back.
     insert_columns_or(
         c,
         "OR FAIL",
-        "audit_event (id, recorded, client, patient, subtype, action, outcome, network, detail)",
+        "audit_event (id, recorded, client, patient, subtype, action, outcome, network, detail, entity)",
         &cols,
         "",
     )
@@ -242,8 +248,10 @@ pub async fn search(
                     .bind(Bind::I64(*hi));
             }
             AuditCond::Entity(refs) => {
+                f.push(" AND (");
+                in_list(&mut f, "e.entity", refs);
                 f.push(&format!(
-                    " AND (e.id IN (SELECT ae.event FROM {} ae WHERE ",
+                    " OR e.id IN (SELECT ae.event FROM {} ae WHERE ",
                     part.tables().1
                 ));
                 in_list(&mut f, "ae.ref", refs);

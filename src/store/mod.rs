@@ -240,6 +240,10 @@ struct Inner {
 const SQLITE_SCHEMA: &str = include_str!("schema_sqlite.sql");
 /// In the database file and in the trail file.
 const SQLITE_AUDIT_SCHEMA: &str = include_str!("schema_sqlite_audit.sql");
+/// Both files too, once `audit_event.entity` exists: a table of an earlier
+/// release gets the column after `SQLITE_AUDIT_SCHEMA` ran.
+const SQLITE_AUDIT_ENTITY: &str =
+    "CREATE INDEX IF NOT EXISTS audit_event_of_entity ON audit_event (entity, recorded) WHERE entity IS NOT NULL";
 const POSTGRES_SCHEMA: &str = include_str!("schema_postgres.sql");
 
 /// Upper bound on resources that `_include`/`_revinclude` may add to a page.
@@ -314,6 +318,7 @@ impl Store {
                 sqlx::raw_sql(SQLITE_SCHEMA).execute(&mut *c).await?;
                 sqlx::raw_sql(SQLITE_AUDIT_SCHEMA).execute(&mut *c).await?;
                 add_missing_columns_sqlite(&mut c).await?;
+                sqlx::raw_sql(SQLITE_AUDIT_ENTITY).execute(&mut *c).await?;
             }
             // The records of requests that changed nothing (detached.rs),
             // committed about once a second, durable like the rest, by a
@@ -533,6 +538,7 @@ fn trail_path(path: &str) -> String {
 const SQLITE_ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("client", "tls_cert_sha256", "TEXT"),
     ("resource_version", "patients", "TEXT"),
+    ("audit_event", "entity", "TEXT"),
 ];
 
 async fn add_missing_columns_sqlite(c: &mut sqlx::SqliteConnection) -> Result<(), StoreError> {

@@ -128,12 +128,18 @@ CREATE TABLE IF NOT EXISTS audit_event (
     action   TEXT   NOT NULL,
     outcome  TEXT   NOT NULL,
     network  TEXT,
-    detail   BYTEA  NOT NULL
+    detail   BYTEA  NOT NULL,
+    -- The first resource the event names (`Type/id`), the others in
+    -- `audit_entity`: most events name one (a read).
+    entity   TEXT
 );
+ALTER TABLE audit_event ADD COLUMN IF NOT EXISTS entity TEXT;
 CREATE INDEX IF NOT EXISTS audit_event_recorded ON audit_event (recorded, id);
 CREATE INDEX IF NOT EXISTS audit_event_patient ON audit_event (patient, recorded, id) WHERE patient IS NOT NULL;
 CREATE INDEX IF NOT EXISTS audit_event_client ON audit_event (client, recorded, id) WHERE client IS NOT NULL;
--- The resources an event is about (`Type/id`), for `entity=` searches.
+CREATE INDEX IF NOT EXISTS audit_event_entity ON audit_event (entity, recorded, id) WHERE entity IS NOT NULL;
+-- The resources an event names after its first (`Type/id`), for `entity=`
+-- searches.
 CREATE TABLE IF NOT EXISTS audit_entity (
     ref   TEXT NOT NULL,
     event TEXT NOT NULL,

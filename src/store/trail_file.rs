@@ -5,10 +5,10 @@
 //! it costs is paid on every read. Through sqlx, a batch was bound value by
 //! value on a tokio worker (the threads that answer requests), sent to the
 //! connection's thread, and compiled as multi-row INSERTs of hundreds of
-//! rows each. Here one blocking thread builds the records and steps two
-//! prepared statements per record, bound straight from the record's
-//! fields. The read connections still read the file through sqlx (it is
-//! attached to them as `trail`).
+//! rows each. Here one blocking thread builds the records and steps a
+//! prepared statement per record (and one per resource it names after its
+//! first), bound straight from the record's fields. The read connections
+//! still read the file through sqlx (it is attached to them as `trail`).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -19,7 +19,7 @@ use super::StoreError;
 use super::audit::AuditRecord;
 
 // Its schema is the audit part of the database's (the same tables).
-use super::SQLITE_AUDIT_SCHEMA as SCHEMA;
+use super::{SQLITE_AUDIT_ENTITY as ENTITY_INDEX, SQLITE_AUDIT_SCHEMA as SCHEMA};
 
 pub struct TrailFile {
     conn: Mutex<Connection>,
@@ -47,6 +47,15 @@ impl TrailFile {
              PRAGMA journal_size_limit = 67108864;",
         )?;
         conn.execute_batch(SCHEMA)?;
+        let has_entity: bool = conn.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('audit_event') WHERE name = 'entity'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_entity {
+            conn.execute_batch("ALTER TABLE audit_event ADD COLUMN entity TEXT")?;
+        }
+        conn.execute_batch(ENTITY_INDEX)?;
         Ok(TrailFile { conn: Mutex::new(conn) })
     }
 
@@ -58,13 +67,18 @@ impl TrailFile {
         {
             let mut event = tx.prepare_cached(
                 "INSERT OR FAIL INTO audit_event \
-                 (id, recorded, client, patient, subtype, action, outcome, network, detail) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                 (id, recorded, client, patient, subtype, action, outcome, network, detail, entity) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
             // An event may name the same resource twice (a transaction
             // that creates and then patches it): one row is enough.
             let mut entity = tx.prepare_cached("INSERT OR IGNORE INTO audit_entity (ref, event) VALUES (?1, ?2)")?;
             for r in records {
+                // The first resource in the event's row, the others apart.
+                let (first, others) = match r.entities.split_first() {
+                    Some((first, others)) => (Some(first), others),
+                    None => (None, &[][..]),
+                };
                 event.execute(params![
                     r.id,
                     r.recorded,
@@ -75,8 +89,9 @@ impl TrailFile {
                     r.outcome,
                     r.network,
                     &r.detail[..],
+                    first,
                 ])?;
-                for e in &r.entities {
+                for e in others {
                     entity.execute(params![e, r.id])?;
                 }
             }
@@ -97,7 +112,7 @@ mod tests {
     }
 
     #[test]
-    fn a_trail_file_of_an_earlier_release_gets_the_slimmer_indexes_and_keeps_its_events() {
+    fn a_trail_file_of_an_earlier_release_gets_the_slimmer_indexes_the_entity_column_and_keeps_its_events() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("apa-trail.db");
         let path = path.to_str().unwrap();
@@ -120,7 +135,12 @@ mod tests {
         let conn = file.conn.lock().unwrap();
         assert_eq!(
             indexes(&conn),
-            ["audit_event_at", "audit_event_of_client", "audit_event_of_patient"]
+            [
+                "audit_event_at",
+                "audit_event_of_client",
+                "audit_event_of_entity",
+                "audit_event_of_patient"
+            ]
         );
         let plan: String = conn
             .query_row(
@@ -134,5 +154,60 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM audit_event WHERE patient = 'p'", [], |r| r.get(0))
             .unwrap();
         assert_eq!(kept, 1);
+    }
+
+    #[test]
+    fn an_event_keeps_its_first_resource_in_its_row_and_the_others_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("apa-trail.db");
+        let file = TrailFile::open(path.to_str().unwrap()).unwrap();
+        let record = |id: &str, entities: &[&str]| AuditRecord {
+            id: id.into(),
+            recorded: 1,
+            client: Some("c".into()),
+            patient: Some("p".into()),
+            subtype: "read".into(),
+            action: "R".into(),
+            outcome: "0".into(),
+            network: None,
+            entities: entities.iter().map(|e| e.to_string()).collect(),
+            detail: bytes::Bytes::from_static(b"{}"),
+        };
+        file.put(&[
+            record("read", &["Observation/o"]),
+            record("transaction", &["Observation/o", "Condition/c", "ServiceRequest/s"]),
+            record("search", &[]),
+        ])
+        .unwrap();
+        let conn = file.conn.lock().unwrap();
+        let in_row: Vec<(String, Option<String>)> = conn
+            .prepare("SELECT id, entity FROM audit_event ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            in_row,
+            [
+                ("read".to_string(), Some("Observation/o".to_string())),
+                ("transaction".to_string(), Some("Observation/o".to_string())),
+                ("search".to_string(), None)
+            ]
+        );
+        let apart: Vec<(String, String)> = conn
+            .prepare("SELECT ref, event FROM audit_entity ORDER BY ref")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            apart,
+            [
+                ("Condition/c".to_string(), "transaction".to_string()),
+                ("ServiceRequest/s".to_string(), "transaction".to_string())
+            ]
+        );
     }
 }
