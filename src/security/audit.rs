@@ -213,7 +213,7 @@ impl Stored {
             }
         }
         Stored {
-            what: format!("{}/{}/_history/{}", w.resource_type, w.id, w.version),
+            what: versioned(&w.resource_type, &w.id, w.version),
             method: w.method,
             patients,
         }
@@ -324,7 +324,7 @@ fn record_of(
     let mut patients = Vec::new();
     match &served {
         Some(s) => {
-            entities.push(format!("{}/{}/_history/{}", s.resource_type, s.id, s.version));
+            entities.push(versioned(&s.resource_type, &s.id, s.version));
             patients = match &s.patients {
                 Some(known) => known.clone(),
                 None => patients_of(&s.resource_type, &s.id, s.body.as_deref()),
@@ -645,6 +645,17 @@ fn patients_of(resource_type: &str, id: &str, body: Option<&[u8]>) -> Vec<String
     out
 }
 
+/// `Type/id/_history/v`, built without the formatting machinery: once
+/// per record, on the trail's thread.
+fn versioned(resource_type: &str, id: &str, version: i64) -> String {
+    let version = version.to_string();
+    let mut s = String::with_capacity(resource_type.len() + id.len() + version.len() + 11);
+    for part in [resource_type, "/", id, "/_history/", &version] {
+        s.push_str(part);
+    }
+    s
+}
+
 /// The one patient a search is about, when its query names one
 /// (`patient=123`, `subject=Patient/123`, `Patient?_id=123`).
 fn queried_patient(resource_type: &str, query: &str) -> Option<String> {
@@ -728,7 +739,11 @@ fn records(
     };
     let detail = Bytes::from(serde_json::to_vec(&detail).unwrap_or_default());
     let one = |patient: Option<String>| AuditRecord {
-        id: uuid::Uuid::now_v7().to_string(),
+        // Encoded without the formatting machinery: once per record.
+        id: uuid::Uuid::now_v7()
+            .hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer())
+            .to_owned(),
         recorded,
         client: client.id.clone(),
         // `Patient/x` of an event about x: an `entity=Patient/x` search
