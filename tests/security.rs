@@ -293,3 +293,25 @@ on_both_backends!(
     scopes_come_before_the_body,
     a_forbidden_entry_is_refused_before_it_is_read
 );
+
+/// The gateway keeps what checking a token found until the token expires
+/// (it is sent with every request): an expired token is refused all the
+/// same, though it was accepted a moment before.
+async fn an_accepted_token_is_refused_once_expired(app: &TestApp) {
+    let c = register_client(app.running(), "short-lived", None, "system/Patient.rs").await;
+    let client = bearer_client(&c.token);
+    for _ in 0..2 {
+        assert_eq!(client.get(app.url("Patient")).send().await.unwrap().status(), 200);
+    }
+    // Its lifetime (1 s) and the 5 s the gateway allows other clocks.
+    tokio::time::sleep(std::time::Duration::from_millis(7_000)).await;
+    let r = client.get(app.url("Patient")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(json(r).await["resourceType"], "OperationOutcome");
+}
+
+on_both_backends_with!(
+    expired_tokens_are_refused,
+    an_accepted_token_is_refused_once_expired,
+    |c| c.token_lifetime_secs = 1
+);
