@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 /// Expired entries are dropped once the map holds this many: keys can come
 /// from unauthenticated requests (the client id a token request claims).
@@ -18,6 +18,12 @@ pub struct TtlCache<V> {
 }
 
 impl<V: Clone> TtlCache<V> {
+    /// Held for a lookup or an insert, never across an await: a std lock,
+    /// not tokio's (every authenticated request takes it).
+    fn map(&self) -> MutexGuard<'_, HashMap<String, (Instant, V)>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn new(ttl: Duration) -> Self {
         TtlCache {
             ttl,
@@ -28,13 +34,13 @@ impl<V: Clone> TtlCache<V> {
     /// The cached value of `key`, or `load`'s (then cached) when there is
     /// none or it is older than the TTL. A failed load is not cached.
     pub async fn get_or_load<E>(&self, key: &str, load: impl AsyncFnOnce() -> Result<V, E>) -> Result<V, E> {
-        if let Some((at, v)) = self.map.lock().await.get(key)
+        if let Some((at, v)) = self.map().get(key)
             && at.elapsed() < self.ttl
         {
             return Ok(v.clone());
         }
         let v = load().await?;
-        let mut map = self.map.lock().await;
+        let mut map = self.map();
         if map.len() >= PRUNE_ABOVE {
             let ttl = self.ttl;
             map.retain(|_, (at, _)| at.elapsed() < ttl);
@@ -72,6 +78,6 @@ mod tests {
         for i in 0..PRUNE_ABOVE + 10 {
             let _ = cache.get_or_load(&i.to_string(), async || Ok::<_, ()>(i)).await;
         }
-        assert!(cache.map.lock().await.len() <= PRUNE_ABOVE);
+        assert!(cache.map().len() <= PRUNE_ABOVE);
     }
 }
