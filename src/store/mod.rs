@@ -535,6 +535,7 @@ fn trail_path(path: &str) -> String {
 
 /// Columns added to a table after its first release (table, column, type):
 /// SQLite has no `ADD COLUMN IF NOT EXISTS`, PostgreSQL's schema file uses it.
+/// The trail file applies it too, to the audit tables it holds.
 const SQLITE_ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("client", "tls_cert_sha256", "TEXT"),
     ("resource_version", "patients", "TEXT"),

@@ -19,7 +19,9 @@ use super::StoreError;
 use super::audit::AuditRecord;
 
 // Its schema is the audit part of the database's (the same tables).
-use super::{SQLITE_AUDIT_ENTITY as ENTITY_INDEX, SQLITE_AUDIT_SCHEMA as SCHEMA};
+use super::{
+    SQLITE_ADDED_COLUMNS as ADDED_COLUMNS, SQLITE_AUDIT_ENTITY as ENTITY_INDEX, SQLITE_AUDIT_SCHEMA as SCHEMA,
+};
 
 pub struct TrailFile {
     conn: Mutex<Connection>,
@@ -47,13 +49,18 @@ impl TrailFile {
              PRAGMA journal_size_limit = 67108864;",
         )?;
         conn.execute_batch(SCHEMA)?;
-        let has_entity: bool = conn.query_row(
-            "SELECT COUNT(*) > 0 FROM pragma_table_info('audit_event') WHERE name = 'entity'",
-            [],
-            |r| r.get(0),
-        )?;
-        if !has_entity {
-            conn.execute_batch("ALTER TABLE audit_event ADD COLUMN entity TEXT")?;
+        // The database file's list of added columns, for the tables this
+        // file holds.
+        for (table, column, decl) in ADDED_COLUMNS {
+            let missing: bool = conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1)) \
+                 AND NOT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+                params![table, column],
+                |r| r.get(0),
+            )?;
+            if missing {
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+            }
         }
         conn.execute_batch(ENTITY_INDEX)?;
         Ok(TrailFile { conn: Mutex::new(conn) })
@@ -103,6 +110,16 @@ impl TrailFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The rows of a two-column query.
+    fn pairs<A: rusqlite::types::FromSql, B: rusqlite::types::FromSql>(conn: &Connection, sql: &str) -> Vec<(A, B)> {
+        conn.prepare(sql)
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
 
     fn indexes(conn: &Connection) -> Vec<String> {
         let mut s = conn
@@ -180,13 +197,7 @@ mod tests {
         ])
         .unwrap();
         let conn = file.conn.lock().unwrap();
-        let in_row: Vec<(String, Option<String>)> = conn
-            .prepare("SELECT id, entity FROM audit_event ORDER BY seq")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+        let in_row: Vec<(String, Option<String>)> = pairs(&conn, "SELECT id, entity FROM audit_event ORDER BY seq");
         assert_eq!(
             in_row,
             [
@@ -195,13 +206,7 @@ mod tests {
                 ("search".to_string(), None)
             ]
         );
-        let apart: Vec<(String, String)> = conn
-            .prepare("SELECT ref, event FROM audit_entity ORDER BY ref")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+        let apart: Vec<(String, String)> = pairs(&conn, "SELECT ref, event FROM audit_entity ORDER BY ref");
         assert_eq!(
             apart,
             [
