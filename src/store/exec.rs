@@ -99,6 +99,8 @@ pub fn numbered(dialect: Dialect, sql: &str) -> Cow<'_, str> {
 macro_rules! on_conn {
     ($conn:expr, $frag:expr, |$q:ident, $c:ident| $body:expr) => {{
         let frag: &Frag = $frag;
+        #[cfg(test)]
+        capture::note(frag);
         match $conn {
             Conn::Sqlite(c) => {
                 let sql = sqlx::AssertSqlSafe(numbered(Dialect::Sqlite, &frag.sql).into_owned());
@@ -138,6 +140,54 @@ macro_rules! on_conn {
             }
         }
     }};
+}
+
+/// The plan tests' view of the statements a task runs (`store/plans.rs`).
+#[cfg(test)]
+pub mod capture {
+    use std::sync::{Arc, Mutex};
+
+    use super::Frag;
+
+    tokio::task_local! {
+        static CAPTURED: Arc<Mutex<Vec<Frag>>>;
+    }
+
+    pub fn note(frag: &Frag) {
+        let _ = CAPTURED.try_with(|c| {
+            if let Ok(mut c) = c.lock() {
+                c.push(frag.clone());
+            }
+        });
+    }
+
+    /// The statements `f` ran, in order.
+    pub async fn statements<T>(f: impl std::future::Future<Output = T>) -> (T, Vec<Frag>) {
+        let captured = Arc::new(Mutex::new(Vec::new()));
+        let out = CAPTURED.scope(captured.clone(), f).await;
+        let frags = captured.lock().map(|c| c.clone()).unwrap_or_default();
+        (out, frags)
+    }
+}
+
+/// The plan the database chooses for a statement, one line per step
+/// (SQLite's `EXPLAIN QUERY PLAN` details, PostgreSQL's `EXPLAIN` lines).
+#[cfg(test)]
+pub async fn explain(conn: &mut Conn<'_>, frag: &Frag) -> Result<Vec<String>, StoreError> {
+    // SQLite's fourth column is the step's detail, PostgreSQL's only one a line.
+    let (prefix, col) = match conn.dialect() {
+        Dialect::Sqlite => ("EXPLAIN QUERY PLAN ", 3),
+        Dialect::Postgres => ("EXPLAIN ", 0),
+    };
+    let explained = Frag {
+        sql: format!("{prefix}{}", frag.sql),
+        binds: frag.binds.clone(),
+    };
+    let lines = on_conn!(conn, &explained, |q, c| {
+        let rows = q.fetch_all(c).await?;
+        rows.iter().map(|r| r.try_get::<String, _>(col)).collect::<Result<Vec<_>, _>>()
+    })?;
+    Ok(lines)
 }
 
 /// A stored version as read back.

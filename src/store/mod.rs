@@ -10,9 +10,12 @@ mod idempotency;
 pub mod keys;
 #[cfg(target_os = "linux")]
 mod nodelay;
+#[cfg(test)]
+mod plans;
 mod reindex;
 mod rows;
 mod sql;
+mod stats;
 mod trail_file;
 mod writer;
 
@@ -335,8 +338,16 @@ impl Store {
             // empties the caches of all readers (SQLite cannot tell which
             // pages changed), and a page then comes back from the map for
             // the cost of a lookup, not of a read(2) and a copy.
+            let epoch = stats::Epoch::new();
+            let current = epoch.clone();
             let read_pool = SqlitePoolOptions::new()
                 .max_connections(pool_size.max(1))
+                // A connection loads the planner statistics when it opens:
+                // one opened before the writer refreshed them is replaced.
+                .before_acquire(move |_, meta| {
+                    let current = current.current(&meta);
+                    Box::pin(async move { Ok(current) })
+                })
                 .after_connect(move |c, _| {
                     let trail = trail.clone();
                     Box::pin(async move {
@@ -353,7 +364,7 @@ impl Store {
             Ok(Store {
                 inner: Arc::new(Inner {
                     pool: Pool::Sqlite(read_pool),
-                    writer: Arc::new(Writer::start_sqlite(write_pool)),
+                    writer: Arc::new(Writer::start_sqlite(write_pool, epoch)),
                     detached: Detached::start(Sink::Trail(Arc::new(trail_file))),
                 }),
             })
@@ -427,6 +438,10 @@ impl Store {
             f.push(" AND v.rtype = ").bind(Bind::Text(t.clone()));
         }
         if let Some(id) = &q.id {
+            // With its type, so that the resource is found by its key.
+            if let Some(t) = &q.resource_type {
+                f.push(" AND r.rtype = ").bind(Bind::Text(t.clone()));
+            }
             f.push(" AND r.id = ").bind(Bind::Text(id.clone()));
         }
         if let Some(s) = q.since {

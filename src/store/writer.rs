@@ -26,16 +26,12 @@ use tokio::task::JoinHandle;
 
 use crate::fhir::search::model::SearchRequest;
 
-use super::exec::{Conn, Frag, execute};
+use super::exec::{Conn, Frag, execute, fetch_i64};
+use super::stats::{self, Epoch, Schedule};
 use super::{AuditRecord, Current, StoreError, Version, Visibility, Write, rows};
 
 /// Writes gathered into one transaction at most.
 const MAX_BATCH: usize = 512;
-/// PostgreSQL planner statistics are refreshed at start and after this many
-/// committed write jobs (a transaction Bundle is one): the
-/// search plans (stream the leading index in pk order, stop at the page)
-/// rely on them, and a fresh or fast-growing database has none.
-const ANALYZE_EVERY: usize = 5_000;
 /// SQLite: when no write came for this long after the last commit, the WAL
 /// is copied into the database file (a passive checkpoint, readers are not
 /// blocked). A reader of a fully checkpointed WAL reads the database file
@@ -95,6 +91,8 @@ pub struct WriteTx {
     /// Resources the current job identified outside its compartment
     /// (`Type/id`), see [`WriteTx::vouch`].
     vouched: Vec<String>,
+    /// Versions the batch stored, for the planner statistics' schedule.
+    written: u64,
 }
 
 impl WriteTx {
@@ -243,6 +241,7 @@ impl WriteTx {
         if let Some(h) = &self.hook {
             h.stored(&writes);
         }
+        self.written += writes.len() as u64;
         self.pending.extend(writes);
         Ok(())
     }
@@ -283,7 +282,8 @@ struct Done {
 type Job = Box<dyn for<'a> FnOnce(&'a mut WriteTx) -> BoxFuture<'a, Done> + Send>;
 
 enum WPool {
-    Sqlite(SqlitePool),
+    /// With when its readers must reload the planner statistics.
+    Sqlite(SqlitePool, Arc<Epoch>),
     Pg(PgPool),
 }
 
@@ -293,8 +293,8 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start_sqlite(pool: SqlitePool) -> Writer {
-        Self::start(WPool::Sqlite(pool))
+    pub fn start_sqlite(pool: SqlitePool, epoch: Arc<Epoch>) -> Writer {
+        Self::start(WPool::Sqlite(pool, epoch))
     }
 
     pub fn start_pg(pool: PgPool) -> Writer {
@@ -367,12 +367,14 @@ impl Writer {
 }
 
 async fn run(pool: WPool, mut rx: mpsc::Receiver<Job>) {
-    let mut since_analyze = 0usize;
     let mut unchecked = false;
-    refresh_statistics(&pool).await;
+    let mut schedule = Schedule::new(stored_versions(&pool).await);
+    if schedule.due_at_start() {
+        refresh_statistics(&pool).await;
+    }
     loop {
         let next = match &pool {
-            WPool::Sqlite(p) if unchecked => match tokio::time::timeout(IDLE_CHECKPOINT, rx.recv()).await {
+            WPool::Sqlite(p, _) if unchecked => match tokio::time::timeout(IDLE_CHECKPOINT, rx.recv()).await {
                 Ok(next) => next,
                 Err(_) => {
                     unchecked = false;
@@ -394,7 +396,7 @@ async fn run(pool: WPool, mut rx: mpsc::Receiver<Job>) {
         }
         let size = batch.len();
         let conn = match &pool {
-            WPool::Sqlite(p) => p.acquire().await.map(WConn::Sqlite),
+            WPool::Sqlite(p, _) => p.acquire().await.map(WConn::Sqlite),
             WPool::Pg(p) => p.acquire().await.map(WConn::Pg),
         };
         let mut wtx = match conn {
@@ -407,6 +409,7 @@ async fn run(pool: WPool, mut rx: mpsc::Receiver<Job>) {
                 vis: Visibility::All,
                 hook: None,
                 vouched: Vec::new(),
+                written: 0,
             },
             Err(e) => {
                 // Dropping the jobs drops their reply senders: each caller
@@ -426,10 +429,12 @@ async fn run(pool: WPool, mut rx: mpsc::Receiver<Job>) {
                     (d.deliver)(None);
                 }
                 unchecked = true;
-                since_analyze += size;
-                if since_analyze >= ANALYZE_EVERY && matches!(pool, WPool::Pg(_)) {
-                    since_analyze = 0;
+                let written = wtx.written;
+                // The SQLite writer has one connection: ANALYZE needs it back.
+                drop(wtx);
+                if schedule.written(written) {
                     refresh_statistics(&pool).await;
+                    schedule.refreshed();
                 }
             }
             Err((dones, e)) => {
@@ -499,29 +504,29 @@ async fn commit_batch(wtx: &mut WriteTx, batch: Vec<Job>) -> Result<Vec<Done>, B
     }
 }
 
-/// `ANALYZE` on PostgreSQL (in the background: it only reads), `PRAGMA
-/// optimize` on SQLite, at start only: it takes the write lock, and a run
-/// under load stalled writes for seconds in the benchmark, while SQLite's
-/// plans for our queries do not depend on statistics.
+/// See `stats.rs`.
 async fn refresh_statistics(pool: &WPool) {
     match pool {
-        WPool::Pg(p) => {
-            let p = p.clone();
-            tokio::spawn(async move {
-                // Our tables only (the database may hold other schemas).
-                let sql = "ANALYZE resource, resource_version, idx_token, idx_string, idx_date, idx_number, idx_quantity, idx_reference, idx_uri, resource_patient, access_grant";
-                if let Err(e) = sqlx::raw_sql(sql).execute(&p).await {
-                    tracing::warn!(error = %e, "ANALYZE failed");
-                }
-            });
-        }
-        WPool::Sqlite(p) => {
-            if let Err(e) = sqlx::raw_sql("PRAGMA analysis_limit = 1000; PRAGMA optimize = 0x10002")
-                .execute(p)
-                .await
-            {
-                tracing::warn!(error = %e, "PRAGMA optimize failed");
-            }
-        }
+        WPool::Pg(p) => stats::refresh_pg(p),
+        WPool::Sqlite(p, epoch) => stats::refresh_sqlite(p, epoch).await,
     }
+}
+
+/// The versions the database holds (its last version key: close enough).
+async fn stored_versions(pool: &WPool) -> u64 {
+    let f = Frag::new("SELECT CAST(COALESCE(MAX(vpk), 0) AS BIGINT) FROM resource_version");
+    let n = match pool {
+        WPool::Sqlite(p, _) => match p.acquire().await {
+            Ok(mut c) => fetch_i64(&mut Conn::Sqlite(&mut c), &f).await,
+            Err(e) => Err(e.into()),
+        },
+        WPool::Pg(p) => match p.acquire().await {
+            Ok(mut c) => fetch_i64(&mut Conn::Pg(&mut c), &f).await,
+            Err(e) => Err(e.into()),
+        },
+    };
+    n.ok()
+        .and_then(|v| v.first().copied())
+        .and_then(|n| u64::try_from(n).ok())
+        .unwrap_or(0)
 }
