@@ -192,7 +192,7 @@ impl Builder {
         values: &[SearchValue],
     ) -> Result<Pred, StoreError> {
         if param.code == "_id" || param.code == "_lastUpdated" {
-            return self.resource_column(param, values);
+            return self.resource_column(resource_type, param, values);
         }
         let x = self.alias();
         let rtype = resource_type.unwrap_or("Resource");
@@ -404,10 +404,19 @@ impl Builder {
         Ok(())
     }
 
-    /// `_id` and `_lastUpdated` live in the resource table.
-    fn resource_column(&mut self, param: &ParamRef, values: &[SearchValue]) -> Result<Pred, StoreError> {
+    /// `_id` and `_lastUpdated` live in the resource table, whose keys
+    /// start with the type: without it PostgreSQL reads the whole table.
+    fn resource_column(
+        &mut self,
+        resource_type: Option<&str>,
+        param: &ParamRef,
+        values: &[SearchValue],
+    ) -> Result<Pred, StoreError> {
         let x = self.alias();
         let mut cond = Frag::new("(");
+        if let Some(t) = resource_type {
+            cond.push(&format!("{x}.rtype = ")).bind(Bind::Text(t.to_string())).push(" AND (");
+        }
         for (i, v) in values.iter().enumerate() {
             if i > 0 {
                 cond.push(" OR ");
@@ -438,7 +447,7 @@ impl Builder {
             }
             cond.push(")");
         }
-        cond.push(")");
+        cond.push(if resource_type.is_some() { "))" } else { ")" });
         let mut drive = Frag::new(format!(
             "SELECT {x}.pk AS pk FROM resource {x} WHERE {x}.deleted = 0 AND "
         ));
