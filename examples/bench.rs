@@ -33,6 +33,11 @@ const RPPS_SYSTEM: &str = "https://rpps.esante.gouv.fr";
 const FHIR_JSON: &str = "application/fhir+json";
 /// The client the benchmark registers in the spawned server's database.
 const BENCH_CLIENT: &str = "apa-bench";
+/// The operator client that sets up the organisation of `--as practice`.
+const BENCH_ADMIN: &str = "apa-bench-admin";
+/// The organisation `--as practice` acts for, and its prescriber's role.
+const BENCH_PRACTICE: &str = "bench-practice";
+const BENCH_ROLE: &str = "PractitionerRole/bench-dr-practice";
 /// How often access tokens are renewed (they live 5 minutes by default).
 const TOKEN_REFRESH: Duration = Duration::from_secs(60);
 /// Resource types of a prescription Bundle, in entry order.
@@ -115,6 +120,26 @@ struct Args {
     /// autovacuum would (it may be off on a test cluster).
     #[arg(long)]
     pg_analyze: bool,
+    /// Who calls: a GP practice (an organisation client: its compartment
+    /// rules on, its prescriber's PractitionerRole as the requester), as
+    /// real traffic does, or the operator (sees everything).
+    #[arg(long = "as", value_enum, default_value_t = Caller::Practice)]
+    caller: Caller,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Caller {
+    Practice,
+    Operator,
+}
+
+impl Caller {
+    fn name(self) -> &'static str {
+        match self {
+            Caller::Practice => "a GP practice (organisation client)",
+            Caller::Operator => "the operator",
+        }
+    }
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -392,7 +417,10 @@ fn rpps(n: u64) -> String {
 
 /// Transaction Bundle number `n`: Patient, Practitioner, Condition,
 /// ServiceRequest, Observation, linked by `urn:uuid:` references.
-fn prescription_bundle(seed: u64, n: u64) -> Vec<u8> {
+/// `requester`: the prescriber's PractitionerRole when an organisation
+/// client sends it (it must name someone of its own); otherwise the
+/// Practitioner of the Bundle.
+fn prescription_bundle(seed: u64, n: u64, requester: Option<&str>) -> Vec<u8> {
     let mut rng = Rng::new(seed, n);
     let f = Facts::of(seed, n, &mut rng);
     let [patient, practitioner, condition, request, observation] = [(); 5].map(|()| rng.urn());
@@ -475,7 +503,7 @@ fn prescription_bundle(seed: u64, n: u64) -> Vec<u8> {
             "boundsDuration": {"value": 3, "unit": "mois", "system": "http://unitsofmeasure.org", "code": "mo"},
             "duration": 60, "durationUnit": "min", "frequency": 1 + rng.below(3), "period": 1, "periodUnit": "wk"}},
         "authoredOn": authored,
-        "requester": {"reference": practitioner},
+        "requester": {"reference": requester.unwrap_or(&practitioner)},
         "reasonCode": [{"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": icd, "display": icd_label}]}],
         "reasonReference": [{"reference": condition}],
     });
@@ -883,23 +911,28 @@ async fn wait_ready(client: &Client, root: &str, server: &mut Server) -> Result<
 
 /// Registers the benchmark's client (SMART backend service, all scopes) in
 /// the fresh database with the server's own CLI; returns its private key.
-fn register_client(binary: &Path, dir: &Path, database_url: &str, env: &[(String, String)]) -> Result<PathBuf, String> {
-    let key = dir.join("bench-client.pem");
+fn register_client(
+    binary: &Path,
+    dir: &Path,
+    database_url: &str,
+    env: &[(String, String)],
+    id: &str,
+    caller: Caller,
+) -> Result<PathBuf, String> {
+    let key = dir.join(format!("{id}.pem"));
+    let (scope, organization) = match caller {
+        Caller::Operator => ("system/*.cruds operator", None),
+        Caller::Practice => ("system/*.cruds", Some(BENCH_PRACTICE)),
+    };
     let out = Command::new(binary)
         .current_dir(dir)
         .env_remove("APA_CONFIG")
         .env("DATABASE_URL", database_url)
         .env("RUST_LOG", "warn")
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .args([
-            "clients",
-            "add",
-            "--name",
-            "apa-gateway benchmark",
-            "--id",
-            BENCH_CLIENT,
-        ])
-        .args(["--scope", "system/*.cruds operator", "--generate-key"])
+        .args(["clients", "add", "--name", "apa-gateway benchmark", "--id", id])
+        .args(organization.iter().flat_map(|o| ["--organization", o]))
+        .args(["--scope", scope, "--generate-key"])
         .arg(&key)
         .stdin(Stdio::null())
         .output()
@@ -1122,6 +1155,7 @@ struct LoadShared {
     base: String,
     auth: Arc<Auth>,
     seed: u64,
+    requester: Option<&'static str>,
     /// Bundles still to store; a failed one gives its ticket back.
     tickets: AtomicI64,
     /// Number of the next prescription (each attempt gets a new one).
@@ -1155,7 +1189,7 @@ async fn load_worker(client: Client, s: Arc<LoadShared>) -> LoadWorker {
             break;
         }
         let n = s.next_n.fetch_add(1, Ordering::Relaxed);
-        let body = prescription_bundle(s.seed, n);
+        let body = prescription_bundle(s.seed, n, s.requester);
         let started = Instant::now();
         let outcome = send_ok(
             "POST",
@@ -1204,6 +1238,7 @@ async fn load(client: &Client, target: &Target, args: &Args) -> (LoadReport, Vec
         base: target.base.clone(),
         auth: target.auth.clone(),
         seed: args.seed,
+        requester: (args.caller == Caller::Practice && args.url.is_none()).then_some(BENCH_ROLE),
         tickets: AtomicI64::new(i64::try_from(bundles).expect("bundle count fits in i64")),
         next_n: AtomicU64::new(0),
         acked: AtomicU64::new(0),
@@ -1570,6 +1605,8 @@ struct Report {
     db: Option<Db>,
     base_url: String,
     resources_requested: u64,
+    /// Who the requests came from.
+    caller: &'static str,
     concurrency: usize,
     duration_secs: u64,
     /// Offered requests per second in the timed phases (0: unlimited).
@@ -1703,13 +1740,34 @@ async fn spawn_server(
     database_url: &str,
 ) -> Result<(), String> {
     let dir = target.dir.as_ref().map(|d| d.path().to_path_buf()).unwrap_or_default();
-    let key = register_client(binary, &dir, database_url, &args.server_env)?;
+    let key = register_client(binary, &dir, database_url, &args.server_env, BENCH_CLIENT, args.caller)?;
+    let admin_key = match args.caller {
+        Caller::Practice => Some(register_client(
+            binary,
+            &dir,
+            database_url,
+            &args.server_env,
+            BENCH_ADMIN,
+            Caller::Operator,
+        )?),
+        Caller::Operator => None,
+    };
     eprintln!("starting {} on {listen} ({database_url})", binary.display());
     let server = target
         .server
         .insert(Server::spawn(binary, &dir, listen, database_url, &args.server_env));
     let ready = wait_ready(client, &format!("http://{listen}"), server).await?;
     target.startup_secs = Some(ready.as_secs_f64());
+    if let Some(admin_key) = admin_key {
+        let admin = Auth::refreshed(TokenSource {
+            binary: binary.to_path_buf(),
+            client_id: BENCH_ADMIN.into(),
+            key: admin_key,
+            base: target.base.clone(),
+        })
+        .await?;
+        set_up_practice(client, &target.base, &admin).await?;
+    }
     let source = TokenSource {
         binary: binary.to_path_buf(),
         client_id: BENCH_CLIENT.into(),
@@ -1717,6 +1775,43 @@ async fn spawn_server(
         base: target.base.clone(),
     };
     target.auth = Arc::new(Auth::refreshed(source).await?);
+    Ok(())
+}
+
+/// The GP practice of `--as practice`, its prescriber and his role there,
+/// registered by the operator as a territory's directory would be.
+async fn set_up_practice(client: &Client, base: &str, admin: &Auth) -> Result<(), String> {
+    let role_id = BENCH_ROLE.trim_start_matches("PractitionerRole/");
+    let resources = [
+        json!({"resourceType": "Organization", "id": BENCH_PRACTICE, "active": true,
+               "name": "Cabinet médical du banc d'essai",
+               "identifier": [{"system": "https://sirene.fr", "value": "84512379300026"}]}),
+        json!({"resourceType": "Practitioner", "id": "bench-dr", "active": true,
+               "identifier": [{"system": RPPS_SYSTEM, "value": rpps(123_456_789)}],
+               "name": [{"use": "official", "family": "Banc", "given": ["Claire"], "prefix": ["Dr"]}]}),
+        json!({"resourceType": "PractitionerRole", "id": role_id, "active": true,
+               "practitioner": {"reference": "Practitioner/bench-dr"},
+               "organization": {"reference": format!("Organization/{BENCH_PRACTICE}")}}),
+    ];
+    for r in resources {
+        let url = format!(
+            "{base}/{}/{}",
+            r["resourceType"].as_str().unwrap_or_default(),
+            r["id"].as_str().unwrap_or_default()
+        );
+        let resp = admin
+            .apply(client.put(&url))
+            .header("content-type", FHIR_JSON)
+            .body(r.to_string())
+            .send()
+            .await
+            .map_err(|e| format!("setting up the practice: {e}"))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            return Err(format!("setting up the practice: PUT {url}: {status}: {body}"));
+        }
+    }
     Ok(())
 }
 
@@ -1784,7 +1879,8 @@ fn print_report(r: &Report) {
     });
     let _ = writeln!(
         out,
-        "\napa-gateway benchmark: {db}, {} resources requested, {} clients, {} s per timed phase, {}, seed {}",
+        "\napa-gateway benchmark: {db}, as {}, {} resources requested, {} clients, {} s per timed phase, {}, seed {}",
+        r.caller,
         r.resources_requested,
         r.concurrency,
         r.duration_secs,
@@ -2019,6 +2115,7 @@ async fn run(args: Args) -> Result<Report, String> {
         db: args.url.is_none().then_some(args.db),
         base_url,
         resources_requested: args.resources,
+        caller: args.caller.name(),
         concurrency: args.concurrency,
         duration_secs: args.duration,
         rate: args.rate,
@@ -2107,9 +2204,9 @@ mod tests {
 
     #[test]
     fn bundles_are_deterministic_and_linked() {
-        assert_eq!(prescription_bundle(1, 42), prescription_bundle(1, 42));
-        assert_ne!(prescription_bundle(1, 42), prescription_bundle(2, 42));
-        let b: Value = serde_json::from_slice(&prescription_bundle(1, 42)).expect("JSON");
+        assert_eq!(prescription_bundle(1, 42, None), prescription_bundle(1, 42, None));
+        assert_ne!(prescription_bundle(1, 42, None), prescription_bundle(2, 42, None));
+        let b: Value = serde_json::from_slice(&prescription_bundle(1, 42, None)).expect("JSON");
         let entries = b["entry"].as_array().expect("entries");
         assert_eq!(entries.len(), 5);
         let patient = entries[0]["fullUrl"].as_str().expect("fullUrl");
