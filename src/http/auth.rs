@@ -105,11 +105,11 @@ pub async fn token(
             (s.auth.token(req, peer.as_ref()).await, claimed)
         }
         Err(rejection) => (
-            Err(OAuthError {
-                status: rejection.status().as_u16(),
-                error: "invalid_request",
-                description: rejection.body_text(),
-            }),
+            Err(OAuthError::request(
+                rejection.status().as_u16(),
+                "invalid_request",
+                rejection.body_text(),
+            )),
             None,
         ),
     };
@@ -125,8 +125,10 @@ pub async fn token(
             Json(t).into_response()
         }
         Err(e) => {
-            tracing::info!(error = e.error, "token request refused");
-            audit::note_refusal(claimed, format!("token request refused: {}", e.error));
+            // The reason, which the client is not told, goes to the trail
+            // and the log.
+            tracing::info!(error = e.error, reason = %e.reason, "token request refused");
+            audit::note_refusal(claimed, format!("token request refused: {e}"));
             let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
             (
                 status,
