@@ -162,6 +162,16 @@ mod tests {
         assert!(!narrowed.address_allowed(ip("127.0.0.1")));
     }
 
+    /// `APA_METRICS_ALLOW=[10.0.0.0/8, 192.0.2.7]`, as figment reads an
+    /// environment variable's value.
+    #[test]
+    fn the_allow_list_is_written_as_a_list_in_the_environment() {
+        let value: figment::value::Value = "[10.0.0.0/8, 192.0.2.7]".parse().expect("infallible");
+        let list: Vec<String> = value.deserialize().expect("a list of strings");
+        assert_eq!(list, ["10.0.0.0/8", "192.0.2.7"]);
+        assert!(MetricsAccess::new(None, Some(&list)).is_ok());
+    }
+
     #[test]
     fn unusable_settings_stop_the_start() {
         assert!(matches!(
