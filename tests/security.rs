@@ -87,6 +87,13 @@ async fn no_token_no_data(app: &TestApp) {
         app.anonymous.get(app.url("metadata")).send().await.unwrap().status(),
         200
     );
+    // Only the discovery documents themselves: a path that ends like one
+    // but is routed to a resource read is authenticated like any other.
+    for lookalike in ["fhir/metadata", "fhir/.well-known/smart-configuration"] {
+        let r = app.anonymous.get(app.url(lookalike)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{lookalike}");
+        assert!(r.headers().contains_key("www-authenticate"), "{lookalike}");
+    }
 }
 
 async fn the_token_endpoint_refuses_bad_assertions(app: &TestApp) {

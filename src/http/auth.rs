@@ -17,9 +17,10 @@ use crate::security::certs::PeerCertificate;
 
 use super::{AppState, limits};
 
-/// Inside the `/fhir` router the prefix is already stripped.
+/// Inside the `/fhir` router the prefix is already stripped. Stripping it
+/// again made `/fhir/fhir/metadata` public too, though it is routed to the
+/// read of a resource: only the discovery documents themselves are.
 fn is_public(path: &str) -> bool {
-    let path = path.strip_prefix("/fhir").unwrap_or(path);
     matches!(path, "/metadata" | "/.well-known/smart-configuration")
 }
 
