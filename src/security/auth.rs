@@ -26,6 +26,9 @@ use crate::store::{ClientRecord, Store, StoreError};
 const MAX_ASSERTION_LIFETIME: u64 = 300;
 /// Clock skew tolerated between a client and the gateway.
 const LEEWAY: u64 = 30;
+/// No refused client authentication is answered sooner: well above what a
+/// lookup and a signature check take, so that none of them shows.
+const CLIENT_REFUSAL_FLOOR: Duration = Duration::from_millis(100);
 const CLIENT_CACHE_TTL: Duration = Duration::from_secs(10);
 const JWKS_CACHE_TTL: Duration = Duration::from_secs(300);
 
@@ -302,6 +305,18 @@ impl Auth {
     /// The token endpoint: `client_credentials` with a client assertion;
     /// `peer` is the TLS client certificate of the connection, if any.
     pub async fn token(&self, req: TokenRequest, peer: Option<&PeerCertificate>) -> Result<TokenResponse, OAuthError> {
+        let started = tokio::time::Instant::now();
+        let issued = self.issue(req, peer).await;
+        // An unknown client is refused after one lookup, a known one after
+        // its signature is checked too: without a common floor the time of
+        // the answer would tell what its words do not.
+        if matches!(&issued, Err(e) if e.error == "invalid_client") {
+            tokio::time::sleep_until(started + CLIENT_REFUSAL_FLOOR).await;
+        }
+        issued
+    }
+
+    async fn issue(&self, req: TokenRequest, peer: Option<&PeerCertificate>) -> Result<TokenResponse, OAuthError> {
         if req.grant_type.as_deref() != Some("client_credentials") {
             return Err(OAuthError::request(
                 400,
