@@ -60,6 +60,12 @@ pub struct Config {
     pub oidc_audience: Option<String>,
     pub oidc_required_acr: String,
     pub oidc_scope: String,
+    /// When set, `/metrics` is served only to requests carrying it as a
+    /// bearer token (from any address, loopback included).
+    pub metrics_token: Option<String>,
+    /// Addresses or CIDR blocks `/metrics` is served to. Default: loopback
+    /// only without `metrics_token`, any address with it.
+    pub metrics_allow: Option<Vec<String>>,
 }
 
 impl Default for Config {
@@ -88,6 +94,8 @@ impl Default for Config {
             oidc_audience: None,
             oidc_required_acr: "eidas1".into(),
             oidc_scope: "user/*.rs".into(),
+            metrics_token: None,
+            metrics_allow: None,
         }
     }
 }

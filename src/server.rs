@@ -15,6 +15,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::fhir::interaction::capabilities::capability_statement;
 use crate::fhir::rules::SharedRules;
+use crate::http::metrics_access::MetricsAccess;
 use crate::http::{AppState, Limits, router};
 use crate::security::auth::Auth;
 use crate::security::oidc::OidcSettings;
@@ -138,6 +139,10 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
             max_body_bytes: cfg.max_body_bytes,
             max_json_depth: cfg.max_json_depth,
             request_timeout: Duration::from_secs(cfg.request_timeout_secs),
+            metrics_access: Arc::new(
+                MetricsAccess::new(cfg.metrics_token.as_deref(), cfg.metrics_allow.as_deref())
+                    .map_err(|e| ServerError::Config(e.to_string()))?,
+            ),
         },
     );
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
