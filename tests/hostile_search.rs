@@ -20,10 +20,7 @@ async fn assert_refused(r: reqwest::Response, param: &str, code: &str, what: &st
     let issue = &body["issue"][0];
     assert_eq!(issue["code"], code, "{what}: {body}");
     assert_eq!(issue["expression"][0], param, "{what}: {body}");
-    assert!(
-        issue["diagnostics"].as_str().unwrap().contains(param),
-        "{what}: {body}"
-    );
+    assert!(issue["diagnostics"].as_str().unwrap().contains(param), "{what}: {body}");
 }
 
 async fn lenient(app: &TestApp, path: &str) -> reqwest::Response {
@@ -91,7 +88,9 @@ async fn a_query_string_built_to_blow_up_the_sql_is_refused(app: &TestApp) {
     let ids: Vec<String> = (0..100).map(|i| format!("id-{i}")).collect();
     let r = app.get(&format!("Patient?_id={}", ids.join(","))).await;
     assert_eq!(r.status(), StatusCode::OK);
-    let r = app.get(&format!("Patient?{}", vec!["gender=female"; 60].join("&"))).await;
+    let r = app
+        .get(&format!("Patient?{}", vec!["gender=female"; 60].join("&")))
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(matches(&json(r).await).len(), 2);
 }
@@ -146,7 +145,10 @@ async fn a_batch_search_entry_follows_the_bundle_prefer_and_conditional_writes_a
     let r = app.post("", &batch).await;
     assert_eq!(r.status(), StatusCode::OK);
     let b = json(r).await;
-    assert!(b["entry"][0]["response"]["status"].as_str().unwrap().starts_with("400"), "{b}");
+    assert!(
+        b["entry"][0]["response"]["status"].as_str().unwrap().starts_with("400"),
+        "{b}"
+    );
     let r = app
         .req(Method::POST, "")
         .header("content-type", "application/fhir+json")
@@ -156,7 +158,10 @@ async fn a_batch_search_entry_follows_the_bundle_prefer_and_conditional_writes_a
         .await
         .unwrap();
     let b = json(r).await;
-    assert!(b["entry"][0]["response"]["status"].as_str().unwrap().starts_with("200"), "{b}");
+    assert!(
+        b["entry"][0]["response"]["status"].as_str().unwrap().starts_with("200"),
+        "{b}"
+    );
     let searchset = &b["entry"][0]["resource"];
     assert_eq!(searchset["entry"][0]["search"]["mode"], "outcome", "{b}");
     assert_eq!(matches(searchset).len(), 1);

@@ -101,7 +101,10 @@ fn known(rtype: &str) -> Vec<(&'static str, &'static str)> {
         "ServiceRequest" => vec![
             ("subject", "Patient/patient-le-bihan"),
             ("requester", "PractitionerRole/dr-lebreton-colombier"),
-            ("requester:PractitionerRole.organization", "Organization/cabinet-colombier"),
+            (
+                "requester:PractitionerRole.organization",
+                "Organization/cabinet-colombier",
+            ),
             ("status", "active"),
             ("authored", "ge2020"),
             ("_has:Task:focus:owner", "Organization/mss-bouger-plus"),
@@ -230,7 +233,11 @@ async fn ask(http: &Client, base: &str, path: &str, lenient: bool) -> Result<Ans
             continue;
         }
         found.insert((
-            format!("{}/{}", res["resourceType"].as_str().unwrap_or("?"), res["id"].as_str().unwrap_or("?")),
+            format!(
+                "{}/{}",
+                res["resourceType"].as_str().unwrap_or("?"),
+                res["id"].as_str().unwrap_or("?")
+            ),
             patient_of(res),
         ));
     }
@@ -258,15 +265,27 @@ async fn check(w: &World, q: &Query) -> Result<(), TestCaseError> {
     }
     prop_assert_eq!(client.status, StatusCode::OK, "{} by {}", path, org);
     for (id, patient) in &client.found {
-        prop_assert!(operator.found.contains(&(id.clone(), patient.clone())), "{path}: {org} got {id}, the operator did not");
+        prop_assert!(
+            operator.found.contains(&(id.clone(), patient.clone())),
+            "{path}: {org} got {id}, the operator did not"
+        );
         if let Some(p) = patient {
-            prop_assert!(sees.contains(&p.as_str()), "{path}: {org} got {id} of {p}, outside its compartment");
+            prop_assert!(
+                sees.contains(&p.as_str()),
+                "{path}: {org} got {id} of {p}, outside its compartment"
+            );
         }
     }
     if !q.unknown.is_empty() {
         prop_assert_eq!(client.ignored, q.unknown.len(), "{} by {}", path, org);
         let without = ask(&w.searchers[q.searcher], &w.base, &q.path(false), q.lenient).await?;
-        prop_assert_eq!(&client.found, &without.found, "{} by {}: wider than without its unknown parameters", path, org);
+        prop_assert_eq!(
+            &client.found,
+            &without.found,
+            "{} by {}: wider than without its unknown parameters",
+            path,
+            org
+        );
     }
     Ok(())
 }
@@ -290,7 +309,9 @@ async fn territory(app: &TestApp) -> World {
     let mut searchers = Vec::new();
     for (org, sees) in SEARCHERS {
         let c = CLIENTS.iter().find(|c| c.organization == Some(org)).unwrap();
-        let token = register_client(app.running(), c.id, c.organization, c.scope).await.token;
+        let token = register_client(app.running(), c.id, c.organization, c.scope)
+            .await
+            .token;
         let http = bearer_client(&token);
         // The compartments the property relies on hold.
         for p in PATIENTS {

@@ -342,7 +342,10 @@ fn check_limits(pairs: &[(String, String)], limits: &SearchLimits) -> Result<(),
                 ),
             ));
         }
-        let values = split_unescaped(value, ',').into_iter().filter(|v| !v.is_empty()).count();
+        let values = split_unescaped(value, ',')
+            .into_iter()
+            .filter(|v| !v.is_empty())
+            .count();
         if values > limits.max_or_values {
             return Err(too_costly(
                 name,
@@ -2061,10 +2064,7 @@ mod tests {
         let repeated = vec!["_id=a"; 932].join("&");
         assert_eq!(too_costly(&format!("Patient?{repeated}")), "_id");
         let or_values: Vec<String> = (0..1000).map(|i| format!("c{i}")).collect();
-        assert_eq!(
-            too_costly(&format!("Observation?code={}", or_values.join(","))),
-            "code"
-        );
+        assert_eq!(too_costly(&format!("Observation?code={}", or_values.join(","))), "code");
         // 6 × 99 values: each list is allowed, not their sum.
         let list = or_values[..99].join(",");
         let many = (0..6).map(|_| format!("code={list}")).collect::<Vec<_>>().join("&");
@@ -2087,7 +2087,10 @@ mod tests {
         assert!(matches!(err("Patient?na%00me=ab"), SearchError::BadValue { .. }));
         // Exponents that overflow, offsets beyond any result.
         assert!(search("Observation?value-quantity=0.00001e-2147483648").is_ok());
-        assert!(matches!(err("Observation?value-quantity=0e99999"), SearchError::BadValue { .. }));
+        assert!(matches!(
+            err("Observation?value-quantity=0e99999"),
+            SearchError::BadValue { .. }
+        ));
         let e = err("Patient?_sort=_id&_offset=18446744073709551615");
         assert_eq!(e.param(), Some(PAGE_OFFSET));
         // A token has no order.
