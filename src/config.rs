@@ -66,6 +66,14 @@ pub struct Config {
     /// Addresses or CIDR blocks `/metrics` is served to. Default: loopback
     /// only without `metrics_token`, any address with it.
     pub metrics_allow: Option<Vec<String>>,
+    /// How much one search may ask for (over it: 400 `too-costly`):
+    /// parameters (a repeated name counting each time), comma-separated
+    /// values in one parameter and in the whole search, `_include` and
+    /// `_revinclude` parameters.
+    pub search_max_params: usize,
+    pub search_max_or_values: usize,
+    pub search_max_values_total: usize,
+    pub search_max_includes: usize,
 }
 
 impl Default for Config {
@@ -96,6 +104,10 @@ impl Default for Config {
             oidc_scope: "user/*.rs".into(),
             metrics_token: None,
             metrics_allow: None,
+            search_max_params: 64,
+            search_max_or_values: 100,
+            search_max_values_total: 500,
+            search_max_includes: 16,
         }
     }
 }
@@ -123,6 +135,15 @@ impl Config {
         match &self.public_url {
             Some(u) => u.trim_end_matches('/').to_string(),
             None => format!("{}://{}/fhir", self.scheme(), self.listen),
+        }
+    }
+
+    pub fn search_limits(&self) -> crate::fhir::search::parse::SearchLimits {
+        crate::fhir::search::parse::SearchLimits {
+            max_params: self.search_max_params,
+            max_or_values: self.search_max_or_values,
+            max_values_total: self.search_max_values_total,
+            max_includes: self.search_max_includes,
         }
     }
 

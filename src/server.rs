@@ -121,6 +121,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
         metrics: crate::telemetry::metrics(),
         auth: Arc::new(auth),
         audit: Arc::new(crate::security::audit::Gateway::new(&base)),
+        search_limits: cfg.search_limits(),
         capabilities: serde_json::to_vec(&capability_statement(
             &base,
             env!("CARGO_PKG_VERSION"),

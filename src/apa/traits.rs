@@ -182,6 +182,7 @@ pub async fn unique_ins(tx: &mut WriteTx, writes: &[Write]) -> Result<(), FhirEr
             strict: true,
             default_count: 2,
             max_count: 2,
+            ..ParseOptions::default()
         };
         let req = parse_search(Registry::r4(), Some("Patient"), &pairs, &opts)?;
         let holders = tx.search_keys_unrestricted(&req, 2).await?;

@@ -42,6 +42,7 @@ pub struct AppState {
     pub rate_limits: Arc<limits::RateLimits>,
     /// The gateway as its audit trail names it.
     pub audit: Arc<crate::security::audit::Gateway>,
+    pub search_limits: crate::fhir::search::parse::SearchLimits,
 }
 
 /// Largest body of a token request (its client assertion is a JWT).

@@ -125,6 +125,7 @@ pub async fn resolve_organization(store: &Store, registered: &str) -> Result<Opt
         strict: true,
         default_count: 2,
         max_count: 2,
+        ..ParseOptions::default()
     };
     let Ok(req) = parse_search(Registry::r4(), Some("Organization"), &pairs, &opts) else {
         return Ok(None);

@@ -72,6 +72,7 @@ pub async fn search(store: &Store, caller: &Caller, input: SearchInput<'_>) -> R
         strict: true,
         default_count: 20,
         max_count: 1000,
+        limits: input.limits,
     };
     let req = parse_search(Registry::r4(), Some(AUDIT_EVENT), &params, &opts)?;
     if !req.include.is_empty() || !req.revinclude.is_empty() {

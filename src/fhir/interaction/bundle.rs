@@ -45,6 +45,10 @@ pub struct BundleInput<'a> {
     pub body: &'a [u8],
     /// `Prefer: return=representation`: put each resource in its response entry.
     pub representation: bool,
+    /// `Prefer: handling` and the search limits, for the search entries
+    /// (`GET Type?…`), which follow them as the same search sent alone.
+    pub strict: bool,
+    pub search_limits: crate::fhir::search::parse::SearchLimits,
 }
 
 enum Op {
@@ -434,7 +438,7 @@ async fn transaction(
     let mut w = BundleWriter::new("transaction-response", None, &[]);
     for (e, reply) in entries.iter().zip(done.replies) {
         let (reply, is_get) = match (&e.op, reply) {
-            (Op::Get { url }, _) => (get(store, caller, input.base, url).await, true),
+            (Op::Get { url }, _) => (get(store, caller, input, url).await, true),
             (_, r) => (Ok(r.unwrap_or_else(|| Reply::empty(204))), false),
         };
         write_response(&mut w, input.base, reply, input.representation || is_get);
@@ -727,7 +731,7 @@ async fn batch(
             Err(err) => (Err(in_entry(i, err)), false),
             Ok(entry) => {
                 let is_get = matches!(entry.op, Op::Get { .. });
-                (run_one(store, rules, caller, input.base, entry).await, is_get)
+                (run_one(store, rules, caller, input, entry).await, is_get)
             }
         };
         // A GET entry noted itself (`get`), a write that committed has its
@@ -751,11 +755,11 @@ async fn run_one(
     store: &Store,
     rules: &SharedRules,
     caller: &Caller,
-    base: &str,
+    input: &BundleInput<'_>,
     mut entry: Entry,
 ) -> Result<Reply, FhirError> {
     if let Op::Get { url } = &entry.op {
-        return get(store, caller, base, url).await;
+        return get(store, caller, input, url).await;
     }
     if let Some(res) = op_resource(&mut entry.op) {
         entry.index = Some(index_of(res));
@@ -781,13 +785,13 @@ async fn run_one(
 
 /// A GET entry: read, vread, search or history, as the URL says. It leaves
 /// its own AuditEvent, as the same request sent on its own would.
-async fn get(store: &Store, caller: &Caller, base: &str, url: &str) -> Result<Reply, FhirError> {
+async fn get(store: &Store, caller: &Caller, input: &BundleInput<'_>, url: &str) -> Result<Reply, FhirError> {
     // A transaction's conditional delete that matched nothing: no GET.
     if url.is_empty() {
         return Ok(Reply::empty(204));
     }
     let (path, segs, query) = split_url(url);
-    let reply = run_get(store, caller, base, url, &segs, query.unwrap_or_default()).await;
+    let reply = run_get(store, caller, input, url, &segs, query.unwrap_or_default()).await;
     note(entry_interaction("GET", &segs), path, query, &reply);
     reply
 }
@@ -810,11 +814,12 @@ fn note(interaction: &'static str, path: &str, query: Option<&str>, reply: &Resu
 async fn run_get(
     store: &Store,
     caller: &Caller,
-    base: &str,
+    input: &BundleInput<'_>,
     url: &str,
     segs: &[&str],
     query: &str,
 ) -> Result<Reply, FhirError> {
+    let base = input.base;
     let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
@@ -827,7 +832,8 @@ async fn run_get(
                     base,
                     resource_type: Some(t),
                     params: &params,
-                    strict: false,
+                    strict: input.strict,
+                    limits: input.search_limits,
                 },
             )
             .await

@@ -120,6 +120,7 @@ pub fn conditional_query(resource_type: &str, query: &str) -> Result<SearchReque
         strict: true,
         default_count: 2,
         max_count: 2,
+        ..ParseOptions::default()
     };
     let req = parse_search(Registry::r4(), Some(resource_type), &pairs, &opts)?;
     if req.filters.is_empty() {
