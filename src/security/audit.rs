@@ -1485,7 +1485,7 @@ mod tests {
             id: "o1".into(),
         };
         let recs = ended(scope("read", "Observation/o1", None), 404, None, |ls| {
-            assert_eq!(ls, [obs.clone()]);
+            assert_eq!(ls, std::slice::from_ref(&obs));
             found(&[(obs.clone(), &["p1"])])
         })
         .await;
@@ -1526,7 +1526,7 @@ mod tests {
         };
         let query = format!("identifier={INS}%7C2840375123456");
         let recs = ended(scope("search-type", "Patient", Some(&query)), 200, None, |ls| {
-            assert_eq!(ls, [ins.clone()]);
+            assert_eq!(ls, std::slice::from_ref(&ins));
             found(&[(ins.clone(), &["p1"])])
         })
         .await;
@@ -1546,7 +1546,7 @@ mod tests {
         let s = scope("create", "Patient", None);
         s.state().request.condition = Some(query.clone());
         let recs = ended(s, 412, None, |ls| {
-            assert_eq!(ls, [ins.clone()]);
+            assert_eq!(ls, std::slice::from_ref(&ins));
             Found::new()
         })
         .await;

@@ -49,11 +49,13 @@ pub type Found = HashMap<Lookup, Vec<String>>;
 /// duplicate identity, and those are enough to find it.
 const PATIENTS_PER_IDENTIFIER: usize = 8;
 
+type Make = Box<dyn FnOnce(&Found) -> Vec<AuditRecord> + Send>;
+
 /// Builds the records to store, off the request's path (it may cost CPU),
 /// once what they need looked up is known.
 pub struct Deferred {
     lookups: Vec<Lookup>,
-    make: Box<dyn FnOnce(&Found) -> Vec<AuditRecord> + Send>,
+    make: Make,
 }
 
 impl Deferred {
