@@ -56,6 +56,11 @@ pub async fn audit(State(s): State<AppState>, req: Request, next: Next) -> Respo
         id,
         version,
         query: req.uri().query().map(str::to_string),
+        condition: req
+            .headers()
+            .get("if-none-exist")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
         network: req
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
