@@ -60,6 +60,10 @@ pub struct Config {
     pub oidc_audience: Option<String>,
     pub oidc_required_acr: String,
     pub oidc_scope: String,
+    /// Refused identifications of one INS by one organisation allowed per
+    /// `identification_window_secs` (then 429); `0` switches the limit off.
+    pub identification_failures_max: u32,
+    pub identification_window_secs: u64,
 }
 
 impl Default for Config {
@@ -88,6 +92,8 @@ impl Default for Config {
             oidc_audience: None,
             oidc_required_acr: "eidas1".into(),
             oidc_scope: "user/*.rs".into(),
+            identification_failures_max: 5,
+            identification_window_secs: 3600,
         }
     }
 }
