@@ -332,10 +332,14 @@ pub async fn unique_ins(tx: &mut WriteTx, writes: &[Write], limit: &Identificati
             max_count: 2,
         };
         let req = parse_search(Registry::r4(), Some("Patient"), &pairs, &opts)?;
+        // Its own holder only when the write updates a Patient the caller
+        // sees (`pk`): a client id naming the holder it cannot see is a
+        // second Patient for the INS, answered as any.
+        let another = |(_, other, _): &(String, String, i64)| *other != w.id || w.pk.is_none();
         let holders = tx.search_keys_unrestricted(&req, 2).await?;
-        if holders.iter().any(|(_, other, _)| *other != w.id) {
+        if holders.iter().any(another) {
             let seen_by_caller = tx.search_keys(&req, 2).await?;
-            if party.is_none() || seen_by_caller.iter().any(|(_, other, _)| *other != w.id) {
+            if party.is_none() || seen_by_caller.iter().any(another) {
                 return Err(taken(&system));
             }
             return Err(refuse(&party));
