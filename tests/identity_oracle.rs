@@ -17,8 +17,7 @@ use common::{TestApp, bearer_client, json, register_client};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 
-const SCOPE: &str =
-    "system/*.rs system/Patient.cru system/ServiceRequest.cru system/Task.cru system/AuditEvent.rs";
+const SCOPE: &str = "system/*.rs system/Patient.cru system/ServiceRequest.cru system/Task.cru system/AuditEvent.rs";
 const INS_SYSTEM: &str = "urn:oid:1.2.250.1.213.1.4.10";
 /// Nathalie Le Bihan's test INS (demo territory).
 const VICTIM_INS: &str = "268053523812380";
@@ -79,7 +78,10 @@ fn probes(her: &Value) -> Vec<(&'static str, Value)> {
     };
     vec![
         ("another birth date", with(&|p| p["birthDate"] = json!("1968-05-12"))),
-        ("another birth name", with(&|p| p["name"][0]["family"] = json!("Le Guen"))),
+        (
+            "another birth name",
+            with(&|p| p["name"][0]["family"] = json!("Le Guen")),
+        ),
         ("another first name", with(&|p| p["name"][0]["given"] = json!(["Anne"]))),
         ("another sex", with(&|p| p["gender"] = json!("male"))),
         ("another birth place", with(&|p| *birth_place(p) = json!("29019"))),
@@ -91,8 +93,14 @@ fn probes(her: &Value) -> Vec<(&'static str, Value)> {
                 ext.retain(|e| e["url"] != "http://hl7.org/fhir/StructureDefinition/patient-birthPlace");
             }),
         ),
-        ("no first name", with(&|p| drop(p["name"][0].as_object_mut().unwrap().remove("given")))),
-        ("no birth date", with(&|p| drop(p.as_object_mut().unwrap().remove("birthDate")))),
+        (
+            "no first name",
+            with(&|p| drop(p["name"][0].as_object_mut().unwrap().remove("given"))),
+        ),
+        (
+            "no birth date",
+            with(&|p| drop(p.as_object_mut().unwrap().remove("birthDate"))),
+        ),
         ("no sex", with(&|p| drop(p.as_object_mut().unwrap().remove("gender")))),
         (
             "the INS alone",
@@ -171,7 +179,11 @@ async fn the_mss_probes_her_traits_and_learns_nothing(app: &TestApp) {
     let read = |path: String| mss.get(app.url(&path)).send();
     assert_eq!(read("Patient/patient-le-bihan".into()).await.unwrap().status(), 404);
     assert_eq!(read(format!("Condition/{condition}")).await.unwrap().status(), 404);
-    let holders = json(app.get(&format!("Patient?identifier={INS_SYSTEM}|{VICTIM_INS}&_total=accurate")).await).await;
+    let holders = json(
+        app.get(&format!("Patient?identifier={INS_SYSTEM}|{VICTIM_INS}&_total=accurate"))
+            .await,
+    )
+    .await;
     assert_eq!(holders["total"], 1);
 }
 
@@ -206,7 +218,10 @@ async fn ids_it_cannot_see_are_answered_like_ids_it_may_not_use(app: &TestApp) {
     her["id"] = json!("patient-le-bihan");
     let by_id = answer(put("Patient/patient-le-bihan", &her).await.unwrap()).await;
     assert_eq!(by_id, plain);
-    assert_eq!(json(app.get("Patient/patient-le-bihan").await).await["meta"]["versionId"], "1");
+    assert_eq!(
+        json(app.get("Patient/patient-le-bihan").await).await["meta"]["versionId"],
+        "1"
+    );
 }
 
 async fn repeated_failures_are_throttled_and_audited(app: &TestApp) {
@@ -313,7 +328,9 @@ async fn her_practice_sees_who_identified_her(app: &TestApp) {
             e["entity"].as_array().into_iter().flatten().any(|x| {
                 x["what"]["reference"] == "Patient/patient-le-bihan"
                     && x["role"]["code"] == "1"
-                    && x["description"].as_str().is_some_and(|d| d.starts_with("identified by INS"))
+                    && x["description"]
+                        .as_str()
+                        .is_some_and(|d| d.starts_with("identified by INS"))
             })
         })
         .collect();
@@ -327,11 +344,7 @@ fn unlimited(cfg: &mut apa_gateway::config::Config) {
     cfg.identification_failures_max = 0;
 }
 
-on_both_backends_with!(
-    trait_probe,
-    the_mss_probes_her_traits_and_learns_nothing,
-    unlimited
-);
+on_both_backends_with!(trait_probe, the_mss_probes_her_traits_and_learns_nothing, unlimited);
 on_both_backends!(id_probe, ids_it_cannot_see_are_answered_like_ids_it_may_not_use);
 on_both_backends!(throttled_and_audited, repeated_failures_are_throttled_and_audited);
 on_both_backends!(identification_audited, her_practice_sees_who_identified_her);

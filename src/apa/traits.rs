@@ -292,7 +292,10 @@ pub async fn unique_ins(tx: &mut WriteTx, writes: &[Write], limit: &Identificati
         }
     }
     let mut seen: Vec<(String, String, &Write)> = Vec::new();
-    for w in writes.iter().filter(|w| w.resource_type == "Patient" && w.body.is_some()) {
+    for w in writes
+        .iter()
+        .filter(|w| w.resource_type == "Patient" && w.body.is_some())
+    {
         for (_, v) in &w.index {
             if let IndexValue::Token {
                 system: Some(system),

@@ -313,7 +313,8 @@ pub async fn admit(tx: &mut WriteTx, writes: &mut [Write]) -> Result<(), FhirErr
         // An id taken outside the compartment gets the answer of any write
         // the compartment refuses: a distinct one would tell which ids
         // exist among those the caller cannot see.
-        if (w.pk.is_none() && tx.exists(&w.resource_type, &w.id).await?) || w.patients.iter().any(|p| outside.contains(p))
+        if (w.pk.is_none() && tx.exists(&w.resource_type, &w.id).await?)
+            || w.patients.iter().any(|p| outside.contains(p))
         {
             return Err(not_admitted(&w.resource_type));
         }
