@@ -74,6 +74,10 @@ pub struct Config {
     pub search_max_or_values: usize,
     pub search_max_values_total: usize,
     pub search_max_includes: usize,
+    /// Refused identifications of one INS by one organisation allowed per
+    /// `identification_window_secs` (then 429); `0` switches the limit off.
+    pub identification_failures_max: u32,
+    pub identification_window_secs: u64,
 }
 
 impl Default for Config {
@@ -108,6 +112,8 @@ impl Default for Config {
             search_max_or_values: 100,
             search_max_values_total: 500,
             search_max_includes: 16,
+            identification_failures_max: 5,
+            identification_window_secs: 3600,
         }
     }
 }

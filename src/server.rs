@@ -113,7 +113,10 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
     if cfg.tls_client_ca.is_some() {
         auth.bind_tokens_to_certificates();
     }
-    let rules: SharedRules = Arc::new(crate::apa::rules::ApaRules::new());
+    let rules: SharedRules = Arc::new(crate::apa::rules::ApaRules::with_identification_limit(
+        cfg.identification_failures_max,
+        std::time::Duration::from_secs(cfg.identification_window_secs),
+    ));
     let state = AppState {
         store: store.clone(),
         rules: rules.clone(),

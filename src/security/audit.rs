@@ -233,6 +233,9 @@ struct State {
     refusal: Option<String>,
     /// What the current write job stored.
     job: Vec<Stored>,
+    /// The patients the current write job identified by their national
+    /// identity (`JobHook::identified`).
+    identified: Vec<String>,
     /// The entries of a batch or transaction recorded apart from the
     /// request: its GET entries, a batch's writes that committed no record.
     entries: Vec<NotedEntry>,
@@ -265,6 +268,7 @@ impl AuditScope {
                 client: Client::default(),
                 refusal: None,
                 job: Vec::new(),
+                identified: Vec::new(),
                 entries: Vec::new(),
                 body: None,
             }),
@@ -493,6 +497,11 @@ fn record_of(
         let mut d = format!("HTTP {status}");
         if let Some(IssueCode(code, entry)) = issue {
             d.push_str(&format!(" ({code})"));
+            // The only `security` issue is a refused identification: a
+            // probe of someone's identity, which auditors look for.
+            if code == "security" {
+                d.push_str(" security alert (DCM 110113): patient identification refused");
+            }
             if let Some(i) = entry {
                 d.push_str(&format!(" at Bundle.entry[{i}]"));
             }
@@ -532,6 +541,7 @@ impl JobHook for AuditScope {
     fn finish(&self, ok: bool) -> Vec<AuditRecord> {
         let mut st = self.state();
         let job = std::mem::take(&mut st.job);
+        let identified = std::mem::take(&mut st.identified);
         if !ok || job.is_empty() {
             return Vec::new();
         }
@@ -541,12 +551,12 @@ impl JobHook for AuditScope {
             other => other,
         };
         let mut patients: Vec<String> = Vec::new();
-        for p in job.iter().flat_map(|s| s.patients.iter()) {
+        for p in job.iter().flat_map(|s| s.patients.iter()).chain(&identified) {
             if !patients.contains(p) {
                 patients.push(p.clone());
             }
         }
-        records(
+        let recs = records(
             &self.gateway,
             &st.request,
             subtype,
@@ -556,12 +566,37 @@ impl JobHook for AuditScope {
             job.iter().map(|s| s.what.clone()).collect(),
             None,
             patients,
-        )
+        );
+        recs.into_iter().map(|r| mark_identified(r, &identified)).collect()
     }
 
     fn committed(&self) {
         self.commits.fetch_add(1, Ordering::AcqRel);
     }
+
+    fn identified(&self, refs: &[String]) {
+        let mut st = self.state();
+        for p in refs.iter().filter_map(|r| r.strip_prefix("Patient/")) {
+            if !st.identified.iter().any(|x| x == p) {
+                st.identified.push(p.to_string());
+            }
+        }
+    }
+}
+
+/// Says, in the record of the event about a patient the job identified,
+/// that the caller identified them: the patient's other organisations read
+/// it in the patient's trail (`AuditEvent?patient=`).
+fn mark_identified(mut rec: AuditRecord, identified: &[String]) -> AuditRecord {
+    if rec.patient.as_ref().is_some_and(|p| identified.contains(p))
+        && let Ok(mut d) = serde_json::from_slice::<Detail>(&rec.detail)
+    {
+        d.identified = true;
+        if let Ok(b) = serde_json::to_vec(&d) {
+            rec.detail = Bytes::from(b);
+        }
+    }
+    rec
 }
 
 fn job_interaction(job: &[Stored]) -> &'static str {
@@ -858,6 +893,10 @@ struct Detail {
     /// The resources acted on, `Type/id/_history/v` when the version is known.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     entities: Vec<String>,
+    /// The caller identified the record's patient by their national
+    /// identity (INS and traits) in this event.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    identified: bool,
     /// The query string of a search or history.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     query: Option<String>,
@@ -920,6 +959,7 @@ fn records(
         professional: client.professional.clone(),
         outcome_desc,
         entities,
+        identified: false,
         query,
     };
     let detail = Bytes::from(serde_json::to_vec(&detail).unwrap_or_default());
@@ -1001,7 +1041,16 @@ pub fn render(rec: &AuditRecord) -> Option<Bytes> {
         entity.push(query_entity(q));
     }
     if let Some(p) = rec.patient.as_deref().filter(|p| *p != NOBODY_FOUND) {
-        entity.push(patient_entity(p));
+        let mut e = patient_entity(p);
+        if d.identified
+            && let Some(o) = e.as_object_mut()
+        {
+            o.insert(
+                "description".into(),
+                json!("identified by INS: the client's organisation sent the patient's INS and all the identity traits, and joined their care"),
+            );
+        }
+        entity.push(e);
     }
     let mut ev = Map::new();
     ev.insert("resourceType".into(), json!(AUDIT_EVENT));

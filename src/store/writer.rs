@@ -58,6 +58,9 @@ pub trait JobHook: Send + Sync {
     /// The job and the rows `finish` added are committed (not called when
     /// it added none).
     fn committed(&self);
+    /// The job identified these resources (`Type/id`) outside its
+    /// compartment ([`WriteTx::vouch`]); told with the versions it stores.
+    fn identified(&self, _refs: &[String]) {}
 }
 
 tokio::task_local! {
@@ -240,6 +243,9 @@ impl WriteTx {
     pub async fn put_all(&mut self, writes: Vec<Write>) -> Result<(), StoreError> {
         if let Some(h) = &self.hook {
             h.stored(&writes);
+            if !self.vouched.is_empty() {
+                h.identified(&self.vouched);
+            }
         }
         self.written += writes.len() as u64;
         self.pending.extend(writes);
