@@ -160,7 +160,8 @@ pub fn local_reference(r: &str) -> Option<(String, String)> {
     let mut parts = r.split('/');
     let (t, id) = (parts.next()?, parts.next()?);
     let rest: Vec<&str> = parts.collect();
-    let typed = t.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && t.chars().all(|c| c.is_ascii_alphanumeric());
+    let typed =
+        t.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && t.chars().all(|c| c.is_ascii_alphanumeric());
     let versioned = rest.is_empty() || (rest.len() == 2 && rest[0] == "_history");
     (typed && versioned && crate::fhir::resource::valid_id(id)).then(|| (t.to_string(), id.to_string()))
 }
@@ -202,7 +203,13 @@ pub fn judge(target: Option<&(String, String)>, author: &Author, known: &Known) 
             }
             Some((_, practitioner)) => match &author.professional {
                 None => Ok(()),
-                Some(_) if practitioner.as_ref().is_some_and(|p| known.the_professional.contains(p)) => Ok(()),
+                Some(_)
+                    if practitioner
+                        .as_ref()
+                        .is_some_and(|p| known.the_professional.contains(p)) =>
+                {
+                    Ok(())
+                }
                 Some(_) => Err("this PractitionerRole is not yours (the professional of the token)"),
             },
         },
@@ -395,7 +402,9 @@ async fn learn(
         "Practitioner" => Some(id.clone()),
         _ => None,
     };
-    let Some(practitioner) = practitioner else { return Ok(()) };
+    let Some(practitioner) = practitioner else {
+        return Ok(());
+    };
     match (&author.professional, &author.party) {
         (Some(me), _) => {
             let body = match pending.practitioners.get(&practitioner) {
@@ -488,9 +497,10 @@ mod tests {
             "dr-lebreton".into(),
             (Some("Organization/cabinet-colombier".into()), Some("lebreton".into())),
         );
-        known
-            .roles
-            .insert("dr-riou".into(), (Some("Organization/msp-cesson".into()), Some("riou".into())));
+        known.roles.insert(
+            "dr-riou".into(),
+            (Some("Organization/msp-cesson".into()), Some("riou".into())),
+        );
         let me = colombier();
         assert!(judge(target("Organization", "cabinet-colombier").as_ref(), &me, &known).is_ok());
         assert!(judge(target("Organization", "msp-cesson").as_ref(), &me, &known).is_err());
@@ -530,7 +540,9 @@ mod tests {
         known.the_professional.insert("lebreton".into());
         known.practising_here.insert("legoff".into());
         let org = Some("Organization/cabinet-colombier".to_string());
-        known.roles.insert("r-lebreton".into(), (org.clone(), Some("lebreton".into())));
+        known
+            .roles
+            .insert("r-lebreton".into(), (org.clone(), Some("lebreton".into())));
         known.roles.insert("r-legoff".into(), (org, Some("legoff".into())));
         assert!(judge(target("Practitioner", "lebreton").as_ref(), &me, &known).is_ok());
         assert!(judge(target("PractitionerRole", "r-lebreton").as_ref(), &me, &known).is_ok());
@@ -544,7 +556,10 @@ mod tests {
         let mut seen = HashSet::new();
         for (t, path) in AUTHORSHIP {
             assert!(seen.insert((t, path)), "{t}.{path} twice");
-            assert!(!path.is_empty() && !path.starts_with(t), "{t}.{path}: a path from the resource");
+            assert!(
+                !path.is_empty() && !path.starts_with(t),
+                "{t}.{path}: a path from the resource"
+            );
         }
     }
 
