@@ -361,7 +361,13 @@ async fn an_organisation_registered_by_siret_acts_for_its_organization_resource(
         .unwrap()
         .to_string();
     assert_eq!(mss.get(&format!("Patient/{p}")).await.status(), StatusCode::NOT_FOUND);
-    let prescription = common::apa::prescription(&format!("Patient/{p}"), "Practitioner/dr-petit");
+    // Dr Petit prescribes in the practice's name: his role there (AUTHORSHIP).
+    let role = json!({"resourceType": "PractitionerRole", "practitioner": {"reference": "Practitioner/dr-petit"},
+                      "organization": {"reference": "Organization/cabinet"}});
+    let r = gp.send(reqwest::Method::POST, "PractitionerRole", &role).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let role = format!("PractitionerRole/{}", json(r).await["id"].as_str().unwrap());
+    let prescription = common::apa::prescription(&format!("Patient/{p}"), &role);
     let r = gp.send(reqwest::Method::POST, "ServiceRequest", &prescription).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let sr = format!("ServiceRequest/{}", json(r).await["id"].as_str().unwrap());

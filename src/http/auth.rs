@@ -79,8 +79,9 @@ pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Nex
             if let Err(throttled) = s.rate_limits.client(&key) {
                 return throttled.into_response();
             }
+            let professional = caller.professional.clone();
             req.extensions_mut().insert(caller);
-            next.run(req).await
+            crate::security::authorship::acting(professional, next.run(req)).await
         }
         Err(e) => {
             if let Err(throttled) = s.rate_limits.peer(peer) {

@@ -167,6 +167,8 @@ pub fn patients_of(resource_type: &str, id: &str, index: &[(String, IndexValue)]
 /// the grants of its patient. Called on every write job, right before its
 /// rows are stored.
 pub async fn admit(tx: &mut WriteTx, writes: &mut [Write]) -> Result<(), FhirError> {
+    // Who acts is the caller (AUTHORSHIP), before anything is granted.
+    super::authorship::check(tx, writes).await?;
     let vis = tx.visibility().clone();
     let author = match &vis {
         Visibility::Party(Some(p)) => Some(p.clone()),

@@ -238,6 +238,7 @@ async fn fill(c: &mut Conn<'_>, found: &mut Found) -> Result<(), StoreError> {
                     strict: true,
                     default_count: PATIENTS_PER_IDENTIFIER,
                     max_count: PATIENTS_PER_IDENTIFIER,
+                    ..ParseOptions::default()
                 };
                 let params = [("identifier".to_string(), format!("{system}|{value}"))];
                 // A value the search syntax refuses finds nobody: the

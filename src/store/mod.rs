@@ -36,7 +36,7 @@ pub use exec::Dialect;
 use exec::{Bind, Conn, Frag, VersionRow, fetch_i64, fetch_versions};
 pub use idempotency::IdempotencyRecord;
 pub use reindex::IndexFn;
-pub use writer::{JobHook, WriteTx, Writer, with_job_hook};
+pub use writer::{JobHook, WriteTx, Writer, with_job_hook, with_professional};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -156,6 +156,21 @@ fn in_entry(i: usize, mut e: FhirError) -> FhirError {
     e
 }
 
+/// An error of the job's writes taken together (the security layer's
+/// checks) that names one of them by `Type/id` at the start of its
+/// diagnostics is located at that write's entry.
+fn at_written_entry(e: FhirError, written: &[(String, usize)]) -> FhirError {
+    let Some(issue) = e.issues.first() else { return e };
+    if issue.expression.iter().any(|x| x.starts_with("Bundle.entry[")) {
+        return e;
+    }
+    let named = issue.diagnostics.split_once(':').map(|(first, _)| first);
+    match written.iter().find(|(target, _)| Some(target.as_str()) == named) {
+        Some((_, at)) => in_entry(*at, e),
+        None => e,
+    }
+}
+
 /// Checks the resource of a create or update entry where it stands in the
 /// Bundle, so that issues point at `Bundle.entry[i].resource…`.
 fn validate_entry(rules: &dyn Rules, i: usize, entry: &Entry) -> Result<(), FhirError> {
@@ -663,6 +678,8 @@ async fn plan_and_store(tx: &mut WriteTx, rules: &dyn Rules, entries: &mut [Entr
     };
     let mut order: Vec<usize> = (0..entries.len()).collect();
     order.sort_by_key(|&i| rank(&entries[i].op));
+    // `Type/id` of each write and the entry it comes from.
+    let mut written: Vec<(String, usize)> = Vec::new();
     for i in order {
         let e = &mut entries[i];
         let at = e.at;
@@ -703,11 +720,16 @@ async fn plan_and_store(tx: &mut WriteTx, rules: &dyn Rules, entries: &mut [Entr
             Op::CondUpdate { .. } | Op::CondDelete { .. } | Op::Get { .. } => None,
         };
         if let Some(p) = planned {
+            if let Some(w) = &p.write {
+                written.push((format!("{}/{}", w.resource_type, w.id), at));
+            }
             writes.extend(p.write);
             replies[i] = Some(p.reply);
         }
     }
-    let applied = super::store_writes(tx, rules, writes).await?;
+    let applied = super::store_writes(tx, rules, writes)
+        .await
+        .map_err(|e| at_written_entry(e, &written))?;
     for reply in replies.iter_mut().flatten() {
         reply.take_notes(&applied.notes);
     }
