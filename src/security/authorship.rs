@@ -365,6 +365,7 @@ async fn has_role_at(tx: &mut WriteTx, practitioner: &str, party: &str) -> Resul
         strict: true,
         default_count: 1,
         max_count: 1,
+        ..ParseOptions::default()
     };
     match parse_search(Registry::r4(), Some("PractitionerRole"), &pairs, &opts) {
         Ok(req) => Ok(!tx.search_keys_unrestricted(&req, 1).await?.is_empty()),
