@@ -60,6 +60,24 @@ pub struct Config {
     pub oidc_audience: Option<String>,
     pub oidc_required_acr: String,
     pub oidc_scope: String,
+    /// When set, `/metrics` is served only to requests carrying it as a
+    /// bearer token (from any address, loopback included).
+    pub metrics_token: Option<String>,
+    /// Addresses or CIDR blocks `/metrics` is served to. Default: loopback
+    /// only without `metrics_token`, any address with it.
+    pub metrics_allow: Option<Vec<String>>,
+    /// How much one search may ask for (over it: 400 `too-costly`):
+    /// parameters (a repeated name counting each time), comma-separated
+    /// values in one parameter and in the whole search, `_include` and
+    /// `_revinclude` parameters.
+    pub search_max_params: usize,
+    pub search_max_or_values: usize,
+    pub search_max_values_total: usize,
+    pub search_max_includes: usize,
+    /// Refused identifications of one INS by one organisation allowed per
+    /// `identification_window_secs` (then 429); `0` switches the limit off.
+    pub identification_failures_max: u32,
+    pub identification_window_secs: u64,
 }
 
 impl Default for Config {
@@ -88,6 +106,14 @@ impl Default for Config {
             oidc_audience: None,
             oidc_required_acr: "eidas1".into(),
             oidc_scope: "user/*.rs".into(),
+            metrics_token: None,
+            metrics_allow: None,
+            search_max_params: 64,
+            search_max_or_values: 100,
+            search_max_values_total: 500,
+            search_max_includes: 16,
+            identification_failures_max: 5,
+            identification_window_secs: 3600,
         }
     }
 }
@@ -115,6 +141,15 @@ impl Config {
         match &self.public_url {
             Some(u) => u.trim_end_matches('/').to_string(),
             None => format!("{}://{}/fhir", self.scheme(), self.listen),
+        }
+    }
+
+    pub fn search_limits(&self) -> crate::fhir::search::parse::SearchLimits {
+        crate::fhir::search::parse::SearchLimits {
+            max_params: self.search_max_params,
+            max_or_values: self.search_max_or_values,
+            max_values_total: self.search_max_values_total,
+            max_includes: self.search_max_includes,
         }
     }
 

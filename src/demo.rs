@@ -170,6 +170,8 @@ pub async fn load(gateway: &Running) -> Result<Loaded, FhirError> {
                 base,
                 body: &body,
                 representation: false,
+                strict: true,
+                search_limits: Default::default(),
             };
             bundle::process(store, rules, &caller, input).await
         })

@@ -198,13 +198,6 @@ async fn main() -> ExitCode {
 async fn serve(cfg: &Config, demo: bool) -> Result<(), CliError> {
     let running = server::start(cfg).await?;
     tracing::info!(addr = %running.addr, base = %running.base, "apa-gateway listening");
-    if cfg!(feature = "unsecured-baseline") {
-        tracing::error!(
-            "built with the unsecured-baseline feature: no token is checked and nothing is audited; for benchmarks only"
-        );
-    } else if cfg!(feature = "unaudited-baseline") {
-        tracing::error!("built with the unaudited-baseline feature: nothing is audited; for benchmarks only");
-    }
     if demo {
         demo_mode(cfg, &running).await?;
     }

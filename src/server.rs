@@ -15,6 +15,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::fhir::interaction::capabilities::capability_statement;
 use crate::fhir::rules::SharedRules;
+use crate::http::metrics_access::MetricsAccess;
 use crate::http::{AppState, Limits, router};
 use crate::security::auth::Auth;
 use crate::security::oidc::OidcSettings;
@@ -112,7 +113,10 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
     if cfg.tls_client_ca.is_some() {
         auth.bind_tokens_to_certificates();
     }
-    let rules: SharedRules = Arc::new(crate::apa::rules::ApaRules::new());
+    let rules: SharedRules = Arc::new(crate::apa::rules::ApaRules::with_identification_limit(
+        cfg.identification_failures_max,
+        std::time::Duration::from_secs(cfg.identification_window_secs),
+    ));
     let state = AppState {
         store: store.clone(),
         rules: rules.clone(),
@@ -120,6 +124,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
         metrics: crate::telemetry::metrics(),
         auth: Arc::new(auth),
         audit: Arc::new(crate::security::audit::Gateway::new(&base)),
+        search_limits: cfg.search_limits(),
         capabilities: serde_json::to_vec(&capability_statement(
             &base,
             env!("CARGO_PKG_VERSION"),
@@ -138,6 +143,10 @@ pub async fn start(cfg: &Config) -> Result<Running, ServerError> {
             max_body_bytes: cfg.max_body_bytes,
             max_json_depth: cfg.max_json_depth,
             request_timeout: Duration::from_secs(cfg.request_timeout_secs),
+            metrics_access: Arc::new(
+                MetricsAccess::new(cfg.metrics_token.as_deref(), cfg.metrics_allow.as_deref())
+                    .map_err(|e| ServerError::Config(e.to_string()))?,
+            ),
         },
     );
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

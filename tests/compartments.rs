@@ -102,9 +102,14 @@ async fn a_gp_refers_a_patient_to_mss_a(app: &TestApp) -> Territory {
         "resourceType": "Bundle", "type": "transaction",
         "entry": [
             {"fullUrl": "urn:uuid:8c1d0f46-0001-4c55-9a0e-000000000001",
-             "resource": {"resourceType": "Patient", "extension": [common::apa::qualified_identity()],
+             // A qualified identity carries all its traits with the INS.
+             "resource": {"resourceType": "Patient", "extension": [common::apa::qualified_identity(),
+                              {"url": "http://hl7.org/fhir/StructureDefinition/patient-birthPlace",
+                               "valueAddress": {"extension": [{"url": "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-address-insee-code",
+                                                               "valueCoding": {"code": "75056"}}]}}],
                           "identifier": [{"system": INS, "value": "280017512345610"}],
-                          "name": [{"family": "Martin", "given": ["Claire"]}]},
+                          "name": [{"use": "official", "family": "Martin", "given": ["Claire"]}],
+                          "gender": "female", "birthDate": "1980-01-15"},
              "request": {"method": "POST", "url": "Patient"}},
             {"fullUrl": "urn:uuid:8c1d0f46-0001-4c55-9a0e-000000000002",
              "resource": common::apa::prescription(
@@ -229,7 +234,8 @@ async fn another_mss_learns_nothing_of_the_patient(app: &TestApp) {
             &json!({"resourceType": "Patient", "id": p, "name": [{"family": "Intrus"}]}),
         )
         .await;
-    assert_eq!(r.status(), StatusCode::CONFLICT);
+    // Refused as any write its compartment does not admit: no hint the id exists.
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let r = b.http.delete(format!("{}/Patient/{p}", b.base)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let r = b.send(reqwest::Method::POST, "Observation", &bilan).await;
@@ -355,7 +361,13 @@ async fn an_organisation_registered_by_siret_acts_for_its_organization_resource(
         .unwrap()
         .to_string();
     assert_eq!(mss.get(&format!("Patient/{p}")).await.status(), StatusCode::NOT_FOUND);
-    let prescription = common::apa::prescription(&format!("Patient/{p}"), "Practitioner/dr-petit");
+    // Dr Petit prescribes in the practice's name: his role there (AUTHORSHIP).
+    let role = json!({"resourceType": "PractitionerRole", "practitioner": {"reference": "Practitioner/dr-petit"},
+                      "organization": {"reference": "Organization/cabinet"}});
+    let r = gp.send(reqwest::Method::POST, "PractitionerRole", &role).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let role = format!("PractitionerRole/{}", json(r).await["id"].as_str().unwrap());
+    let prescription = common::apa::prescription(&format!("Patient/{p}"), &role);
     let r = gp.send(reqwest::Method::POST, "ServiceRequest", &prescription).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let sr = format!("ServiceRequest/{}", json(r).await["id"].as_str().unwrap());

@@ -286,20 +286,25 @@ async fn result_parameters(app: &TestApp) {
             .iter()
             .any(|t| t["code"] == "SUBSETTED")
     );
-    // Unknown parameters: ignored and left out of the self link, refused when strict.
-    let b = json(app.get("Patient?foo=bar&gender=male").await).await;
+    // Unknown parameters: refused by default; under handling=lenient
+    // ignored, left out of the self link and named in an outcome entry.
+    let lenient = app
+        .client
+        .get(app.url("Patient?foo=bar&gender=male"))
+        .header("prefer", "handling=lenient")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lenient.status(), 200);
+    let b = json(lenient).await;
     let self_link = b["link"][0]["url"].as_str().unwrap();
     assert!(
         !self_link.contains("foo") && self_link.contains("gender=male"),
         "{self_link}"
     );
-    let strict = app
-        .client
-        .get(app.url("Patient?foo=bar"))
-        .header("prefer", "handling=strict")
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(b["entry"][0]["search"]["mode"], "outcome");
+    assert_eq!(b["entry"][0]["resource"]["issue"][0]["expression"][0], "foo");
+    let strict = app.get("Patient?foo=bar").await;
     assert_eq!(strict.status(), 400);
     assert_eq!(json(strict).await["resourceType"], "OperationOutcome");
     // Bad values are a 400 with the parameter named.

@@ -281,7 +281,64 @@ async fn every_response_carries_the_security_headers(app: &TestApp) {
             h["content-security-policy"],
             "default-src 'none'; frame-ancestors 'none'"
         );
+        // HSTS over plain HTTP means nothing (RFC 6797 §7.2): tests/mtls.rs
+        // checks it over HTTPS.
+        assert!(h.get("strict-transport-security").is_none(), "{}", r.status());
     }
+}
+
+/// The gateway's root (where `/metrics` is), not its FHIR base.
+fn root(app: &TestApp, path: &str) -> String {
+    format!("{}/{path}", app.base.trim_end_matches("/fhir"))
+}
+
+/// By default the metrics go to loopback peers only: a Prometheus agent on
+/// the same host reads them without a token (the tests run on loopback).
+async fn the_monitoring_on_the_host_reads_the_metrics(app: &TestApp) {
+    let r = app.anonymous.get(root(app, "metrics")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+}
+
+fn metrics_for_the_office_network(c: &mut Config) {
+    c.metrics_allow = Some(vec!["10.20.0.0/16".into(), "192.0.2.7".into()]);
+}
+
+/// With its own list of addresses, loopback is no longer one of them: the
+/// gateway answers as for a path it does not serve.
+async fn a_peer_outside_metrics_allow_finds_no_metrics(app: &TestApp) {
+    let r = app.anonymous.get(root(app, "metrics")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let unknown = app.anonymous.get(root(app, "nowhere")).send().await.unwrap();
+    assert_eq!(json(r).await, json(unknown).await, "like any unknown path");
+}
+
+const METRICS_TOKEN: &str = "prometheus-9f8e7d6c5b4a";
+
+fn metrics_behind_a_token(c: &mut Config) {
+    c.metrics_token = Some(METRICS_TOKEN.into());
+}
+
+/// Once a token is set it is required from every address, loopback
+/// included: a local process gets nothing without it.
+async fn the_metrics_token_is_required_even_on_loopback(app: &TestApp) {
+    let url = root(app, "metrics");
+    let r = app.anonymous.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "no token");
+    assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+    let oo = json(r).await;
+    assert_eq!(oo["resourceType"], "OperationOutcome");
+    assert_eq!(oo["issue"][0]["expression"][0], "Authorization");
+    for wrong in ["prometheus-9f8e7d6c5b4", "prometheus-9f8e7d6c5b4a0", "x"] {
+        let r = bearer_client(wrong).get(&url).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{wrong}");
+    }
+    // A FHIR access token is not the metrics token.
+    let operator = register_client(app.running(), "ops", None, "system/*.rs operator").await;
+    let r = bearer_client(&operator.token).get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = bearer_client(METRICS_TOKEN).get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
 }
 
 /// Sends a request by hand on a fresh connection (`head` without the final
@@ -360,3 +417,14 @@ on_both_backends_with!(
 );
 on_both_backends_with!(request_timeout, a_request_that_never_ends_times_out, short_timeout);
 on_both_backends!(security_headers, every_response_carries_the_security_headers);
+on_both_backends!(metrics_on_loopback, the_monitoring_on_the_host_reads_the_metrics);
+on_both_backends_with!(
+    metrics_allow_list,
+    a_peer_outside_metrics_allow_finds_no_metrics,
+    metrics_for_the_office_network
+);
+on_both_backends_with!(
+    metrics_token,
+    the_metrics_token_is_required_even_on_loopback,
+    metrics_behind_a_token
+);

@@ -20,6 +20,9 @@ use rcgen::{
 use reqwest::{Certificate, Client, Identity, StatusCode};
 use serde_json::Value;
 
+/// Two years, subdomains included.
+const HSTS: &str = "max-age=63072000; includeSubDomains";
+
 /// A certificate authority of the test, and what it signed.
 struct Ca {
     issuer: CertifiedIssuer<'static, KeyPair>,
@@ -143,6 +146,7 @@ async fn mutual_tls(backend: Backend) {
     // A certificate of the right CA opens the connection.
     let r = https(&ca, Some(&cert_a)).get(app.url("metadata")).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["strict-transport-security"], HSTS);
 
     // No certificate, or one from another CA: the handshake is refused.
     assert!(https(&ca, None).get(app.url("metadata")).send().await.is_err());
@@ -195,11 +199,23 @@ async fn mutual_tls(backend: Backend) {
     let b_assertion = sign_assertion(&b.id, &endpoint, &b.pem, &b.kid).unwrap();
     let r = ask_token(&https(&ca, Some(&cert_a)), &app, &b_assertion).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(json(r).await["error"], "invalid_client");
+    let mismatch = r.bytes().await.unwrap();
+    let body: Value = serde_json::from_slice(&mismatch).unwrap();
+    assert_eq!(body["error"], "invalid_client");
     // A certificate of the CA registered to no client.
     let a_assertion = sign_assertion(&a.id, &endpoint, &a.pem, &a.kid).unwrap();
     let r = ask_token(&https(&ca, Some(&cert_unregistered)), &app, &a_assertion).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Both read like the assertion of a client that does not exist: the
+    // certificate says nothing of which client ids are registered.
+    let (nobody_pem, _) = apa_gateway::security::keys::generate_es384("k").unwrap();
+    let nobody = sign_assertion("no-such-client", &endpoint, &nobody_pem, "k").unwrap();
+    let r = ask_token(&https(&ca, Some(&cert_a)), &app, &nobody).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let unknown = r.bytes().await.unwrap();
+    assert_eq!(mismatch, unknown);
+    let r = ask_token(&https(&ca, Some(&cert_unregistered)), &app, &a_assertion).await;
+    assert_eq!(r.bytes().await.unwrap(), unknown);
 
     // A's token used over a connection with another certificate.
     for other in [&cert_b, &cert_unregistered] {
@@ -234,6 +250,49 @@ async fn mutual_tls_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_postgres() {
     mutual_tls(Backend::Postgres).await;
+}
+
+/// HTTPS without client certificates: every response, refusals and
+/// unknown paths included, tells the browser or client to come back over
+/// HTTPS only, and the metrics still know their peer is local.
+async fn every_https_response_carries_hsts(backend: Backend) {
+    let ca = Ca::new("APA test server CA");
+    let server = ca.sign(&["localhost", "127.0.0.1"], ExtendedKeyUsagePurpose::ServerAuth);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    std::fs::write(&cert, &server.cert_pem).unwrap();
+    std::fs::write(&key, &server.key_pem).unwrap();
+    let app = spawn_app_with(backend, |c| {
+        c.tls_cert = Some(cert);
+        c.tls_key = Some(key);
+    })
+    .await;
+    let http = https(&ca, None);
+    let root = app.base.trim_end_matches("/fhir").to_string();
+    for (url, status) in [
+        (app.url("metadata"), 200),
+        (app.url("Patient"), 401),
+        (format!("{root}/nowhere"), 404),
+        (format!("{root}/health/live"), 200),
+        // Behind TLS the peer address is still known: loopback reads them.
+        (format!("{root}/metrics"), 200),
+    ] {
+        let r = http.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), status, "{url}");
+        assert_eq!(r.headers()["strict-transport-security"], HSTS, "{url}");
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{url}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hsts_over_https_sqlite() {
+    every_https_response_carries_hsts(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hsts_over_https_postgres() {
+    every_https_response_carries_hsts(Backend::Postgres).await;
 }
 
 /// The client table as created before mutual TLS.

@@ -179,11 +179,13 @@ async fn the_same_ins_with_other_traits_is_refused(app: &TestApp) {
     let mut wrong = prescription_with_identity("MSP-2026-032", "99700314935");
     wrong["patient"]["identity"]["birth_date"] = json!("1957-09-04");
     let r = prescribe(app, &msp, &wrong).await;
-    assert_eq!(r.status(), StatusCode::CONFLICT);
+    // The one answer of a refused identification (tests/identity_oracle.rs):
+    // it names no trait.
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let b = json(r).await;
-    assert_eq!(b["issue"][0]["expression"][0], "$.patient");
+    assert_eq!(b["issue"][0]["code"], "security");
     let msg = b["issue"][0]["diagnostics"].as_str().unwrap();
-    assert!(msg.contains("other identity traits"), "{msg}");
+    assert!(msg.starts_with("the patient is not identified"), "{msg}");
     assert!(!msg.contains("1957-09-14"), "{msg}");
     // Nothing of the refused prescription was stored.
     let q = "ServiceRequest?identifier=MSP-2026-032&_total=accurate";
@@ -222,10 +224,11 @@ async fn naming_a_patient_by_id_does_not_open_the_compartment(app: &TestApp) {
     let fields = twin.as_object_mut().unwrap();
     fields.remove("id");
     fields.remove("meta");
+    // Outside its compartment, answered as any refused identification.
     let r = colombier.post(app.url("Patient")).json(&twin).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let b = json(r).await;
-    assert_eq!(b["issue"][0]["code"], "duplicate");
+    assert_eq!(b["issue"][0]["code"], "security");
 }
 
 /// The README's example: Dr Riou's software registers Yannick Guérin, who

@@ -47,6 +47,14 @@ fn assertion(client: &str, aud: &str, exp: u64, jti: &str, kid: &str, key: &Enco
     .unwrap()
 }
 
+/// Every client-authentication failure reads the same to the client.
+async fn assert_invalid_client(r: reqwest::Response, what: &str) {
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{what}");
+    let body = json(r).await;
+    assert_eq!(body["error"], "invalid_client", "{what}");
+    assert_eq!(body["error_description"], "client authentication failed", "{what}");
+}
+
 async fn no_token_no_data(app: &TestApp) {
     let r = app.anonymous.get(app.url("Patient")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
@@ -79,6 +87,13 @@ async fn no_token_no_data(app: &TestApp) {
         app.anonymous.get(app.url("metadata")).send().await.unwrap().status(),
         200
     );
+    // Only the discovery documents themselves: a path that ends like one
+    // but is routed to a resource read is authenticated like any other.
+    for lookalike in ["fhir/metadata", "fhir/.well-known/smart-configuration"] {
+        let r = app.anonymous.get(app.url(lookalike)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{lookalike}");
+        assert!(r.headers().contains_key("www-authenticate"), "{lookalike}");
+    }
 }
 
 async fn the_token_endpoint_refuses_bad_assertions(app: &TestApp) {
@@ -105,12 +120,20 @@ async fn the_token_endpoint_refuses_bad_assertions(app: &TestApp) {
         .unwrap();
     assert_eq!(tasks.status(), 200);
     // The same assertion again: a replay.
-    assert_eq!(ask_token(app, &good("j-1"), "system/Task.cruds").await.status(), 401);
+    assert_invalid_client(
+        ask_token(app, &good("j-1"), "system/Task.cruds").await,
+        "a replayed assertion",
+    )
+    .await;
     // Expired, too far in the future, wrong audience.
     let expired = assertion(&c.id, &aud, now() - 120, "j-2", &c.kid, &key, Algorithm::ES384);
-    assert_eq!(ask_token(app, &expired, "system/Task.rs").await.status(), 401);
+    assert_invalid_client(ask_token(app, &expired, "system/Task.rs").await, "an expired assertion").await;
     let too_long = assertion(&c.id, &aud, now() + 3600, "j-3", &c.kid, &key, Algorithm::ES384);
-    assert_eq!(ask_token(app, &too_long, "system/Task.rs").await.status(), 401);
+    assert_invalid_client(
+        ask_token(app, &too_long, "system/Task.rs").await,
+        "an assertion living too long",
+    )
+    .await;
     let elsewhere = assertion(
         &c.id,
         "https://other.example/token",
@@ -120,12 +143,12 @@ async fn the_token_endpoint_refuses_bad_assertions(app: &TestApp) {
         &key,
         Algorithm::ES384,
     );
-    assert_eq!(ask_token(app, &elsewhere, "system/Task.rs").await.status(), 401);
+    assert_invalid_client(ask_token(app, &elsewhere, "system/Task.rs").await, "another audience").await;
     // Signed with another key than the registered one.
     let (other_pem, _) = apa_gateway::security::keys::generate_es384("x").unwrap();
     let other = EncodingKey::from_ec_pem(other_pem.as_bytes()).unwrap();
     let wrong_key = assertion(&c.id, &aud, now() + 60, "j-5", &c.kid, &other, Algorithm::ES384);
-    assert_eq!(ask_token(app, &wrong_key, "system/Task.rs").await.status(), 401);
+    assert_invalid_client(ask_token(app, &wrong_key, "system/Task.rs").await, "another key").await;
     // alg none, and HS256 with a guessable secret.
     let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
     let none = format!(
@@ -133,7 +156,7 @@ async fn the_token_endpoint_refuses_bad_assertions(app: &TestApp) {
         b64(json!({"alg": "none", "kid": c.kid})),
         b64(json!({"iss": c.id, "sub": c.id, "aud": aud, "exp": now() + 60, "jti": "j-6"}))
     );
-    assert_eq!(ask_token(app, &none, "system/Task.rs").await.status(), 401);
+    assert_invalid_client(ask_token(app, &none, "system/Task.rs").await, "alg none").await;
     let hs = assertion(
         &c.id,
         &aud,
@@ -143,14 +166,14 @@ async fn the_token_endpoint_refuses_bad_assertions(app: &TestApp) {
         &EncodingKey::from_secret(b"k"),
         Algorithm::HS256,
     );
-    assert_eq!(ask_token(app, &hs, "system/Task.rs").await.status(), 401);
+    assert_invalid_client(ask_token(app, &hs, "system/Task.rs").await, "HS256").await;
     // Scopes beyond the registration are not granted.
     let r = ask_token(app, &good("j-8"), "system/Observation.rs").await;
     assert_eq!(r.status(), 400);
     assert_eq!(json(r).await["error"], "invalid_scope");
     // A revoked client gets no token.
     app.running().store.revoke_client(&c.id, 1).await.unwrap();
-    assert_eq!(ask_token(app, &good("j-9"), "system/Task.rs").await.status(), 401);
+    assert_invalid_client(ask_token(app, &good("j-9"), "system/Task.rs").await, "a revoked client").await;
 }
 
 async fn an_rs384_client_gets_a_token(app: &TestApp) {
@@ -285,7 +308,98 @@ async fn a_forbidden_entry_is_refused_before_it_is_read(app: &TestApp) {
     assert_eq!(oo["issue"][0]["expression"][0], "Bundle.entry[1]", "{oo}");
 }
 
+/// RFC 6749 §5.2: whatever made a client's authentication fail, the
+/// attacker hears the same answer, so that the token endpoint tells nobody
+/// which client ids exist, which are revoked, or which assertion was
+/// almost right. Only the audit trail says why.
+async fn an_attacker_cannot_tell_why_the_token_endpoint_refused(app: &TestApp) {
+    let mss = register_client(app.running(), "mss-bouger", Some("org-mss"), "system/Task.cruds").await;
+    let gp = register_client(app.running(), "cabinet-gp", Some("org-gp"), "system/Task.cruds").await;
+    let aud = token_endpoint(&app.base);
+    let mss_key = EncodingKey::from_ec_pem(mss.pem.as_bytes()).unwrap();
+    let gp_key = EncodingKey::from_ec_pem(gp.pem.as_bytes()).unwrap();
+    let (stolen_pem, _) = apa_gateway::security::keys::generate_es384("x").unwrap();
+    let attacker_key = EncodingKey::from_ec_pem(stolen_pem.as_bytes()).unwrap();
+    let signed = |client: &str, jti: &str, key: &EncodingKey, kid: &str| {
+        assertion(client, &aud, now() + 60, jti, kid, key, Algorithm::ES384)
+    };
+
+    // The MSS's software asks once, rightly: the assertion is spent.
+    let spent = signed(&mss.id, "once", &mss_key, &mss.kid);
+    assert_eq!(ask_token(app, &spent, "system/Task.rs").await.status(), 200);
+    // The GP practice leaves the territory: its client is revoked.
+    app.running().store.revoke_client(&gp.id, 1).await.unwrap();
+
+    let attacks = [
+        (
+            "an unknown client id",
+            signed("no-such-client", "a-1", &attacker_key, &mss.kid),
+        ),
+        (
+            "a known id, the attacker's key",
+            signed(&mss.id, "a-2", &attacker_key, &mss.kid),
+        ),
+        ("a revoked client, its own key", signed(&gp.id, "a-3", &gp_key, &gp.kid)),
+        ("a replayed assertion", spent),
+    ];
+    let mut answers = Vec::new();
+    for (attack, a) in &attacks {
+        let asked = std::time::Instant::now();
+        let r = ask_token(app, a, "system/Task.rs").await;
+        // Nor does the time of the answer tell: none comes sooner than the floor.
+        assert!(asked.elapsed() >= std::time::Duration::from_millis(100), "{attack}");
+        let status = r.status();
+        let content_type = r.headers()["content-type"].clone();
+        let body = r.bytes().await.unwrap();
+        answers.push((attack, status, content_type, body));
+    }
+    let (_, status, content_type, body) = &answers[0];
+    assert_eq!(*status, StatusCode::UNAUTHORIZED);
+    let first: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(first["error"], "invalid_client");
+    for (attack, s, ct, b) in &answers[1..] {
+        assert_eq!(
+            (s, ct, b),
+            (status, content_type, body),
+            "{attack} must read like an unknown client"
+        );
+    }
+
+    // The trail keeps each reason, for the operator's auditor.
+    let auditor = register_client(app.running(), "auditor", None, "system/AuditEvent.rs operator").await;
+    let auditor = bearer_client(&auditor.token);
+    let login_refused = "AuditEvent?outcome=4&subtype=http://dicom.nema.org/resources/ontology/DCM|110122";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let reasons = loop {
+        let r = auditor.get(app.url(login_refused)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let found = json(r).await;
+        let reasons: Vec<String> = found["entry"]
+            .as_array()
+            .map(|es| {
+                es.iter()
+                    .filter_map(|e| e["resource"]["outcomeDesc"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if reasons.len() >= attacks.len() || std::time::Instant::now() > deadline {
+            break reasons;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    for expected in ["unknown client", "InvalidSignature", "revoked client", "jti replay"] {
+        assert!(
+            reasons.iter().any(|r| r.contains(expected)),
+            "the trail says {expected:?}: {reasons:#?}"
+        );
+    }
+}
+
 on_both_backends!(unauthenticated_requests_are_refused, no_token_no_data);
+on_both_backends!(
+    token_endpoint_refusals_are_uniform,
+    an_attacker_cannot_tell_why_the_token_endpoint_refused
+);
 on_both_backends!(token_endpoint_refusals, the_token_endpoint_refuses_bad_assertions);
 on_both_backends!(rs384_client_assertions, an_rs384_client_gets_a_token);
 on_both_backends!(scopes_are_enforced, scopes_limit_what_a_client_does);

@@ -356,6 +356,7 @@ impl Directory {
             strict: true,
             default_count: PAGE,
             max_count: PAGE,
+            ..ParseOptions::default()
         };
         let mut req = parse_search(Registry::r4(), Some("Organization"), &pairs, &opts)
             .map_err(|e| FhirError::internal(format!("the directory lookup does not parse: {e}")))?;

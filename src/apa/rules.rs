@@ -16,11 +16,22 @@ use super::{profiles, routing, traits, workflow};
 
 /// The rules of the APA gateway.
 #[derive(Default)]
-pub struct ApaRules {}
+pub struct ApaRules {
+    /// Refused identifications by INS (`traits::IdentificationLimit`).
+    identification: traits::IdentificationLimit,
+}
 
 impl ApaRules {
     pub fn new() -> ApaRules {
-        ApaRules {}
+        ApaRules::default()
+    }
+
+    /// At most `max` refused identifications of one INS by one
+    /// organisation per `window` (`max == 0`: no limit).
+    pub fn with_identification_limit(max: u32, window: std::time::Duration) -> ApaRules {
+        ApaRules {
+            identification: traits::IdentificationLimit::new(max, window),
+        }
     }
 }
 
@@ -56,7 +67,7 @@ impl Rules for ApaRules {
         Box::pin(async move {
             // The rules only append what they add.
             let sent = writes.len();
-            traits::unique_ins(tx, writes).await?;
+            traits::unique_ins(tx, writes, &self.identification).await?;
             // Routing first: the Tasks it adds go through the workflow too.
             let notes = routing::apply(tx, writes).await?;
             workflow::apply(tx, writes).await?;

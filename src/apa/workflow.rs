@@ -188,6 +188,7 @@ pub async fn organisations_of(tx: &mut WriteTx, writes: &[Write], target: &Targe
                 strict: true,
                 default_count: 50,
                 max_count: 50,
+                ..ParseOptions::default()
             };
             let req = parse_search(Registry::r4(), Some("PractitionerRole"), &pairs, &opts)?;
             for (_, role_id, _) in tx.search_keys(&req, 50).await? {

@@ -156,7 +156,10 @@ impl From<StoreError> for FhirError {
 impl From<SearchError> for FhirError {
     fn from(e: SearchError) -> Self {
         let param = e.param().map(str::to_string);
-        let err = FhirError::invalid(e.to_string());
+        let err = match e {
+            SearchError::TooCostly { .. } => FhirError::new(400, "too-costly", e.to_string()),
+            _ => FhirError::invalid(e.to_string()),
+        };
         match param {
             Some(p) => err.at(p),
             None => err,

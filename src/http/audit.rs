@@ -40,11 +40,6 @@ fn audited(method: &axum::http::Method, template: &str, path: &str) -> Option<&'
 }
 
 pub async fn audit(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    // A build for measuring what the audit trail costs (docs/benchmark.md),
-    // never for deployment: the same gateway without its trail.
-    if cfg!(feature = "unaudited-baseline") {
-        return next.run(req).await;
-    }
     let template = req
         .extensions()
         .get::<MatchedPath>()
@@ -61,6 +56,11 @@ pub async fn audit(State(s): State<AppState>, req: Request, next: Next) -> Respo
         id,
         version,
         query: req.uri().query().map(str::to_string),
+        condition: req
+            .headers()
+            .get("if-none-exist")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
         network: req
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()

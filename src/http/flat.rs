@@ -87,6 +87,17 @@ fn locate(mut e: FhirError, mapped: &Mapped) -> FhirError {
             }
             continue;
         }
+        // An element refused for whom it names (the authorship rule): at
+        // the field that named that party, when the mapping looked it up.
+        let party = issue
+            .expression
+            .iter()
+            .find_map(|x| reference_at(&mapped.bundle, x))
+            .and_then(|r| mapped.lookups.iter().find(|(reference, _)| reference == r));
+        if let Some((_, at)) = party {
+            issue.expression.insert(0, at.clone());
+            continue;
+        }
         let entry = issue
             .expression
             .iter()
@@ -101,6 +112,21 @@ fn locate(mut e: FhirError, mapped: &Mapped) -> FhirError {
         }
     }
     e
+}
+
+/// The `reference` of the element at `Bundle.entry[i].resource.a[j].b` in
+/// the mapped Bundle, as the mapping wrote it.
+fn reference_at<'b>(bundle: &'b Value, path: &str) -> Option<&'b str> {
+    let rest = path.strip_prefix("Bundle.entry[")?;
+    let (i, rest) = rest.split_once(']')?;
+    let mut v = bundle.get("entry")?.get(i.parse::<usize>().ok()?)?.get("resource")?;
+    for segment in rest.strip_prefix(".resource.")?.split('.') {
+        v = match segment.split_once('[') {
+            Some((name, j)) => v.get(name)?.get(j.strip_suffix(']')?.parse::<usize>().ok()?)?,
+            None => v.get(segment)?,
+        };
+    }
+    v.get("reference")?.as_str()
 }
 
 /// What the response says of a transaction's outcome: the resources of

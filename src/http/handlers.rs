@@ -192,6 +192,7 @@ async fn run_search(
             resource_type: rtype,
             params: &params,
             strict: prefer.strict,
+            limits: s.search_limits,
         },
     )
     .await?;
@@ -295,6 +296,8 @@ pub async fn bundle(State(s): State<AppState>, caller: Caller, h: HeaderMap, bod
             base: &s.base,
             body: &body,
             representation: prefer.ret == Return::Representation && h.contains_key("prefer"),
+            strict: prefer.strict,
+            search_limits: s.search_limits,
         },
     )
     .await?;

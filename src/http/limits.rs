@@ -196,6 +196,7 @@ pub async fn guard_body(State(limits): State<BodyLimits>, req: Request, next: Ne
         ))
         .into_response();
     }
+    crate::security::audit::note_body(&bytes);
     next.run(Request::from_parts(parts, Body::from(bytes))).await
 }
 

@@ -7,6 +7,7 @@ pub mod error;
 pub mod flat;
 mod handlers;
 pub mod limits;
+pub mod metrics_access;
 mod negotiate;
 mod observe;
 mod respond;
@@ -41,6 +42,7 @@ pub struct AppState {
     pub rate_limits: Arc<limits::RateLimits>,
     /// The gateway as its audit trail names it.
     pub audit: Arc<crate::security::audit::Gateway>,
+    pub search_limits: crate::fhir::search::parse::SearchLimits,
 }
 
 /// Largest body of a token request (its client assertion is a JWT).
@@ -50,6 +52,8 @@ pub struct Limits {
     pub max_body_bytes: usize,
     pub max_json_depth: usize,
     pub request_timeout: Duration,
+    /// Who may read `/metrics`.
+    pub metrics_access: Arc<metrics_access::MetricsAccess>,
 }
 
 /// Every endpoint of the gateway.
@@ -118,7 +122,13 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         )
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
-        .route("/metrics", get(prometheus))
+        .route(
+            "/metrics",
+            get(prometheus).layer(middleware::from_fn_with_state(
+                limits.metrics_access.clone(),
+                metrics_access::guard,
+            )),
+        )
         // Outside /fhir nobody is authenticated: limited per peer address.
         .route_layer(middleware::from_fn_with_state(
             state.rate_limits.clone(),

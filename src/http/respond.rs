@@ -21,10 +21,21 @@ pub enum Return {
 }
 
 /// What the client asked for with `Prefer`.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct Prefer {
     pub ret: Return,
+    /// `handling`: strict unless the client asks for lenient, because a
+    /// search that ignores a parameter returns more than was asked for.
     pub strict: bool,
+}
+
+impl Default for Prefer {
+    fn default() -> Self {
+        Prefer {
+            ret: Return::default(),
+            strict: true,
+        }
+    }
 }
 
 impl Prefer {

@@ -45,7 +45,7 @@ use crate::fhir::search::extract::Extractor;
 use crate::fhir::search::model::IndexValue;
 use crate::fhir::search::registry::Registry;
 use crate::fhir::search::values::format_instant;
-use crate::store::{AuditRecord, Deferred, JobHook, Method, Version, Write};
+use crate::store::{AuditRecord, Deferred, Found, JobHook, Lookup, Method, Version, Write};
 
 use super::Caller;
 
@@ -114,8 +114,11 @@ pub struct RequestInfo {
     pub resource_type: Option<String>,
     pub id: Option<String>,
     pub version: Option<String>,
-    /// The raw query string, recorded (base64) for searches and history.
+    /// The raw query string, recorded (base64) for searches and history;
+    /// the condition of a conditional update or delete.
     pub query: Option<String>,
+    /// The condition of a conditional create (`If-None-Exist`).
+    pub condition: Option<String>,
     /// The client's IP address.
     pub network: Option<String>,
     /// When the request came in (µs since the epoch).
@@ -177,6 +180,9 @@ struct Ended {
     status: u16,
     served: Option<Served>,
     issue: Option<IssueCode>,
+    /// The resource a write that stored nothing sent (`note_body`): the
+    /// patients it is about are named from it.
+    body: Option<Bytes>,
 }
 
 /// An entry of a Bundle, recorded as the same request sent on its own.
@@ -227,9 +233,14 @@ struct State {
     refusal: Option<String>,
     /// What the current write job stored.
     job: Vec<Stored>,
+    /// The patients the current write job identified by their national
+    /// identity (`JobHook::identified`).
+    identified: Vec<String>,
     /// The entries of a batch or transaction recorded apart from the
     /// request: its GET entries, a batch's writes that committed no record.
     entries: Vec<NotedEntry>,
+    /// The resource a create or update sent (`note_body`).
+    body: Option<Bytes>,
 }
 
 /// The audit of one request. The HTTP layer opens it (`run_in`), the
@@ -257,7 +268,9 @@ impl AuditScope {
                 client: Client::default(),
                 refusal: None,
                 job: Vec::new(),
+                identified: Vec::new(),
                 entries: Vec::new(),
+                body: None,
             }),
             commits: AtomicU64::new(0),
         })
@@ -294,20 +307,115 @@ impl AuditScope {
         let request = std::mem::take(&mut st.request);
         let client = std::mem::take(&mut st.client);
         let refusal = st.refusal.take();
-        let ended = Ended { status, served, issue };
-        Some(Box::new(move || {
+        // Only a write that stored nothing is named from what it sent; one
+        // that did, from what it stored (`JobHook`).
+        let body = st.body.take().filter(|_| own);
+        let ended = Ended {
+            status,
+            served,
+            issue,
+            body,
+        };
+        let mut lookups = Vec::new();
+        if own {
+            lookups.extend(lookups_of(&request, &ended));
+        }
+        for e in &entries {
+            lookups.extend(lookups_of(&e.request, &e.ended));
+        }
+        Some(Deferred::after(lookups, move |found| {
             let mut out = Vec::new();
             if own {
-                out = record_of(&gateway, &client, &request, refusal.as_deref(), ended);
+                out = record_of(&gateway, &client, &request, refusal.as_deref(), ended, found);
             }
             for e in entries {
                 // The refusal is the request's: an entry runs only once the
                 // client is authenticated.
-                out.extend(record_of(&gateway, &client, &e.request, None, e.ended));
+                out.extend(record_of(&gateway, &client, &e.request, None, e.ended, found));
             }
             out
         }))
     }
+}
+
+/// The patient column of an event whose patient the gateway looked for,
+/// whatever the caller may see, and did not find (an INS held by nobody, a
+/// refused read of a resource that is not stored): not a patient (no id is
+/// empty), it keeps the event from organisations as an event about a
+/// patient they are not granted would be. Otherwise whether an event about
+/// their own request shows would tell them whether the INS, or the
+/// resource, exists. Never rendered.
+pub const NOBODY_FOUND: &str = "";
+
+/// At most this many identifiers of one request are looked up.
+const MAX_IDENTIFIERS: usize = 8;
+
+/// The condition a request's patients may be looked up by, and the type it
+/// applies to: a search's query, a conditional update's or delete's, a
+/// conditional create's `If-None-Exist`.
+fn condition_of(request: &RequestInfo) -> Option<&str> {
+    if is_query(request.interaction) {
+        return request.query.as_deref();
+    }
+    match request.interaction {
+        "create" => request.condition.as_deref(),
+        "update" | "patch" | "delete" if request.id.is_none() => request.query.as_deref(),
+        _ => None,
+    }
+}
+
+/// The identifiers a Patient condition names (`identifier=system|value`,
+/// several values OR-ed): a patient found by INS is named by id.
+fn identifiers_in(resource_type: &str, condition: &str) -> Vec<Lookup> {
+    if resource_type != "Patient" {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (k, v) in form_urlencoded::parse(condition.as_bytes()) {
+        if k != "identifier" {
+            continue;
+        }
+        for one in v.split(',') {
+            if let Some((system, value)) = one.split_once('|')
+                && !system.is_empty()
+                && !value.is_empty()
+                && out.len() < MAX_IDENTIFIERS
+            {
+                let l = Lookup::Identifier {
+                    system: system.to_string(),
+                    value: value.to_string(),
+                };
+                if !out.contains(&l) {
+                    out.push(l);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// What the record of an interaction needs looked up: the compartment of a
+/// resource it named but was not served (refused, missing, a history), the
+/// holders of the identifiers its condition names. Cheap: string work on
+/// what the request said, no parsing of bodies.
+fn lookups_of(request: &RequestInfo, ended: &Ended) -> Vec<Lookup> {
+    let mut out = Vec::new();
+    let Some(t) = request.resource_type.as_deref() else {
+        return out;
+    };
+    if ended.served.is_none()
+        && t != "Patient"
+        && let Some(id) = &request.id
+    {
+        out.push(Lookup::Compartment {
+            resource_type: t.to_string(),
+            id: id.clone(),
+        });
+    }
+    if let Some(c) = condition_of(request) {
+        out.extend(identifiers_in(t, c));
+    }
+    out
 }
 
 /// The records of one interaction, the request itself or an entry of its
@@ -318,17 +426,30 @@ fn record_of(
     request: &RequestInfo,
     refusal: Option<&str>,
     ended: Ended,
+    found: &Found,
 ) -> Vec<AuditRecord> {
-    let Ended { status, served, issue } = ended;
+    let lookups = lookups_of(request, &ended);
+    let Ended {
+        status,
+        served,
+        issue,
+        body,
+    } = ended;
     let mut entities = Vec::new();
     let mut patients = Vec::new();
+    let mut add = |p: String| {
+        if !patients.contains(&p) {
+            patients.push(p);
+        }
+    };
     match &served {
         Some(s) => {
-            entities.push(versioned(&s.resource_type, &s.id, s.version));
-            patients = match &s.patients {
+            let known = match &s.patients {
                 Some(known) => known.clone(),
                 None => patients_of(&s.resource_type, &s.id, s.body.as_deref()),
             };
+            entities.push(versioned(&s.resource_type, &s.id, s.version));
+            known.into_iter().for_each(&mut add);
         }
         None => {
             if let (Some(t), Some(id)) = (&request.resource_type, &request.id) {
@@ -337,25 +458,50 @@ fn record_of(
                     None => format!("{t}/{id}"),
                 };
                 entities.push(what);
-                if t == "Patient" && status < 300 {
-                    patients.push(id.clone());
+                // Named whether or not the caller was shown it: the path
+                // says which patient was asked for.
+                if t == "Patient" {
+                    add(id.clone());
                 }
+            }
+            // A write that stored nothing concerns whom its resource is
+            // about, as a stored one would (`Stored::of`).
+            if let (Some(t), Some(b)) = (&request.resource_type, &body)
+                && t != "Patient"
+            {
+                patients_of(t, "", Some(b)).into_iter().for_each(&mut add);
             }
         }
     }
-    if is_query(request.interaction)
-        && let Some(p) = request
-            .resource_type
-            .as_deref()
-            .and_then(|t| queried_patient(t, request.query.as_deref().unwrap_or_default()))
+    let condition = condition_of(request);
+    if let (Some(t), Some(c)) = (request.resource_type.as_deref(), condition)
+        && let Some(p) = queried_patient(t, c)
     {
-        patients.push(p);
+        add(p);
+    }
+    // What was looked up whatever the caller may see; an identifier that
+    // names nobody leaves its query on the record.
+    let mut unresolved = false;
+    for l in &lookups {
+        let holders = found.get(l).map(Vec::as_slice).unwrap_or_default();
+        if holders.is_empty() && matches!(l, Lookup::Identifier { .. }) {
+            unresolved = true;
+        }
+        holders.iter().cloned().for_each(&mut add);
+    }
+    if patients.is_empty() && !lookups.is_empty() {
+        patients.push(NOBODY_FOUND.to_string());
     }
     let mut outcome_desc = None;
     if status >= 400 {
         let mut d = format!("HTTP {status}");
         if let Some(IssueCode(code, entry)) = issue {
             d.push_str(&format!(" ({code})"));
+            // The only `security` issue is a refused identification: a
+            // probe of someone's identity, which auditors look for.
+            if code == "security" {
+                d.push_str(" security alert (DCM 110113): patient identification refused");
+            }
             if let Some(i) = entry {
                 d.push_str(&format!(" at Bundle.entry[{i}]"));
             }
@@ -365,7 +511,13 @@ fn record_of(
         }
         outcome_desc = Some(d);
     }
-    let query = is_query(request.interaction).then(|| request.query.clone().unwrap_or_default());
+    let query = if is_query(request.interaction) {
+        Some(request.query.clone().unwrap_or_default())
+    } else if unresolved {
+        condition.map(str::to_string)
+    } else {
+        None
+    };
     records(
         gateway,
         request,
@@ -389,6 +541,7 @@ impl JobHook for AuditScope {
     fn finish(&self, ok: bool) -> Vec<AuditRecord> {
         let mut st = self.state();
         let job = std::mem::take(&mut st.job);
+        let identified = std::mem::take(&mut st.identified);
         if !ok || job.is_empty() {
             return Vec::new();
         }
@@ -398,12 +551,12 @@ impl JobHook for AuditScope {
             other => other,
         };
         let mut patients: Vec<String> = Vec::new();
-        for p in job.iter().flat_map(|s| s.patients.iter()) {
+        for p in job.iter().flat_map(|s| s.patients.iter()).chain(&identified) {
             if !patients.contains(p) {
                 patients.push(p.clone());
             }
         }
-        records(
+        let recs = records(
             &self.gateway,
             &st.request,
             subtype,
@@ -413,12 +566,37 @@ impl JobHook for AuditScope {
             job.iter().map(|s| s.what.clone()).collect(),
             None,
             patients,
-        )
+        );
+        recs.into_iter().map(|r| mark_identified(r, &identified)).collect()
     }
 
     fn committed(&self) {
         self.commits.fetch_add(1, Ordering::AcqRel);
     }
+
+    fn identified(&self, refs: &[String]) {
+        let mut st = self.state();
+        for p in refs.iter().filter_map(|r| r.strip_prefix("Patient/")) {
+            if !st.identified.iter().any(|x| x == p) {
+                st.identified.push(p.to_string());
+            }
+        }
+    }
+}
+
+/// Says, in the record of the event about a patient the job identified,
+/// that the caller identified them: the patient's other organisations read
+/// it in the patient's trail (`AuditEvent?patient=`).
+fn mark_identified(mut rec: AuditRecord, identified: &[String]) -> AuditRecord {
+    if rec.patient.as_ref().is_some_and(|p| identified.contains(p))
+        && let Ok(mut d) = serde_json::from_slice::<Detail>(&rec.detail)
+    {
+        d.identified = true;
+        if let Ok(b) = serde_json::to_vec(&d) {
+            rec.detail = Bytes::from(b);
+        }
+    }
+    rec
 }
 
 fn job_interaction(job: &[Stored]) -> &'static str {
@@ -468,6 +646,18 @@ pub fn note_search_form(form: &str) {
     });
 }
 
+/// Keeps the resource a create or update sends (a cheap clone of the
+/// bytes), parsed only if the write stores nothing: a refused write then
+/// names whom it was about, as a stored one does.
+pub fn note_body(body: &Bytes) {
+    let _ = CURRENT.try_with(|s| {
+        let mut st = s.state();
+        if matches!(st.request.interaction, "create" | "update") {
+            st.body = Some(body.clone());
+        }
+    });
+}
+
 /// Corrects the interaction once the request is understood (a Bundle POST
 /// is a batch or a transaction).
 pub fn note_interaction(interaction: &'static str) {
@@ -498,12 +688,18 @@ pub fn note_entry(
             id,
             version,
             query: query.map(str::to_string),
+            condition: None,
             network: st.request.network.clone(),
             started: st.request.started,
         };
         st.entries.push(NotedEntry {
             request,
-            ended: Ended { status, served, issue },
+            ended: Ended {
+                status,
+                served,
+                issue,
+                body: None,
+            },
         });
     });
 }
@@ -697,6 +893,10 @@ struct Detail {
     /// The resources acted on, `Type/id/_history/v` when the version is known.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     entities: Vec<String>,
+    /// The caller identified the record's patient by their national
+    /// identity (INS and traits) in this event.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    identified: bool,
     /// The query string of a search or history.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     query: Option<String>,
@@ -715,7 +915,7 @@ fn records(
     outcome_desc: Option<String>,
     entities: Vec<String>,
     query: Option<String>,
-    patients: Vec<String>,
+    mut patients: Vec<String>,
 ) -> Vec<AuditRecord> {
     let recorded = now_micros();
     // The entity index holds references without their version.
@@ -726,6 +926,30 @@ fn records(
             refs.push(r.to_string());
         }
     }
+    // A Patient the event acts on is a patient it concerns: `patient=x`
+    // then finds every event `entity=Patient/x` finds, and the other way.
+    for r in &refs {
+        if let Some(p) = r.strip_prefix("Patient/")
+            && !patients.iter().any(|x| x == p)
+        {
+            patients.push(p.to_string());
+        }
+    }
+    if patients.len() > 1 {
+        patients.retain(|p| p != NOBODY_FOUND);
+    }
+    // The Patients are found through the patient column, each in its own
+    // record: indexed as entities too, one event's record about y would
+    // also answer `entity=Patient/x`, which `patient=x` finds once. One
+    // index row less per event (every read of a Patient) besides.
+    let indexed: Vec<String> = refs
+        .iter()
+        .filter(|r| {
+            r.strip_prefix("Patient/")
+                .is_none_or(|p| !patients.iter().any(|x| x == p))
+        })
+        .cloned()
+        .collect();
     let detail = Detail {
         issuer: gateway.issuer.clone(),
         base: gateway.base.clone(),
@@ -735,6 +959,7 @@ fn records(
         professional: client.professional.clone(),
         outcome_desc,
         entities,
+        identified: false,
         query,
     };
     let detail = Bytes::from(serde_json::to_vec(&detail).unwrap_or_default());
@@ -746,14 +971,7 @@ fn records(
             .to_owned(),
         recorded,
         client: client.id.clone(),
-        // `Patient/x` of an event about x: an `entity=Patient/x` search
-        // finds it by its patient already; one index row less per event
-        // (every read of a Patient) in the most written table.
-        entities: refs
-            .iter()
-            .filter(|r| r.strip_prefix("Patient/").is_none_or(|p| Some(p) != patient.as_deref()))
-            .cloned()
-            .collect(),
+        entities: indexed.clone(),
         patient,
         subtype: subtype.to_string(),
         action: action_of(subtype).to_string(),
@@ -822,8 +1040,17 @@ pub fn render(rec: &AuditRecord) -> Option<Bytes> {
     if let Some(q) = &d.query {
         entity.push(query_entity(q));
     }
-    if let Some(p) = &rec.patient {
-        entity.push(patient_entity(p));
+    if let Some(p) = rec.patient.as_deref().filter(|p| *p != NOBODY_FOUND) {
+        let mut e = patient_entity(p);
+        if d.identified
+            && let Some(o) = e.as_object_mut()
+        {
+            o.insert(
+                "description".into(),
+                json!("identified by INS: the client's organisation sent the patient's INS and all the identity traits, and joined their care"),
+            );
+        }
+        entity.push(e);
     }
     let mut ev = Map::new();
     ev.insert("resourceType".into(), json!(AUDIT_EVENT));
@@ -986,10 +1213,10 @@ mod tests {
             None,
             vec!["p1".into(), "p2".into()],
         );
-        // Each event is found by `entity=Patient/pN` through its patient;
-        // the other patient is an entity it names.
-        assert_eq!(recs[0].entities, vec!["Patient/p2".to_string()]);
-        assert_eq!(recs[1].entities, vec!["Patient/p1".to_string()]);
+        // Each event is found by `entity=Patient/pN` through its patient,
+        // and only its record about pN is: `patient=pN` finds the same.
+        assert!(recs[0].entities.is_empty(), "{:?}", recs[0].entities);
+        assert!(recs[1].entities.is_empty(), "{:?}", recs[1].entities);
         // Still in the event as rendered: both resources, and the patient.
         let event: Value = serde_json::from_slice(&render(&recs[0]).unwrap_or_default()).unwrap_or_default();
         assert_eq!(event["entity"].as_array().map(Vec::len), Some(3), "{event}");
@@ -1048,6 +1275,7 @@ mod tests {
                 id,
                 version,
                 query: query.map(str::to_string),
+                condition: None,
                 network: Some("10.0.0.7".into()),
                 started: STARTED,
             },
@@ -1099,7 +1327,9 @@ mod tests {
     ) -> Vec<AuditRecord> {
         let s = scope(interaction, path, query);
         s.run_in(async { note_client(caller_client()) }).await;
-        s.finish(status, served, issue).map(|f| f()).unwrap_or_default()
+        s.finish(status, served, issue)
+            .map(|f| f.build(&Found::new()))
+            .unwrap_or_default()
     }
 
     #[tokio::test]
@@ -1121,7 +1351,10 @@ mod tests {
                 );
             })
             .await;
-        let recs = batch.finish(200, None, None).map(|f| f()).unwrap_or_default();
+        let recs = batch
+            .finish(200, None, None)
+            .map(|f| f.build(&Found::new()))
+            .unwrap_or_default();
         assert_eq!(recs.len(), 4, "the batch and its three GET entries: {recs:#?}");
         assert_eq!(recs[0].subtype, "batch");
         let expected = [
@@ -1152,7 +1385,11 @@ mod tests {
         let missing = event(&recs[3]);
         assert_eq!(missing["outcome"], "4");
         assert_eq!(missing["outcomeDesc"], "HTTP 404 (not-found)");
-        assert_eq!(recs[3].patient, None, "a refused read names no patient");
+        assert_eq!(
+            recs[3].patient.as_deref(),
+            Some("gone"),
+            "a refused read names the patient asked for"
+        );
         // The batch's client, network address and start.
         for r in &recs {
             assert_eq!(r.client.as_deref(), Some("mss-1"));
@@ -1187,7 +1424,10 @@ mod tests {
                 note_entry("create", "Patient", None, 200, Some(served_patient()), None);
             })
             .await;
-        let recs = batch.finish(200, None, None).map(|f| f()).unwrap_or_default();
+        let recs = batch
+            .finish(200, None, None)
+            .map(|f| f.build(&Found::new()))
+            .unwrap_or_default();
         assert_eq!(recs.len(), 3, "the batch and its two entries noted apart: {recs:#?}");
         assert_eq!(recs[0].subtype, "batch");
         let expected = [
@@ -1213,7 +1453,11 @@ mod tests {
         );
         assert_eq!(refused["outcomeDesc"], "HTTP 412 (conflict)");
         assert_eq!(refused["entity"][0]["what"]["reference"], "Patient/p1");
-        assert_eq!(recs[1].patient, None, "a refused write names no patient");
+        assert_eq!(
+            recs[1].patient.as_deref(),
+            Some("p1"),
+            "a refused write names the patient it would have changed"
+        );
         // The match a conditional create returned, as a create alone names it.
         let matched: Value = serde_json::from_slice(&render(&recs[2]).unwrap_or_default()).unwrap_or_default();
         assert_eq!(
@@ -1239,12 +1483,153 @@ mod tests {
         .await;
         // Its write stored the transaction's own record with the change.
         JobHook::committed(&*tx);
-        let recs = tx.finish(200, None, None).map(|f| f()).unwrap_or_default();
+        let recs = tx
+            .finish(200, None, None)
+            .map(|f| f.build(&Found::new()))
+            .unwrap_or_default();
         assert_eq!(recs.len(), 1, "{recs:#?}");
         assert_eq!(recs[0].subtype, "read");
         // Without GET entries, nothing is left to record.
         let plain = scope("create", "Patient", None);
         JobHook::committed(&*plain);
         assert!(plain.finish(201, None, None).is_none());
+    }
+
+    fn found(pairs: &[(Lookup, &[&str])]) -> Found {
+        pairs
+            .iter()
+            .map(|(l, ps)| (l.clone(), ps.iter().map(|p| p.to_string()).collect()))
+            .collect()
+    }
+
+    const INS: &str = "urn:oid:1.2.250.1.213.1.4.10";
+
+    /// The records of a request that ended with `status`, built once the
+    /// lookups it asked for found what `found` says.
+    async fn ended(
+        s: Arc<AuditScope>,
+        status: u16,
+        body: Option<&str>,
+        found: impl Fn(&[Lookup]) -> Found,
+    ) -> Vec<AuditRecord> {
+        s.run_in(async {
+            note_client(caller_client());
+            if let Some(b) = body {
+                note_body(&Bytes::from(b.to_string()));
+            }
+        })
+        .await;
+        let d = s.finish(status, None, Some(IssueCode("forbidden", None)));
+        d.map(|d| {
+            let f = found(d.lookups());
+            d.build(&f)
+        })
+        .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_refused_read_names_the_patients_of_the_resource_asked_for() {
+        let obs = Lookup::Compartment {
+            resource_type: "Observation".into(),
+            id: "o1".into(),
+        };
+        let recs = ended(scope("read", "Observation/o1", None), 404, None, |ls| {
+            assert_eq!(ls, std::slice::from_ref(&obs));
+            found(&[(obs.clone(), &["p1"])])
+        })
+        .await;
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].patient.as_deref(), Some("p1"));
+        assert_eq!(recs[0].outcome, "4");
+        // Not stored, or about nobody: the record says so in a way no
+        // organisation is shown, as it would not be shown one about p1.
+        let recs = ended(scope("read", "Observation/o2", None), 404, None, |_| Found::new()).await;
+        assert_eq!(recs[0].patient.as_deref(), Some(NOBODY_FOUND));
+        let e: Value = serde_json::from_slice(&render(&recs[0]).unwrap_or_default()).unwrap_or_default();
+        assert_eq!(entities_of(&e), ["Observation/o2"]);
+        // A Patient by its id: nothing to look up.
+        let recs = ended(scope("read", "Patient/p9", None), 404, None, |ls| {
+            assert!(ls.is_empty());
+            Found::new()
+        })
+        .await;
+        assert_eq!(recs[0].patient.as_deref(), Some("p9"));
+    }
+
+    fn entities_of(e: &Value) -> Vec<String> {
+        e["entity"]
+            .as_array()
+            .map(|es| {
+                es.iter()
+                    .filter_map(|x| x["what"]["reference"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn an_ins_names_its_holder_or_leaves_its_query() {
+        let ins = Lookup::Identifier {
+            system: INS.into(),
+            value: "2840375123456".into(),
+        };
+        let query = format!("identifier={INS}%7C2840375123456");
+        let recs = ended(scope("search-type", "Patient", Some(&query)), 200, None, |ls| {
+            assert_eq!(ls, std::slice::from_ref(&ins));
+            found(&[(ins.clone(), &["p1"])])
+        })
+        .await;
+        assert_eq!(recs[0].patient.as_deref(), Some("p1"));
+        // Held by nobody: the query stays, base64, as for any search.
+        let recs = ended(scope("search-type", "Patient", Some(&query)), 200, None, |_| {
+            Found::new()
+        })
+        .await;
+        assert_eq!(recs[0].patient.as_deref(), Some(NOBODY_FOUND));
+        let e: Value = serde_json::from_slice(&render(&recs[0]).unwrap_or_default()).unwrap_or_default();
+        assert_eq!(e["entity"].as_array().map(Vec::len), Some(1), "{e}");
+        assert!(e["entity"][0]["query"].is_string());
+
+        // A conditional create refused on the same INS, held by nobody: its
+        // condition is the query it leaves.
+        let s = scope("create", "Patient", None);
+        s.state().request.condition = Some(query.clone());
+        let recs = ended(s, 412, None, |ls| {
+            assert_eq!(ls, std::slice::from_ref(&ins));
+            Found::new()
+        })
+        .await;
+        let e: Value = serde_json::from_slice(&render(&recs[0]).unwrap_or_default()).unwrap_or_default();
+        let q = base64::engine::general_purpose::STANDARD
+            .decode(e["entity"][0]["query"].as_str().unwrap_or_default())
+            .unwrap_or_default();
+        assert_eq!(String::from_utf8_lossy(&q), query);
+        // Held: the patient, and no query (a write records none).
+        let s = scope("update", "Patient", Some(&query));
+        let recs = ended(s, 403, None, |_| found(&[(ins.clone(), &["p1"])])).await;
+        assert_eq!(recs[0].patient.as_deref(), Some("p1"));
+        let e: Value = serde_json::from_slice(&render(&recs[0]).unwrap_or_default()).unwrap_or_default();
+        assert!(
+            e["entity"]
+                .as_array()
+                .is_some_and(|es| es.iter().all(|x| x["query"].is_null())),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_write_names_the_patient_its_resource_is_about() {
+        let body = r#"{"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/p1"}}"#;
+        let recs = ended(scope("create", "Observation", None), 403, Some(body), |ls| {
+            assert!(ls.is_empty());
+            Found::new()
+        })
+        .await;
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].patient.as_deref(), Some("p1"));
+        assert_eq!((recs[0].action.as_str(), recs[0].outcome.as_str()), ("C", "4"));
+        // A Bundle is no resource a write entry is about.
+        let recs = ended(scope("transaction", "", None), 403, Some(body), |_| Found::new()).await;
+        assert_eq!(recs[0].patient, None);
     }
 }

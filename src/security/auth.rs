@@ -26,33 +26,56 @@ use crate::store::{ClientRecord, Store, StoreError};
 const MAX_ASSERTION_LIFETIME: u64 = 300;
 /// Clock skew tolerated between a client and the gateway.
 const LEEWAY: u64 = 30;
+/// No refused client authentication is answered sooner: well above what a
+/// lookup and a signature check take, so that none of them shows.
+const CLIENT_REFUSAL_FLOOR: Duration = Duration::from_millis(100);
 const CLIENT_CACHE_TTL: Duration = Duration::from_secs(10);
 const JWKS_CACHE_TTL: Duration = Duration::from_secs(300);
 
 pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
+/// What the token endpoint tells a client whose authentication failed,
+/// whatever the reason: an unknown client, a revoked one, a bad signature
+/// or a replayed assertion must read alike, or the answer tells an
+/// attacker which client ids exist and which keys are worth forging.
+pub const CLIENT_AUTHENTICATION_FAILED: &str = "client authentication failed";
+
 /// An OAuth 2.0 error of the token endpoint (RFC 6749 §5.2).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{error}: {description}")]
+#[error("{error}: {reason}")]
 pub struct OAuthError {
     pub status: u16,
     pub error: &'static str,
+    /// What the client is told.
     pub description: String,
+    /// Why, for the audit trail and the logs only: for `invalid_client` it
+    /// says more than the client may learn. Names no person.
+    pub reason: String,
 }
 
 impl OAuthError {
-    fn client(description: impl Into<String>) -> Self {
+    /// Every client-authentication failure: 401 (RFC 6749 §5.2 allows it
+    /// for `invalid_client` whichever way the client authenticated), one
+    /// description for all.
+    fn client(reason: impl Into<String>) -> Self {
         OAuthError {
             status: 401,
             error: "invalid_client",
-            description: description.into(),
+            description: CLIENT_AUTHENTICATION_FAILED.into(),
+            reason: reason.into(),
         }
     }
-    fn request(error: &'static str, description: impl Into<String>) -> Self {
+
+    /// A malformed request or a refused scope: what is wrong depends only
+    /// on the request (or, for scopes, on an authenticated client), so it
+    /// is said.
+    pub fn request(status: u16, error: &'static str, description: impl Into<String>) -> Self {
+        let description = description.into();
         OAuthError {
-            status: 400,
+            status,
             error,
-            description: description.into(),
+            reason: description.clone(),
+            description,
         }
     }
 }
@@ -60,11 +83,7 @@ impl OAuthError {
 impl From<StoreError> for OAuthError {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "token endpoint storage failure");
-        OAuthError {
-            status: 500,
-            error: "server_error",
-            description: "the token could not be issued".into(),
-        }
+        OAuthError::request(500, "server_error", "the token could not be issued")
     }
 }
 
@@ -286,14 +305,28 @@ impl Auth {
     /// The token endpoint: `client_credentials` with a client assertion;
     /// `peer` is the TLS client certificate of the connection, if any.
     pub async fn token(&self, req: TokenRequest, peer: Option<&PeerCertificate>) -> Result<TokenResponse, OAuthError> {
+        let started = tokio::time::Instant::now();
+        let issued = self.issue(req, peer).await;
+        // An unknown client is refused after one lookup, a known one after
+        // its signature is checked too: without a common floor the time of
+        // the answer would tell what its words do not.
+        if matches!(&issued, Err(e) if e.error == "invalid_client") {
+            tokio::time::sleep_until(started + CLIENT_REFUSAL_FLOOR).await;
+        }
+        issued
+    }
+
+    async fn issue(&self, req: TokenRequest, peer: Option<&PeerCertificate>) -> Result<TokenResponse, OAuthError> {
         if req.grant_type.as_deref() != Some("client_credentials") {
             return Err(OAuthError::request(
+                400,
                 "unsupported_grant_type",
                 "grant_type must be client_credentials",
             ));
         }
         if req.client_assertion_type.as_deref() != Some(ASSERTION_TYPE) {
             return Err(OAuthError::request(
+                400,
                 "invalid_request",
                 format!("client_assertion_type must be {ASSERTION_TYPE}"),
             ));
@@ -301,7 +334,7 @@ impl Auth {
         let assertion = req
             .client_assertion
             .as_deref()
-            .ok_or_else(|| OAuthError::request("invalid_request", "client_assertion is missing"))?;
+            .ok_or_else(|| OAuthError::request(400, "invalid_request", "client_assertion is missing"))?;
         let header =
             decode_header(assertion).map_err(|_| OAuthError::client("the client assertion is not a signed JWT"))?;
         if !matches!(header.alg, Algorithm::RS384 | Algorithm::ES384) {
@@ -316,8 +349,10 @@ impl Auth {
             .store
             .client(&client_id)
             .await?
-            .filter(|c| c.revoked.is_none())
-            .ok_or_else(|| OAuthError::client("unknown or revoked client"))?;
+            .ok_or_else(|| OAuthError::client("unknown client"))?;
+        if client.revoked.is_some() {
+            return Err(OAuthError::client("revoked client"));
+        }
         check_certificate(&client, peer)?;
         let keys = self.keys_of(&client).await?;
         let jwk = match &header.kid {
@@ -335,7 +370,16 @@ impl Auth {
         v.leeway = LEEWAY;
         v.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
         let claims = decode::<AssertionClaims>(assertion, &key, &v)
-            .map_err(|e| OAuthError::client(format!("the client assertion was refused: {e}")))?
+            .map_err(|e| {
+                // serde's messages quote what the client sent: kept out of the trail.
+                use jsonwebtoken::errors::ErrorKind;
+                OAuthError::client(match e.kind() {
+                    ErrorKind::Json(_) | ErrorKind::Utf8(_) | ErrorKind::Base64(_) => {
+                        "the client assertion's claims are not readable".to_string()
+                    }
+                    _ => format!("the client assertion was refused: {e}"),
+                })
+            })?
             .claims;
         let now = now();
         if claims.exp > now + MAX_ASSERTION_LIFETIME + LEEWAY {
@@ -356,11 +400,12 @@ impl Auth {
             ));
         }
         let requested = Scopes::parse(req.scope.as_deref().unwrap_or_default())
-            .map_err(|e| OAuthError::request("invalid_scope", e.to_string()))?;
+            .map_err(|e| OAuthError::request(400, "invalid_scope", e.to_string()))?;
         let registered = Scopes::parse(&client.scope).unwrap_or_default();
         let granted = registered.grant(&requested);
         if granted.is_empty() {
             return Err(OAuthError::request(
+                400,
                 "invalid_scope",
                 "none of the requested scopes is granted to this client",
             ));
@@ -387,7 +432,7 @@ impl Auth {
             &access,
             &EncodingKey::from_secret(&self.secret),
         )
-        .map_err(|_| OAuthError::request("server_error", "the token could not be signed"))?;
+        .map_err(|_| OAuthError::request(500, "server_error", "the token could not be signed"))?;
         tracing::info!(client = %client.id, "access token issued");
         Ok(TokenResponse {
             access_token: token,

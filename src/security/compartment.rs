@@ -125,6 +125,7 @@ pub async fn resolve_organization(store: &Store, registered: &str) -> Result<Opt
         strict: true,
         default_count: 2,
         max_count: 2,
+        ..ParseOptions::default()
     };
     let Ok(req) = parse_search(Registry::r4(), Some("Organization"), &pairs, &opts) else {
         return Ok(None);
@@ -160,12 +161,14 @@ pub fn patients_of(resource_type: &str, id: &str, index: &[(String, IndexValue)]
 }
 
 /// Records the patients and grants of a job's writes, and refuses the job
-/// when it writes about a patient outside the caller's compartment (403),
-/// or takes an id that exists outside it (409). Each grant is decided
+/// ([`not_admitted`]) when it writes about a patient outside the caller's
+/// compartment or takes an id that exists outside it. Each grant is decided
 /// against the patient's consent; a Consent written or deleted re-decides
 /// the grants of its patient. Called on every write job, right before its
 /// rows are stored.
 pub async fn admit(tx: &mut WriteTx, writes: &mut [Write]) -> Result<(), FhirError> {
+    // Who acts is the caller (AUTHORSHIP), before anything is granted.
+    super::authorship::check(tx, writes).await?;
     let vis = tx.visibility().clone();
     let author = match &vis {
         Visibility::Party(Some(p)) => Some(p.clone()),
@@ -310,25 +313,30 @@ pub async fn admit(tx: &mut WriteTx, writes: &mut [Write]) -> Result<(), FhirErr
     pending.dedup();
     let outside: HashSet<String> = tx.ungranted(&pending).await?.into_iter().collect();
     for w in writes.iter() {
-        if w.pk.is_none() && tx.exists(&w.resource_type, &w.id).await? {
-            return Err(FhirError::new(
-                409,
-                "conflict",
-                format!("the id {}/{} is already in use", w.resource_type, w.id),
-            ));
-        }
-        if w.patients.iter().any(|p| outside.contains(p)) {
-            return Err(FhirError::new(
-                403,
-                "forbidden",
-                format!(
-                    "this {} concerns a patient outside your organisation's compartment",
-                    w.resource_type
-                ),
-            ));
+        // An id taken outside the compartment gets the answer of any write
+        // the compartment refuses: a distinct one would tell which ids
+        // exist among those the caller cannot see.
+        if (w.pk.is_none() && tx.exists(&w.resource_type, &w.id).await?)
+            || w.patients.iter().any(|p| outside.contains(p))
+        {
+            return Err(not_admitted(&w.resource_type));
         }
     }
     Ok(())
+}
+
+/// The one answer to a write the caller's organisation may not make: it
+/// concerns a patient outside its compartment, or names an id that is not
+/// free for it (taken by a resource it cannot see). It says neither which
+/// nor whether anything exists; `expression` is the resource written.
+pub fn not_admitted(resource_type: &str) -> FhirError {
+    FhirError::new(
+        403,
+        "forbidden",
+        "your organisation may not write this resource: it concerns a patient outside your organisation's \
+         compartment, or its id is not available to your organisation",
+    )
+    .at(resource_type)
 }
 
 /// The patient's Consents as they will be once the job is stored: the

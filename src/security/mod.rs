@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod authorship;
 mod cache;
 pub mod certs;
 pub mod compartment;

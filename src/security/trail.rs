@@ -72,6 +72,7 @@ pub async fn search(store: &Store, caller: &Caller, input: SearchInput<'_>) -> R
         strict: true,
         default_count: 20,
         max_count: 1000,
+        limits: input.limits,
     };
     let req = parse_search(Registry::r4(), Some(AUDIT_EVENT), &params, &opts)?;
     if !req.include.is_empty() || !req.revinclude.is_empty() {
@@ -187,12 +188,17 @@ fn condition(f: &Filter) -> Result<AuditCond, FhirError> {
             let (lo, hi) = bounds(code, values)?;
             AuditCond::Recorded { lo, hi }
         }
-        ("patient", None | Some(Modifier::Type(_))) => AuditCond::Patient(
-            references(code, values, Some("Patient"))?
-                .into_iter()
-                .map(|r| r.trim_start_matches("Patient/").to_string())
-                .collect(),
-        ),
+        // R4 defines both on `entity.what`, `patient` on the Patients among
+        // them: one condition, so that an auditor gets the same events by
+        // either (events of earlier releases named a patient as an entity
+        // of another patient's record).
+        ("patient", None | Some(Modifier::Type(_))) => {
+            let refs = references(code, values, Some("Patient"))?;
+            if let Some(other) = refs.iter().find(|r| !r.starts_with("Patient/")) {
+                return Err(FhirError::invalid(format!("patient names Patients, not {other}")).at(code.to_string()));
+            }
+            AuditCond::Entity(refs)
+        }
         ("entity", None | Some(Modifier::Type(_))) => AuditCond::Entity(references(code, values, None)?),
         ("agent", Some(Modifier::Identifier)) => AuditCond::Client(tokens(code, values)?),
         // A token request is recorded as `login` and shown as DICOM's Login.

@@ -14,17 +14,77 @@
 //! records of reads into it ten times a second took the read connections'
 //! CPU per read in the benchmark from 24 to 44 µs.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 
-use super::trail_file::TrailFile;
-use super::{AuditRecord, StoreError, Visibility, Writer};
+use crate::fhir::search::parse::{ParseOptions, parse_search};
+use crate::fhir::search::registry::Registry;
 
-/// Builds the records to store, off the request's path (it may cost CPU).
-pub type Deferred = Box<dyn FnOnce() -> Vec<AuditRecord> + Send>;
+use super::exec::{Bind, Conn, Frag, fetch_i64_text_text};
+use super::trail_file::TrailFile;
+use super::{AuditRecord, Pool, StoreError, Visibility, Writer, rows};
+
+/// What a record must know of the stored data before it is built, looked
+/// up whatever the caller may see: the trail names the patients a request
+/// concerned even when the caller was shown nothing of them (a refused
+/// read, a search by INS answered empty). Looked up here, batch by batch,
+/// so that the response never waits for it nor changes with it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Lookup {
+    /// The patients a stored resource has ever concerned (its compartment
+    /// rows, `resource_patient`, deleted resources included).
+    Compartment { resource_type: String, id: String },
+    /// The Patients holding an identifier (`system|value`, an INS).
+    Identifier { system: String, value: String },
+}
+
+/// The patients each lookup found (none: absent).
+pub type Found = HashMap<Lookup, Vec<String>>;
+
+/// At most this many Patients are named for one identifier: more means a
+/// duplicate identity, and those are enough to find it.
+const PATIENTS_PER_IDENTIFIER: usize = 8;
+
+type Make = Box<dyn FnOnce(&Found) -> Vec<AuditRecord> + Send>;
+
+/// Builds the records to store, off the request's path (it may cost CPU),
+/// once what they need looked up is known.
+pub struct Deferred {
+    lookups: Vec<Lookup>,
+    make: Make,
+}
+
+impl Deferred {
+    /// Records that need nothing looked up.
+    pub fn new(make: impl FnOnce() -> Vec<AuditRecord> + Send + 'static) -> Deferred {
+        Deferred {
+            lookups: Vec::new(),
+            make: Box::new(move |_| make()),
+        }
+    }
+
+    /// Records built from what `lookups` found.
+    pub fn after(lookups: Vec<Lookup>, make: impl FnOnce(&Found) -> Vec<AuditRecord> + Send + 'static) -> Deferred {
+        Deferred {
+            lookups,
+            make: Box::new(make),
+        }
+    }
+
+    pub fn lookups(&self) -> &[Lookup] {
+        &self.lookups
+    }
+
+    /// Builds the records from what was found (`found` must hold the
+    /// lookups: a missing one counts as found absent).
+    pub fn build(self, found: &Found) -> Vec<AuditRecord> {
+        (self.make)(found)
+    }
+}
 
 /// How records are gathered before one commit stores them.
 #[derive(Clone, Copy)]
@@ -83,13 +143,24 @@ impl Sink {
     /// Builds the records of `makes` and stores them: how many, or how
     /// many were lost and why (at least one a request when building
     /// panicked).
-    async fn store(&self, makes: Vec<Deferred>) -> Result<usize, (usize, StoreError)> {
+    async fn store(&self, pool: &Pool, makes: Vec<Deferred>) -> Result<usize, (usize, StoreError)> {
+        let mut wanted = Found::new();
+        for l in makes.iter().flat_map(|m| m.lookups.iter()) {
+            wanted.entry(l.clone()).or_default();
+        }
+        let mut found = wanted;
+        if let Err(e) = look_up(pool, &mut found).await {
+            // The records are stored all the same, naming only the patients
+            // the requests themselves named: better than none.
+            metrics::counter!("apa_audit_lookup_failed_total").increment(1);
+            tracing::error!(error = %e, "the patients of audit records could not be looked up");
+        }
         match self {
             Sink::Writer(writer) => {
                 let queued = makes.len();
                 // Building a batch is CPU work of milliseconds: not on the
                 // threads that answer requests.
-                let records = tokio::task::spawn_blocking(move || build(makes))
+                let records = tokio::task::spawn_blocking(move || build(makes, &found))
                     .await
                     .map_err(|e| (queued, StoreError::Commit(format!("building detached records: {e}"))))?;
                 let n = records.len();
@@ -111,7 +182,7 @@ impl Sink {
                 // threads that answer requests.
                 let (file, queued) = (file.clone(), makes.len());
                 tokio::task::spawn_blocking(move || {
-                    let records = build(makes);
+                    let records = build(makes, &found);
                     file.put(&records)
                         .map(|()| records.len())
                         .map_err(|e| (records.len(), e))
@@ -123,8 +194,67 @@ impl Sink {
     }
 }
 
-fn build(makes: Vec<Deferred>) -> Vec<AuditRecord> {
-    makes.into_iter().flat_map(|m| m()).collect()
+fn build(makes: Vec<Deferred>, found: &Found) -> Vec<AuditRecord> {
+    makes.into_iter().flat_map(|m| m.build(found)).collect()
+}
+
+/// Everything the records of a batch need looked up, each once, on one
+/// read connection. A batch of reads the caller was shown needs nothing.
+async fn look_up(pool: &Pool, found: &mut Found) -> Result<(), StoreError> {
+    if found.is_empty() {
+        return Ok(());
+    }
+    match pool {
+        Pool::Sqlite(p) => {
+            let mut c = p.acquire().await?;
+            fill(&mut Conn::Sqlite(&mut c), found).await
+        }
+        Pool::Pg(p) => {
+            let mut c = p.acquire().await?;
+            fill(&mut Conn::Pg(&mut c), found).await
+        }
+    }
+}
+
+async fn fill(c: &mut Conn<'_>, found: &mut Found) -> Result<(), StoreError> {
+    for (lookup, patients) in found.iter_mut() {
+        *patients = match lookup {
+            Lookup::Compartment { resource_type, id } => {
+                let mut f = Frag::new(
+                    "SELECT rp.pk, rp.patient, rp.patient FROM resource r JOIN resource_patient rp ON rp.pk = r.pk WHERE r.rtype = ",
+                );
+                f.bind(Bind::Text(resource_type.clone()))
+                    .push(" AND r.id = ")
+                    .bind(Bind::Text(id.clone()))
+                    .push(" ORDER BY rp.patient");
+                fetch_i64_text_text(c, &f)
+                    .await?
+                    .into_iter()
+                    .map(|(_, p, _)| p)
+                    .collect()
+            }
+            Lookup::Identifier { system, value } => {
+                let opts = ParseOptions {
+                    strict: true,
+                    default_count: PATIENTS_PER_IDENTIFIER,
+                    max_count: PATIENTS_PER_IDENTIFIER,
+                    ..ParseOptions::default()
+                };
+                let params = [("identifier".to_string(), format!("{system}|{value}"))];
+                // A value the search syntax refuses finds nobody: the
+                // request it came from was refused for it as well.
+                match parse_search(Registry::r4(), Some("Patient"), &params, &opts) {
+                    Ok(req) => rows::search_keys(c, &req, PATIENTS_PER_IDENTIFIER, &Visibility::All)
+                        .await?
+                        .into_iter()
+                        .map(|(_, id, _)| id)
+                        .collect(),
+                    Err(_) => Vec::new(),
+                }
+            }
+        };
+    }
+    Ok(())
 }
 
 pub struct Detached {
@@ -134,11 +264,12 @@ pub struct Detached {
 }
 
 impl Detached {
-    pub fn start(sink: Sink) -> Detached {
+    /// `pool`: read connections for what records need looked up.
+    pub fn start(sink: Sink, pool: Pool) -> Detached {
         let (tx, rx) = mpsc::channel(sink.gathering().queue);
         Detached {
             sender: std::sync::Mutex::new(Some(tx)),
-            task: Mutex::new(Some(tokio::spawn(run(sink, rx)))),
+            task: Mutex::new(Some(tokio::spawn(run(sink, pool, rx)))),
         }
     }
 
@@ -162,7 +293,7 @@ impl Detached {
     }
 }
 
-async fn run(sink: Sink, mut rx: mpsc::Receiver<Deferred>) {
+async fn run(sink: Sink, pool: Pool, mut rx: mpsc::Receiver<Deferred>) {
     let Gathering { max_batch, linger, .. } = *sink.gathering();
     let mut batch = Vec::with_capacity(max_batch);
     while rx.recv_many(&mut batch, max_batch).await > 0 {
@@ -182,7 +313,7 @@ async fn run(sink: Sink, mut rx: mpsc::Receiver<Deferred>) {
             }
         }
         let makes = std::mem::replace(&mut batch, Vec::with_capacity(max_batch));
-        match sink.store(makes).await {
+        match sink.store(&pool, makes).await {
             Ok(0) => {}
             Ok(n) => metrics::histogram!("apa_store_detached_batch_size").record(n as f64),
             Err((n, e)) => {

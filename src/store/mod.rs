@@ -30,13 +30,13 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use crate::fhir::search::model::{IndexValue, PageStart, SearchRequest, Total};
 pub use audit::{AuditCond, AuditCursor, AuditPage, AuditQuery, AuditRecord};
 pub use clients::ClientRecord;
-pub use detached::Deferred;
+pub use detached::{Deferred, Found, Lookup};
 use detached::{Detached, Sink};
 pub use exec::Dialect;
 use exec::{Bind, Conn, Frag, VersionRow, fetch_i64, fetch_versions};
 pub use idempotency::IdempotencyRecord;
 pub use reindex::IndexFn;
-pub use writer::{JobHook, WriteTx, Writer, with_job_hook};
+pub use writer::{JobHook, WriteTx, Writer, with_job_hook, with_professional};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -229,6 +229,7 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 enum Pool {
     Sqlite(SqlitePool),
     Pg(PgPool),
@@ -282,8 +283,8 @@ impl Store {
                 inner: {
                     let writer = Arc::new(Writer::start_pg(writer_pool));
                     Arc::new(Inner {
+                        detached: Detached::start(Sink::Writer(writer.clone()), Pool::Pg(pool.clone())),
                         pool: Pool::Pg(pool),
-                        detached: Detached::start(Sink::Writer(writer.clone())),
                         writer,
                     })
                 },
@@ -363,9 +364,9 @@ impl Store {
                 .await?;
             Ok(Store {
                 inner: Arc::new(Inner {
+                    detached: Detached::start(Sink::Trail(Arc::new(trail_file)), Pool::Sqlite(read_pool.clone())),
                     pool: Pool::Sqlite(read_pool),
                     writer: Arc::new(Writer::start_sqlite(write_pool, epoch)),
-                    detached: Detached::start(Sink::Trail(Arc::new(trail_file))),
                 }),
             })
         } else {

@@ -21,12 +21,7 @@ pub const VERSION_COLUMNS: &str = "SELECT v.pk, v.vpk, v.rtype, r.id, v.version,
 /// id about 10,000 instructions of the database connection's, and parsing
 /// the body again more than the read itself (docs/benchmark.md).
 pub fn patients_column() -> &'static str {
-    // Only the audit trail needs them.
-    if cfg!(feature = "unaudited-baseline") {
-        ""
-    } else {
-        ", v.patients"
-    }
+    ", v.patients"
 }
 
 /// The condition under which the resource whose pk is `{pk}` is visible

@@ -58,6 +58,9 @@ pub trait JobHook: Send + Sync {
     /// The job and the rows `finish` added are committed (not called when
     /// it added none).
     fn committed(&self);
+    /// The job identified these resources (`Type/id`) outside its
+    /// compartment ([`WriteTx::vouch`]); told with the versions it stores.
+    fn identified(&self, _refs: &[String]) {}
 }
 
 tokio::task_local! {
@@ -71,6 +74,17 @@ pub async fn with_job_hook<F: std::future::Future>(hook: Arc<dyn JobHook>, f: F)
 
 fn current_hook() -> Option<Arc<dyn JobHook>> {
     HOOK.try_with(Arc::clone).ok()
+}
+
+tokio::task_local! {
+    static PROFESSIONAL: Option<String>;
+}
+
+/// Runs `f` so that every write job it submits knows the health
+/// professional acting (their idNatPs), for the security layer's
+/// authorship rule; the store does nothing else with it.
+pub async fn with_professional<F: std::future::Future>(professional: Option<String>, f: F) -> F::Output {
+    PROFESSIONAL.scope(professional, f).await
 }
 
 /// The open write transaction, as a write job sees it.
@@ -93,6 +107,8 @@ pub struct WriteTx {
     vouched: Vec<String>,
     /// Versions the batch stored, for the planner statistics' schedule.
     written: u64,
+    /// The professional acting in the current job, see [`with_professional`].
+    professional: Option<String>,
 }
 
 impl WriteTx {
@@ -199,6 +215,11 @@ impl WriteTx {
         &self.vis
     }
 
+    /// The health professional acting in the current job (idNatPs), if any.
+    pub fn professional(&self) -> Option<&str> {
+        self.professional.as_deref()
+    }
+
     /// Those of `patients` that the job's party has not been granted.
     pub async fn ungranted(&mut self, patients: &[String]) -> Result<Vec<String>, StoreError> {
         let party = match &self.vis {
@@ -240,6 +261,9 @@ impl WriteTx {
     pub async fn put_all(&mut self, writes: Vec<Write>) -> Result<(), StoreError> {
         if let Some(h) = &self.hook {
             h.stored(&writes);
+            if !self.vouched.is_empty() {
+                h.identified(&self.vouched);
+            }
         }
         self.written += writes.len() as u64;
         self.pending.extend(writes);
@@ -320,9 +344,11 @@ impl Writer {
         let (reply, answer) = oneshot::channel::<Result<T, E>>();
         // Read here, in the request's task: the job runs in the writer's.
         let hook = current_hook();
+        let professional = PROFESSIONAL.try_with(Clone::clone).ok().flatten();
         let job: Job = Box::new(move |wtx| {
             Box::pin(async move {
                 wtx.vis = vis;
+                wtx.professional = professional;
                 wtx.hook = hook.clone();
                 let result = f(wtx).await;
                 wtx.hook = None;
@@ -410,6 +436,7 @@ async fn run(pool: WPool, mut rx: mpsc::Receiver<Job>) {
                 hook: None,
                 vouched: Vec::new(),
                 written: 0,
+                professional: None,
             },
             Err(e) => {
                 // Dropping the jobs drops their reply senders: each caller

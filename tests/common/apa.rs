@@ -23,12 +23,17 @@ pub fn qualified_identity() -> Value {
     identity_status("QUAL")
 }
 
-/// A patient with a test INS (15 characters, key included) and a qualified identity.
+/// A patient with a test INS (15 characters, key included) and a qualified
+/// identity: all its traits (official name, first name, birth date, sex,
+/// birth place) come with the INS, as the INSi service returns them.
 pub fn patient_with_ins(ins: &str, family: &str) -> Value {
     json!({"resourceType": "Patient",
-           "extension": [qualified_identity()],
+           "extension": [qualified_identity(),
+                         {"url": "http://hl7.org/fhir/StructureDefinition/patient-birthPlace",
+                          "valueAddress": {"extension": [{"url": "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-address-insee-code",
+                                                          "valueCoding": {"code": "35238"}}]}}],
            "identifier": [{"system": INS_TEST, "value": ins}],
-           "name": [{"family": family, "given": ["Anne"]}],
+           "name": [{"use": "official", "family": family, "given": ["Anne"]}],
            "gender": "female", "birthDate": "1958-02-03"})
 }
 

@@ -45,6 +45,10 @@ pub struct BundleInput<'a> {
     pub body: &'a [u8],
     /// `Prefer: return=representation`: put each resource in its response entry.
     pub representation: bool,
+    /// `Prefer: handling` and the search limits, for the search entries
+    /// (`GET Type?…`), which follow them as the same search sent alone.
+    pub strict: bool,
+    pub search_limits: crate::fhir::search::parse::SearchLimits,
 }
 
 enum Op {
@@ -150,6 +154,21 @@ fn in_entry(i: usize, mut e: FhirError) -> FhirError {
         }
     }
     e
+}
+
+/// An error of the job's writes taken together (the security layer's
+/// checks) that names one of them by `Type/id` at the start of its
+/// diagnostics is located at that write's entry.
+fn at_written_entry(e: FhirError, written: &[(String, usize)]) -> FhirError {
+    let Some(issue) = e.issues.first() else { return e };
+    if issue.expression.iter().any(|x| x.starts_with("Bundle.entry[")) {
+        return e;
+    }
+    let named = issue.diagnostics.split_once(':').map(|(first, _)| first);
+    match written.iter().find(|(target, _)| Some(target.as_str()) == named) {
+        Some((_, at)) => in_entry(*at, e),
+        None => e,
+    }
 }
 
 /// Checks the resource of a create or update entry where it stands in the
@@ -434,7 +453,7 @@ async fn transaction(
     let mut w = BundleWriter::new("transaction-response", None, &[]);
     for (e, reply) in entries.iter().zip(done.replies) {
         let (reply, is_get) = match (&e.op, reply) {
-            (Op::Get { url }, _) => (get(store, caller, input.base, url).await, true),
+            (Op::Get { url }, _) => (get(store, caller, input, url).await, true),
             (_, r) => (Ok(r.unwrap_or_else(|| Reply::empty(204))), false),
         };
         write_response(&mut w, input.base, reply, input.representation || is_get);
@@ -659,6 +678,8 @@ async fn plan_and_store(tx: &mut WriteTx, rules: &dyn Rules, entries: &mut [Entr
     };
     let mut order: Vec<usize> = (0..entries.len()).collect();
     order.sort_by_key(|&i| rank(&entries[i].op));
+    // `Type/id` of each write and the entry it comes from.
+    let mut written: Vec<(String, usize)> = Vec::new();
     for i in order {
         let e = &mut entries[i];
         let at = e.at;
@@ -699,11 +720,16 @@ async fn plan_and_store(tx: &mut WriteTx, rules: &dyn Rules, entries: &mut [Entr
             Op::CondUpdate { .. } | Op::CondDelete { .. } | Op::Get { .. } => None,
         };
         if let Some(p) = planned {
+            if let Some(w) = &p.write {
+                written.push((format!("{}/{}", w.resource_type, w.id), at));
+            }
             writes.extend(p.write);
             replies[i] = Some(p.reply);
         }
     }
-    let applied = super::store_writes(tx, rules, writes).await?;
+    let applied = super::store_writes(tx, rules, writes)
+        .await
+        .map_err(|e| at_written_entry(e, &written))?;
     for reply in replies.iter_mut().flatten() {
         reply.take_notes(&applied.notes);
     }
@@ -727,7 +753,7 @@ async fn batch(
             Err(err) => (Err(in_entry(i, err)), false),
             Ok(entry) => {
                 let is_get = matches!(entry.op, Op::Get { .. });
-                (run_one(store, rules, caller, input.base, entry).await, is_get)
+                (run_one(store, rules, caller, input, entry).await, is_get)
             }
         };
         // A GET entry noted itself (`get`), a write that committed has its
@@ -751,11 +777,11 @@ async fn run_one(
     store: &Store,
     rules: &SharedRules,
     caller: &Caller,
-    base: &str,
+    input: &BundleInput<'_>,
     mut entry: Entry,
 ) -> Result<Reply, FhirError> {
     if let Op::Get { url } = &entry.op {
-        return get(store, caller, base, url).await;
+        return get(store, caller, input, url).await;
     }
     if let Some(res) = op_resource(&mut entry.op) {
         entry.index = Some(index_of(res));
@@ -781,13 +807,13 @@ async fn run_one(
 
 /// A GET entry: read, vread, search or history, as the URL says. It leaves
 /// its own AuditEvent, as the same request sent on its own would.
-async fn get(store: &Store, caller: &Caller, base: &str, url: &str) -> Result<Reply, FhirError> {
+async fn get(store: &Store, caller: &Caller, input: &BundleInput<'_>, url: &str) -> Result<Reply, FhirError> {
     // A transaction's conditional delete that matched nothing: no GET.
     if url.is_empty() {
         return Ok(Reply::empty(204));
     }
     let (path, segs, query) = split_url(url);
-    let reply = run_get(store, caller, base, url, &segs, query.unwrap_or_default()).await;
+    let reply = run_get(store, caller, input, url, &segs, query.unwrap_or_default()).await;
     note(entry_interaction("GET", &segs), path, query, &reply);
     reply
 }
@@ -810,11 +836,12 @@ fn note(interaction: &'static str, path: &str, query: Option<&str>, reply: &Resu
 async fn run_get(
     store: &Store,
     caller: &Caller,
-    base: &str,
+    input: &BundleInput<'_>,
     url: &str,
     segs: &[&str],
     query: &str,
 ) -> Result<Reply, FhirError> {
+    let base = input.base;
     let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
@@ -827,7 +854,8 @@ async fn run_get(
                     base,
                     resource_type: Some(t),
                     params: &params,
-                    strict: false,
+                    strict: input.strict,
+                    limits: input.search_limits,
                 },
             )
             .await

@@ -120,6 +120,7 @@ pub fn conditional_query(resource_type: &str, query: &str) -> Result<SearchReque
         strict: true,
         default_count: 2,
         max_count: 2,
+        ..ParseOptions::default()
     };
     let req = parse_search(Registry::r4(), Some(resource_type), &pairs, &opts)?;
     if req.filters.is_empty() {
@@ -141,9 +142,14 @@ pub async fn conditional_matches(
 
 /// What a conditional create's criteria find: the resource that stands for
 /// `res` (`None`: create it). Inside the caller's compartment one match is
-/// taken, unless the product's rules say it is someone else (409); outside
-/// it, only a match the rules identify as the same ([`Identity::Same`])
-/// counts, and its stored content is not shown. Several matches are a 412.
+/// taken, unless the product's rules say it is someone else (409); several
+/// are a 412. Outside it, only a single match the rules identify as the
+/// same ([`Identity::Same`]) counts, and its stored content is not shown;
+/// anything else is `None`, as if nothing matched, so that what the
+/// criteria find outside the compartment (none, one, several, someone
+/// else) shows in no answer: creating `res` then meets the product's rules
+/// like any create, which refuse a second holder of an identity with one
+/// answer.
 pub async fn match_create(
     tx: &mut WriteTx,
     rules: &dyn Rules,
@@ -152,7 +158,6 @@ pub async fn match_create(
 ) -> Result<Option<Version>, FhirError> {
     let several =
         || FhirError::precondition("the create's condition matches more than one resource; it is not selective enough");
-    let conflict = |why: String| FhirError::new(409, "conflict", why);
     let identifies = rules.identifies(&res.resource_type);
     match conditional_matches(tx, cond).await?.as_slice() {
         [] => {}
@@ -165,7 +170,7 @@ pub async fn match_create(
                 && let Some(stored) = stored_resource(&v)
                 && let Identity::Different(why) = rules.identify(res, &stored)
             {
-                return Err(conflict(why));
+                return Err(FhirError::new(409, "conflict", why));
             }
             return Ok(Some(v));
         }
@@ -174,23 +179,18 @@ pub async fn match_create(
     if !identifies || tx.visibility() == &Visibility::All {
         return Ok(None);
     }
-    match tx.search_keys_unrestricted(cond, 2).await?.as_slice() {
-        [] => Ok(None),
-        [(t, id, _)] => {
-            let Some(v) = tx.read_unrestricted(t, id).await? else {
-                return Ok(None);
-            };
-            match stored_resource(&v).map(|stored| rules.identify(res, &stored)) {
-                Some(Identity::Same) => {
-                    tx.vouch(t, id);
-                    Ok(Some(Version { body: None, ..v }))
-                }
-                Some(Identity::Different(why)) => Err(conflict(why)),
-                Some(Identity::Unknown) | None => Ok(None),
-            }
-        }
-        _ => Err(several()),
+    let found = tx.search_keys_unrestricted(cond, 2).await?;
+    let [(t, id, _)] = found.as_slice() else {
+        return Ok(None);
+    };
+    let Some(v) = tx.read_unrestricted(t, id).await? else {
+        return Ok(None);
+    };
+    if stored_resource(&v).map(|stored| rules.identify(res, &stored)) == Some(Identity::Same) {
+        tx.vouch(t, id);
+        return Ok(Some(Version { body: None, ..v }));
     }
+    Ok(None)
 }
 
 fn stored_resource(v: &Version) -> Option<Resource> {

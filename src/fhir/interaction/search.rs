@@ -3,9 +3,9 @@
 use serde_json::json;
 
 use crate::fhir::bundle_writer::BundleWriter;
-use crate::fhir::error::FhirError;
+use crate::fhir::error::{FhirError, Issue, Severity, outcome_json};
 use crate::fhir::search::model::{Filter, Include, PageStart, ParamRef, ParamType, SearchRequest, Summary};
-use crate::fhir::search::parse::{PAGE_AFTER, PAGE_OFFSET, ParseOptions, parse_search};
+use crate::fhir::search::parse::{PAGE_AFTER, PAGE_OFFSET, ParseOptions, SearchLimits, parse_search};
 use crate::fhir::search::registry::Registry;
 use crate::fhir::summary::subset;
 use crate::security::Caller;
@@ -20,7 +20,10 @@ pub struct SearchInput<'a> {
     pub base: &'a str,
     pub resource_type: Option<&'a str>,
     pub params: &'a [(String, String)],
+    /// Unknown parameters are refused; `false` only under
+    /// `Prefer: handling=lenient`, and then the Bundle says what was ignored.
     pub strict: bool,
+    pub limits: SearchLimits,
 }
 
 pub async fn search(store: &Store, caller: &Caller, input: SearchInput<'_>) -> Result<Reply, FhirError> {
@@ -46,6 +49,7 @@ pub async fn search(store: &Store, caller: &Caller, input: SearchInput<'_>) -> R
         strict: input.strict,
         default_count: 20,
         max_count: 1000,
+        limits: input.limits,
     };
     let mut req = parse_search(Registry::r4(), input.resource_type, input.params, &opts)?;
     // `GET [base]?_type=X` is a search of X.
@@ -91,6 +95,12 @@ pub async fn search(store: &Store, caller: &Caller, input: SearchInput<'_>) -> R
         links.push(("previous", with_page(p)));
     }
     let mut w = BundleWriter::new("searchset", page.total, &links);
+    if !req.ignored.is_empty() {
+        // R4 §3.1.1.4: what the server ignored is told in an outcome entry,
+        // so that a lenient client knows its result is wider than it asked.
+        let outcome = ignored_outcome(&req.ignored);
+        w.entry(None, Some(&outcome), json!({"search": {"mode": "outcome"}}));
+    }
     for (v, mode) in page
         .matches
         .iter()
@@ -114,6 +124,23 @@ pub async fn search(store: &Store, caller: &Caller, input: SearchInput<'_>) -> R
         );
     }
     Ok(Reply::bundle(w.finish()))
+}
+
+/// One warning per parameter a lenient search ignored, naming it.
+fn ignored_outcome(ignored: &[String]) -> Vec<u8> {
+    let issues: Vec<Issue> = ignored
+        .iter()
+        .map(|name| Issue {
+            severity: Severity::Warning,
+            code: "not-supported",
+            diagnostics: format!(
+                "the search parameter '{name}' is unknown or not supported here and was ignored \
+                 (Prefer: handling=lenient); the result is not filtered by it"
+            ),
+            expression: vec![name.clone()],
+        })
+        .collect();
+    serde_json::to_vec(&outcome_json(&issues)).unwrap_or_default()
 }
 
 /// The types a filter searches through, besides the searched type.
@@ -163,10 +190,6 @@ pub fn parse_only(resource_type: &str, params: &[(String, String)]) -> Result<Se
         Registry::r4(),
         Some(resource_type),
         params,
-        &ParseOptions {
-            strict: true,
-            default_count: 20,
-            max_count: 1000,
-        },
+        &ParseOptions::default(),
     )?)
 }

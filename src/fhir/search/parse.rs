@@ -7,7 +7,10 @@
 //!
 //! What is refused and what is ignored:
 //! - an unknown parameter (or one this server knows but cannot search) is
-//!   listed in `ignored`, or refused under `Prefer: handling=strict`;
+//!   refused, unless the client asked for `Prefer: handling=lenient`: then
+//!   it is listed in `ignored`, and the caller must tell the client so;
+//! - a search over the [`SearchLimits`] is refused before anything else is
+//!   read, since its SQL would outgrow what the databases accept;
 //! - everything else that is wrong is refused in both modes, because the
 //!   client asked for something precise and guessing would return the wrong
 //!   resources: a bad value, an unknown or misplaced modifier, a chain or
@@ -62,11 +65,52 @@ const UNSUPPORTED_PARAMS: [&str; 7] = [
     "_content",
 ];
 
+/// How much one search may ask for. Each parameter becomes one condition
+/// of the SQL and each OR value one term inside it; unbounded, a long query
+/// string nests deeper than SQLite's expression limit (1000) and binds more
+/// values than either database takes. The defaults are far above what a
+/// real client sends and far below those limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SearchLimits {
+    /// Parameters in one search, a repeated name counting each time
+    /// (paging tokens aside: the server's own links add one).
+    pub max_params: usize,
+    /// Values in one comma-separated list: the OR values of a filter, the
+    /// keys of `_sort`, the names of `_elements` or `_type`.
+    pub max_or_values: usize,
+    /// Those values over the whole search.
+    pub max_values_total: usize,
+    /// `_include` and `_revinclude` parameters together.
+    pub max_includes: usize,
+}
+
+impl Default for SearchLimits {
+    fn default() -> Self {
+        SearchLimits {
+            max_params: 64,
+            max_or_values: 100,
+            max_values_total: 500,
+            max_includes: 16,
+        }
+    }
+}
+
+/// Segments of a URI searched with `:above`: each is one bound value.
+const MAX_URI_SEGMENTS: usize = 64;
+
+/// The largest `_offset` paging token: far beyond any result set, and
+/// `offset + count` still fits the databases' signed 64-bit integers.
+const MAX_OFFSET: u64 = 1 << 40;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
-    /// Strict mode only: lenient mode lists it in `ignored`.
+    /// Over one of the [`SearchLimits`].
+    #[error("'{param}': {why}")]
+    TooCostly { param: String, why: String },
+    /// Strict mode (the default) only: lenient mode lists it in `ignored`.
     #[error(
-        "unknown search parameter '{0}': this server does not know it, and the request asked for strict handling (Prefer: handling=strict)"
+        "unknown search parameter '{0}': this server does not know it; ignoring it would return more than was asked \
+         for (send Prefer: handling=lenient to have unknown parameters ignored and listed in the result)"
     )]
     UnknownParameter(String),
     /// A parameter or modifier the specification defines but this server
@@ -93,7 +137,8 @@ impl SearchError {
     pub fn param(&self) -> Option<&str> {
         match self {
             SearchError::UnknownParameter(p) => Some(p),
-            SearchError::Unsupported { param, .. }
+            SearchError::TooCostly { param, .. }
+            | SearchError::Unsupported { param, .. }
             | SearchError::BadValue { param, .. }
             | SearchError::BadModifier { param, .. }
             | SearchError::BadName { param, .. } => Some(param),
@@ -103,20 +148,24 @@ impl SearchError {
 
 #[derive(Debug, Clone)]
 pub struct ParseOptions {
-    /// `Prefer: handling=strict`: unknown parameters are an error.
+    /// Unknown parameters are an error; `false` only when the client asked
+    /// for `Prefer: handling=lenient`, since ignoring a filter widens the
+    /// result.
     pub strict: bool,
     /// `_count` when the client gives none.
     pub default_count: usize,
     /// A larger `_count` is lowered to this.
     pub max_count: usize,
+    pub limits: SearchLimits,
 }
 
 impl Default for ParseOptions {
     fn default() -> Self {
         ParseOptions {
-            strict: false,
+            strict: true,
             default_count: 20,
             max_count: 1000,
+            limits: SearchLimits::default(),
         }
     }
 }
@@ -129,6 +178,7 @@ pub fn parse_search(
     pairs: &[(String, String)],
     opts: &ParseOptions,
 ) -> Result<SearchRequest, SearchError> {
+    check_limits(pairs, &opts.limits)?;
     // A system search restricted by `_type` to one type is that type's
     // search: the other parameters are read against it, whatever their order.
     let effective = match resource_type {
@@ -203,7 +253,11 @@ pub fn parse_search(
                         applied_value = pk.to_string();
                     }
                     PAGE_OFFSET => {
-                        let offset = value.parse::<u64>().map_err(|_| bad_page_token(name, value))?;
+                        let offset = value
+                            .parse::<u64>()
+                            .ok()
+                            .filter(|o| *o <= MAX_OFFSET)
+                            .ok_or_else(|| bad_page_token(name, value))?;
                         req.page = PageStart::Offset(offset);
                         applied_value = offset.to_string();
                     }
@@ -254,6 +308,78 @@ pub fn parse_search(
     }
     check_paging(&req)?;
     Ok(req)
+}
+
+/// Refuses a search over `limits`, and values no database can hold (a NUL
+/// byte is refused by PostgreSQL's text type).
+fn check_limits(pairs: &[(String, String)], limits: &SearchLimits) -> Result<(), SearchError> {
+    let too_costly = |name: &str, why: String| SearchError::TooCostly {
+        param: name.to_string(),
+        why,
+    };
+    let mut params = 0;
+    let mut values_total = 0;
+    let mut includes = 0;
+    for (name, value) in pairs {
+        if name.contains('\0') || value.contains('\0') {
+            return Err(SearchError::BadValue {
+                param: name.replace('\0', "\\0"),
+                value: value.replace('\0', "\\0"),
+                why: "a search parameter cannot hold a NUL character".into(),
+            });
+        }
+        if name == PAGE_AFTER || name == PAGE_OFFSET {
+            continue;
+        }
+        params += 1;
+        if params > limits.max_params {
+            return Err(too_costly(
+                name,
+                format!(
+                    "a search takes at most {} parameters (a repeated name counts each time); this one has {}",
+                    limits.max_params,
+                    pairs.len()
+                ),
+            ));
+        }
+        let values = split_unescaped(value, ',')
+            .into_iter()
+            .filter(|v| !v.is_empty())
+            .count();
+        if values > limits.max_or_values {
+            return Err(too_costly(
+                name,
+                format!(
+                    "a parameter takes at most {} comma-separated values; this one has {values}",
+                    limits.max_or_values
+                ),
+            ));
+        }
+        values_total += values;
+        if values_total > limits.max_values_total {
+            return Err(too_costly(
+                name,
+                format!(
+                    "a search takes at most {} values over all its parameters; split it into several searches",
+                    limits.max_values_total
+                ),
+            ));
+        }
+        let base = name.split(':').next().unwrap_or_default();
+        if matches!(base, "_include" | "_revinclude") && !value.is_empty() {
+            includes += 1;
+            if includes > limits.max_includes {
+                return Err(too_costly(
+                    name,
+                    format!(
+                        "a search takes at most {} _include and _revinclude parameters",
+                        limits.max_includes
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The type a system-level search is restricted to by `_type`, if any.
@@ -411,6 +537,23 @@ fn sort(registry: &Registry, rtype: Option<&str>, name: &str, value: &str) -> Re
                     .ok_or_else(|| bad(format!("'{c}' is not a search parameter of {rt}")))?;
                 if !def.is_supported() {
                     return Err(bad(format!("this server cannot sort by '{c}'")));
+                }
+                // A token has no order the client could expect (codes of
+                // different systems), and the index keeps only its hash.
+                if !matches!(
+                    def.kind,
+                    ParamType::String
+                        | ParamType::Date
+                        | ParamType::Number
+                        | ParamType::Quantity
+                        | ParamType::Uri
+                        | ParamType::Reference
+                ) {
+                    return Err(bad(format!(
+                        "'{c}' is a {} parameter; this server sorts by string, date, number, quantity, uri and \
+                         reference parameters",
+                        def.kind.as_str()
+                    )));
                 }
                 SortKey::Param(param_ref(rt, def))
             }
@@ -835,7 +978,16 @@ impl<'a> Ctx<'a> {
         Ok(match def.kind {
             ParamType::Token => self.token(raw)?,
             ParamType::String => SearchValue::String(unescape(raw)),
-            ParamType::Uri => SearchValue::Uri(unescape(raw)),
+            ParamType::Uri => {
+                let u = unescape(raw);
+                if modifier == Some(&Modifier::Above) && u.matches('/').count() > MAX_URI_SEGMENTS {
+                    return Err(SearchError::TooCostly {
+                        param: self.name.into(),
+                        why: format!(":above takes a URI of at most {MAX_URI_SEGMENTS} segments"),
+                    });
+                }
+                SearchValue::Uri(u)
+            }
             ParamType::Date => {
                 // An unencoded `+` of a time zone arrives as a space after
                 // form decoding; a date never holds a space, so put it back.
@@ -1135,6 +1287,18 @@ mod tests {
                 ..ParseOptions::default()
             },
         )
+    }
+
+    /// `Prefer: handling=lenient`.
+    fn lenient(url: &str) -> SearchRequest {
+        let opts = ParseOptions {
+            strict: false,
+            ..ParseOptions::default()
+        };
+        match search_with(url, &opts) {
+            Ok(r) => r,
+            Err(e) => panic!("{url}: {e}"),
+        }
     }
 
     /// `Patient?name=x` is a type search, `?_id=x` a system search.
@@ -1782,7 +1946,7 @@ mod tests {
     #[test]
     fn self_link_survives_a_round_trip() {
         let url = "Observation?subject:Patient.identifier=urn:oid:1.2.250.1.213.1.4.8|123&date=ge2024-01-01T10:00:00+01:00&code=a\\,b,c&_include:iterate=Observation:patient&_sort=-date&foo=bar";
-        let r = ok(url);
+        let r = lenient(url);
         assert_eq!(r.ignored, ["foo"]);
         let query = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(&r.applied)
@@ -1795,8 +1959,8 @@ mod tests {
     }
 
     #[test]
-    fn unknown_parameters_are_ignored_unless_strict() {
-        let r = ok("Patient?foo=bar&gender=male&name=&_contained=true&_text=x");
+    fn unknown_parameters_are_refused_unless_lenient() {
+        let r = lenient("Patient?foo=bar&gender=male&name=&_contained=true&_text=x");
         assert_eq!(r.ignored, ["foo", "_contained", "_text"]);
         assert_eq!(applied(&r), [("gender", "male")]);
         assert_eq!(r.filters.len(), 1);
@@ -1813,12 +1977,20 @@ mod tests {
             strict("Observation?code-value-quantity=x"),
             Err(SearchError::Unsupported { .. })
         ));
-        assert_eq!(ok("Observation?code-value-quantity=x").ignored, ["code-value-quantity"]);
+        assert_eq!(
+            lenient("Observation?code-value-quantity=x").ignored,
+            ["code-value-quantity"]
+        );
+        // Strict is the default: no parameter is dropped unless asked.
+        for unknown in ["foo", "_filter", "_text", "_content", "_contained", "_query", "_list"] {
+            let e = err(&format!("Patient?{unknown}=x"));
+            assert_eq!(e.param(), Some(unknown));
+        }
         // An empty value is no parameter at all, even when strict.
         assert!(strict("Patient?nope=&gender=,").unwrap().applied.is_empty());
         let e = strict("Patient?foo=bar").unwrap_err();
         assert_eq!(e.param(), Some("foo"));
-        assert!(e.to_string().contains("handling=strict"));
+        assert!(e.to_string().contains("handling=lenient"));
     }
 
     #[test]
@@ -1831,9 +2003,9 @@ mod tests {
         assert!(
             matches!(&r.filters[2], Filter::Values { param, .. } if param == &pref("Resource", "_tag", ParamType::Token))
         );
-        assert!(ok("?name=x").ignored == ["name"]);
+        assert!(lenient("?name=x").ignored == ["name"]);
         assert!(matches!(strict("?name=x"), Err(SearchError::UnknownParameter(_))));
-        assert_eq!(ok("?_has:Observation:patient:code=x").ignored.len(), 1);
+        assert_eq!(lenient("?_has:Observation:patient:code=x").ignored.len(), 1);
         // `_type` with one type makes it that type's search, whatever the order.
         let r = ok("?name=dupont&_type=Patient");
         assert_eq!(r.resource_type.as_deref(), Some("Patient"));
@@ -1854,7 +2026,7 @@ mod tests {
         ));
         assert_eq!(ok("?_type=,&_id=1").resource_type, None);
         // At type level, `_type` is no parameter of the type.
-        assert_eq!(ok("Patient?_type=Patient").ignored, ["_type"]);
+        assert_eq!(lenient("Patient?_type=Patient").ignored, ["_type"]);
     }
 
     #[test]
@@ -1878,5 +2050,51 @@ mod tests {
             "invalid value 'ServiceRequest:status' for '_include': ServiceRequest:status is a token parameter; \
              only reference parameters can be included"
         );
+    }
+
+    fn too_costly(url: &str) -> String {
+        match search(url) {
+            Err(SearchError::TooCostly { param, .. }) => param,
+            other => panic!("{url} should be too costly, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_search_over_the_limits_is_refused_naming_the_parameter() {
+        let repeated = vec!["_id=a"; 932].join("&");
+        assert_eq!(too_costly(&format!("Patient?{repeated}")), "_id");
+        let or_values: Vec<String> = (0..1000).map(|i| format!("c{i}")).collect();
+        assert_eq!(too_costly(&format!("Observation?code={}", or_values.join(","))), "code");
+        // 6 × 99 values: each list is allowed, not their sum.
+        let list = or_values[..99].join(",");
+        let many = (0..6).map(|_| format!("code={list}")).collect::<Vec<_>>().join("&");
+        assert_eq!(too_costly(&format!("Observation?{many}")), "code");
+        let includes = vec!["_include=Observation:subject"; 17].join("&");
+        assert_eq!(too_costly(&format!("Observation?{includes}")), "_include");
+        let sort: Vec<&str> = vec!["_id"; 101];
+        assert_eq!(too_costly(&format!("Patient?_sort={}", sort.join(","))), "_sort");
+        let deep_uri = format!("http://x.org/{}", vec!["a"; 100].join("/"));
+        assert_eq!(too_costly(&format!("ValueSet?url:above={deep_uri}")), "url:above");
+        // Just under the limits: accepted.
+        let repeated = vec!["_id=a"; 63].join("&");
+        assert_eq!(ok(&format!("Patient?{repeated}&_page_after=3")).filters.len(), 63);
+        assert_eq!(values_of(&format!("Observation?code={list}")).len(), 99);
+    }
+
+    #[test]
+    fn values_no_database_can_hold_are_refused() {
+        assert!(matches!(err("Patient?name=a%00b"), SearchError::BadValue { .. }));
+        assert!(matches!(err("Patient?na%00me=ab"), SearchError::BadValue { .. }));
+        // Exponents that overflow, offsets beyond any result.
+        assert!(search("Observation?value-quantity=0.00001e-2147483648").is_ok());
+        assert!(matches!(
+            err("Observation?value-quantity=0e99999"),
+            SearchError::BadValue { .. }
+        ));
+        let e = err("Patient?_sort=_id&_offset=18446744073709551615");
+        assert_eq!(e.param(), Some(PAGE_OFFSET));
+        // A token has no order.
+        let e = err("Task?_sort=status");
+        assert_eq!(e.param(), Some("_sort"));
     }
 }

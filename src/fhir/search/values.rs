@@ -209,8 +209,14 @@ pub fn decimal_with_precision(s: &str) -> Option<(f64, f64, f64)> {
         Some(i) => (&s[..i], s[i + 1..].parse::<i32>().ok()?),
         None => (s, 0),
     };
-    let decimals = mantissa.split_once('.').map_or(0, |(_, f)| f.len() as i32);
-    let half = 0.5 * 10f64.powi(exp - decimals);
+    // Saturating: `0.5e-2147483648` must not overflow the exponent.
+    let decimals = mantissa
+        .split_once('.')
+        .map_or(0, |(_, f)| i32::try_from(f.len()).unwrap_or(i32::MAX));
+    let half = 0.5 * 10f64.powi(exp.saturating_sub(decimals));
+    if !half.is_finite() {
+        return None;
+    }
     Some((value, value - half, value + half))
 }
 
