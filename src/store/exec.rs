@@ -185,7 +185,9 @@ pub async fn explain(conn: &mut Conn<'_>, frag: &Frag) -> Result<Vec<String>, St
     };
     let lines = on_conn!(conn, &explained, |q, c| {
         let rows = q.fetch_all(c).await?;
-        rows.iter().map(|r| r.try_get::<String, _>(col)).collect::<Result<Vec<_>, _>>()
+        rows.iter()
+            .map(|r| r.try_get::<String, _>(col))
+            .collect::<Result<Vec<_>, _>>()
     })?;
     Ok(lines)
 }

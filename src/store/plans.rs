@@ -54,7 +54,11 @@ fn write(json: serde_json::Value, patient: &str, party: &str) -> Write {
 /// A patient's prescription as a GP's software sends it, with one assessment.
 fn prescription(i: usize) -> Vec<Write> {
     let p = format!("p{i}");
-    let party = if i < SMALL { "Organization/small" } else { "Organization/big" };
+    let party = if i < SMALL {
+        "Organization/small"
+    } else {
+        "Organization/big"
+    };
     let subject = json!({"reference": format!("Patient/{p}")});
     vec![
         write(
@@ -118,7 +122,10 @@ async fn hot_statements(store: &Store) -> Vec<Frag> {
             let found = store.read("Patient", &format!("p{i}"), &vis).await.expect("read");
             assert!(found.is_some(), "the organisation sees its patient");
             store.read("Observation", &format!("o{i}"), &vis).await.expect("read");
-            store.vread("ServiceRequest", &format!("s{i}"), 1, &vis).await.expect("vread");
+            store
+                .vread("ServiceRequest", &format!("s{i}"), 1, &vis)
+                .await
+                .expect("vread");
             let history = HistoryQuery {
                 resource_type: Some("Observation".into()),
                 id: Some(format!("o{i}")),
@@ -141,7 +148,10 @@ async fn hot_statements(store: &Store) -> Vec<Frag> {
                     "Observation",
                     &[("subject", p.clone()), ("_include", "Observation:subject".into())],
                 ),
-                search("Patient", &[("_id", format!("p{i}")), ("_revinclude", "Observation:subject".into())]),
+                search(
+                    "Patient",
+                    &[("_id", format!("p{i}")), ("_revinclude", "Observation:subject".into())],
+                ),
             ] {
                 let page = store.search(&req, &vis).await.expect("search");
                 assert!(!page.matches.is_empty() || req.resource_type.as_deref() == Some("Observation"));
@@ -203,7 +213,11 @@ async fn the_hot_queries_use_their_keys_after_growing(store: Store) {
             bad.push(format!("{}\n  {}", frag.sql, plan.join("\n  ")));
         }
     }
-    assert!(bad.is_empty(), "statements that scan a growing table:\n{}", bad.join("\n\n"));
+    assert!(
+        bad.is_empty(),
+        "statements that scan a growing table:\n{}",
+        bad.join("\n\n")
+    );
     store.close().await;
 }
 

@@ -415,7 +415,9 @@ impl Builder {
         let x = self.alias();
         let mut cond = Frag::new("(");
         if let Some(t) = resource_type {
-            cond.push(&format!("{x}.rtype = ")).bind(Bind::Text(t.to_string())).push(" AND (");
+            cond.push(&format!("{x}.rtype = "))
+                .bind(Bind::Text(t.to_string()))
+                .push(" AND (");
         }
         for (i, v) in values.iter().enumerate() {
             if i > 0 {
