@@ -97,7 +97,7 @@ async fn grow(store: &Store) {
                 let writes: Vec<Write> = group.iter().flat_map(|i| prescription(*i)).collect();
                 store
                     .write(Visibility::All, move |tx| {
-                        Box::pin(async move { tx.put_all(writes).await.map_err(super::StoreError::from) })
+                        Box::pin(async move { tx.put_all(writes).await })
                     })
                     .await
                     .expect("write");
