@@ -67,7 +67,12 @@ async fn an_mss_cannot_rewrite_delete_or_forge_another_mss_programme(app: &TestA
     let mut closed = bouger.clone();
     closed["active"] = json!(false);
     let r = app
-        .send_as(&vilaine, Method::PUT, "HealthcareService/programme-bouger-plus", &closed)
+        .send_as(
+            &vilaine,
+            Method::PUT,
+            "HealthcareService/programme-bouger-plus",
+            &closed,
+        )
         .await;
     assert_eq!(refusal(r).await, forbidden_at("HealthcareService"));
     // …takes it over…
@@ -78,7 +83,12 @@ async fn an_mss_cannot_rewrite_delete_or_forge_another_mss_programme(app: &TestA
     assert_eq!(refusal(r).await, forbidden_at("HealthcareService"));
     // …or deletes it.
     let r = app
-        .send_as(&vilaine, Method::DELETE, "HealthcareService/programme-bouger-plus", &Value::Null)
+        .send_as(
+            &vilaine,
+            Method::DELETE,
+            "HealthcareService/programme-bouger-plus",
+            &Value::Null,
+        )
         .await;
     assert_eq!(refusal(r).await, forbidden_at("HealthcareService"));
     let stored = json(app.get("HealthcareService/programme-bouger-plus").await).await;
@@ -92,11 +102,12 @@ async fn an_mss_cannot_rewrite_delete_or_forge_another_mss_programme(app: &TestA
         {"resource": forged, "request": {"method": "POST", "url": "HealthcareService"}}
     ]});
     let r = app.send_as(&vilaine, Method::POST, "", &bundle).await;
-    assert_eq!(
-        refusal(r).await,
-        forbidden_at("Bundle.entry[0].resource.providedBy")
-    );
-    let found = json(app.get("HealthcareService?organization=Organization/mss-bouger-plus").await).await;
+    assert_eq!(refusal(r).await, forbidden_at("Bundle.entry[0].resource.providedBy"));
+    let found = json(
+        app.get("HealthcareService?organization=Organization/mss-bouger-plus")
+            .await,
+    )
+    .await;
     assert_eq!(found["entry"].as_array().map_or(0, Vec::len), 1, "{found}");
 }
 
@@ -147,7 +158,12 @@ async fn an_mss_keeps_its_own_directory_up_to_date(app: &TestApp) {
     // …but does not hand it over to Bouger+.
     let handed = provided_by(json(r).await, "Organization/mss-bouger-plus");
     let r = app
-        .send_as(&vilaine, Method::PUT, "HealthcareService/programme-vilaine-bouge", &handed)
+        .send_as(
+            &vilaine,
+            Method::PUT,
+            "HealthcareService/programme-vilaine-bouge",
+            &handed,
+        )
         .await;
     assert_eq!(refusal(r).await, forbidden_at("HealthcareService.providedBy"));
 
@@ -175,7 +191,12 @@ async fn an_mss_keeps_its_own_directory_up_to_date(app: &TestApp) {
         .await;
     assert_eq!(r.status(), StatusCode::OK);
     let r = app
-        .send_as(&vilaine, Method::DELETE, &format!("Practitioner/{kine_id}"), &Value::Null)
+        .send_as(
+            &vilaine,
+            Method::DELETE,
+            &format!("Practitioner/{kine_id}"),
+            &Value::Null,
+        )
         .await;
     assert_eq!(refusal(r).await, forbidden_at("Practitioner"));
 

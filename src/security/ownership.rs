@@ -77,9 +77,10 @@ fn names(n: &Named, party: Option<&str>) -> bool {
 }
 
 fn shown(n: &Named) -> String {
-    n.target
-        .as_ref()
-        .map_or_else(|| "no Organization of this gateway".to_string(), |(t, id)| format!("{t}/{id}"))
+    n.target.as_ref().map_or_else(
+        || "no Organization of this gateway".to_string(),
+        |(t, id)| format!("{t}/{id}"),
+    )
 }
 
 /// A refusal located at `at`, about `Type/id` (first, so that a Bundle
@@ -125,7 +126,12 @@ pub fn judge_element(
     let after = authorship::references(resource_type, path, new);
     // An owner the stored version already had may stay (a care team
     // managed by two organisations); a new one is the caller.
-    let kept = |n: &Named| before.iter().flatten().any(|b| b.target.is_some() && b.target == n.target);
+    let kept = |n: &Named| {
+        before
+            .iter()
+            .flatten()
+            .any(|b| b.target.is_some() && b.target == n.target)
+    };
     if let Some(n) = after.iter().find(|n| !names(n, party) && !kept(n)) {
         return Err((
             n.at.clone(),
@@ -265,35 +271,45 @@ mod tests {
         let theirs = programme("Organization/mss-bouger-plus");
         let own = programme("Organization/mss-vilaine-active");
         let at = |r: Result<(), (String, String)>| r.err().map(|(at, _)| at);
-        assert_eq!(at(hs(None, Some(&theirs))).as_deref(), Some("HealthcareService.providedBy"));
+        assert_eq!(
+            at(hs(None, Some(&theirs))).as_deref(),
+            Some("HealthcareService.providedBy")
+        );
         assert_eq!(at(hs(Some(&theirs), Some(&own))).as_deref(), Some("HealthcareService"));
         assert_eq!(at(hs(Some(&theirs), None)).as_deref(), Some("HealthcareService"));
         // No transfer either.
-        assert_eq!(at(hs(Some(&own), Some(&theirs))).as_deref(), Some("HealthcareService.providedBy"));
+        assert_eq!(
+            at(hs(Some(&own), Some(&theirs))).as_deref(),
+            Some("HealthcareService.providedBy")
+        );
         // Nor an owner left out, or one that cannot be checked.
         let orphan = json!({"resourceType": "HealthcareService"});
-        assert_eq!(at(hs(None, Some(&orphan))).as_deref(), Some("HealthcareService.providedBy"));
+        assert_eq!(
+            at(hs(None, Some(&orphan))).as_deref(),
+            Some("HealthcareService.providedBy")
+        );
         assert_eq!(at(hs(Some(&orphan), Some(&own))).as_deref(), Some("HealthcareService"));
         let display = json!({"providedBy": {"display": "MSS Vilaine Active"}});
-        assert_eq!(at(hs(None, Some(&display))).as_deref(), Some("HealthcareService.providedBy"));
+        assert_eq!(
+            at(hs(None, Some(&display))).as_deref(),
+            Some("HealthcareService.providedBy")
+        );
     }
 
     #[test]
     fn a_co_managed_care_team_keeps_its_other_manager_but_gains_none() {
-        let team = |orgs: &[&str]| {
-            json!({"managingOrganization": orgs.iter().map(|o| json!({"reference": o})).collect::<Vec<_>>()})
-        };
+        let team = |orgs: &[&str]| json!({"managingOrganization": orgs.iter().map(|o| json!({"reference": o})).collect::<Vec<_>>()});
         let both = team(&["Organization/mss-bouger-plus", "Organization/mss-vilaine-active"]);
         let judge = |stored: Option<&Value>, new: &Value| {
             judge_element("CareTeam", "managingOrganization", stored, Some(new), VILAINE).map_err(|(at, _)| at)
         };
         assert_eq!(judge(Some(&both), &both), Ok(()));
-        assert_eq!(
-            judge(None, &both),
-            Err("CareTeam.managingOrganization[0]".to_string())
-        );
+        assert_eq!(judge(None, &both), Err("CareTeam.managingOrganization[0]".to_string()));
         let theirs = team(&["Organization/mss-bouger-plus"]);
-        assert_eq!(judge(Some(&both), &theirs), Err("CareTeam.managingOrganization".to_string()));
+        assert_eq!(
+            judge(Some(&both), &theirs),
+            Err("CareTeam.managingOrganization".to_string())
+        );
     }
 
     #[test]
