@@ -129,11 +129,19 @@ pub struct Named {
 
 /// The references of the acting elements of a resource.
 pub fn named(resource_type: &str, body: &Value) -> Vec<Named> {
+    AUTHORSHIP
+        .iter()
+        .filter(|(t, _)| *t == resource_type)
+        .flat_map(|(_, path)| references(resource_type, path, body))
+        .collect()
+}
+
+/// The references at `path` (a FHIRPath from the resource, as in
+/// [`AUTHORSHIP`]) of a resource, with their position.
+pub fn references(resource_type: &str, path: &str, body: &Value) -> Vec<Named> {
     let mut out = Vec::new();
-    for (_, path) in AUTHORSHIP.iter().filter(|(t, _)| *t == resource_type) {
-        let segments: Vec<&str> = path.split('.').collect();
-        collect(body, &segments, resource_type.to_string(), &mut out);
-    }
+    let segments: Vec<&str> = path.split('.').collect();
+    collect(body, &segments, resource_type.to_string(), &mut out);
     out
 }
 
@@ -356,7 +364,7 @@ impl Pending {
 }
 
 /// Is a PractitionerRole of this Practitioner at this organisation stored?
-async fn has_role_at(tx: &mut WriteTx, practitioner: &str, party: &str) -> Result<bool, FhirError> {
+pub(crate) async fn has_role_at(tx: &mut WriteTx, practitioner: &str, party: &str) -> Result<bool, FhirError> {
     let pairs = vec![
         ("practitioner".to_string(), format!("Practitioner/{practitioner}")),
         ("organization".to_string(), party.to_string()),

@@ -169,6 +169,8 @@ pub fn patients_of(resource_type: &str, id: &str, index: &[(String, IndexValue)]
 pub async fn admit(tx: &mut WriteTx, writes: &mut [Write]) -> Result<(), FhirError> {
     // Who acts is the caller (AUTHORSHIP), before anything is granted.
     super::authorship::check(tx, writes).await?;
+    // And the directory it writes is its own (OWNERSHIP).
+    super::ownership::check(tx, writes).await?;
     let vis = tx.visibility().clone();
     let author = match &vis {
         Visibility::Party(Some(p)) => Some(p.clone()),

@@ -10,6 +10,7 @@ pub mod compartment;
 pub mod consent;
 pub mod keys;
 pub mod oidc;
+pub mod ownership;
 pub mod scopes;
 pub mod trail;
 
