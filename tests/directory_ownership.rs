@@ -122,6 +122,14 @@ async fn an_mss_cannot_edit_another_organisation_or_its_staff(app: &TestApp) {
         .send_as(&vilaine, Method::PUT, "Organization/mss-bouger-plus", &bouger)
         .await;
     assert_eq!(refusal(r).await, forbidden_at("Organization"));
+    // Or puts Bouger+'s SIRET on its own Organization, so that a client
+    // registered later under that SIRET would act for Vilaine Active.
+    let mut own = json(app.get("Organization/mss-vilaine-active").await).await;
+    own["identifier"] = bouger["identifier"].clone();
+    let r = app
+        .send_as(&vilaine, Method::PUT, "Organization/mss-vilaine-active", &own)
+        .await;
+    assert_eq!(refusal(r).await, forbidden_at("Organization.identifier"));
 
     // It ends Dr Riou's role at the MSP de Cesson.
     let ended = json!([{"op": "add", "path": "/active", "value": false}]);

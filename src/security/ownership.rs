@@ -182,6 +182,18 @@ pub async fn check(tx: &mut WriteTx, writes: &[Write]) -> Result<(), FhirError> 
                         "it is not your organisation's Organization",
                     ));
                 }
+                // A SIRET or FINESS names the organisation a client acts
+                // for (`clients add --organization`): one copied from
+                // another organisation would take its place. The operator
+                // registers them, having checked them.
+                let ids = |r: &Option<Value>| r.as_ref().and_then(|r| r.get("identifier").cloned());
+                if new.is_some() && ids(&new) != ids(&stored) {
+                    return Err(refused(
+                        w,
+                        "Organization.identifier",
+                        "the identifiers of an Organization (SIRET, FINESS) are registered by the operator",
+                    ));
+                }
             }
             Owner::Element(path) => {
                 if let Err((at, why)) =
