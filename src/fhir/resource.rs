@@ -118,12 +118,12 @@ pub enum ShapeFault {
 
 impl ShapeFault {
     /// The OperationOutcome of the fault; `body` only names the root of
-    /// the location (its `resourceType`, else `$this`).
+    /// the location (its `resourceType`, else `$` as the flat API says).
     pub fn into_error(self, body: &[u8]) -> FhirError {
         match self {
             ShapeFault::TooDeep(_) => FhirError::structure(self.to_string()),
             ShapeFault::DuplicateKey { ref at, .. } => {
-                let root = root_type(body).unwrap_or_else(|| "$this".to_string());
+                let root = root_type(body).unwrap_or_else(|| "$".to_string());
                 let location = match at.as_bytes().first() {
                     Some(b'[') => format!("{root}{at}"),
                     _ => format!("{root}.{at}"),
