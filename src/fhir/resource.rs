@@ -249,6 +249,10 @@ fn string_end(json: &[u8], from: usize) -> (usize, bool) {
 }
 
 /// Is `key` already a key of the innermost object?
+#[expect(
+    clippy::ptr_arg,
+    reason = "a hashed object keeps the key as it is, borrowed from the body unless unescaped"
+)]
 fn repeats<'a>(frame: &mut Frame<'a>, stack: &[Cow<'a, [u8]>], key: &Cow<'a, [u8]>) -> bool {
     let own = stack.get(frame.keys_from..).unwrap_or_default();
     if frame.hashed.is_none() && own.len() >= LINEAR_KEYS {
@@ -545,5 +549,82 @@ mod tests {
             e.issues[0].expression,
             vec!["Bundle.entry[0].resource.active".to_string()]
         );
+    }
+
+    /// The door's cost on a body the gateway parses anyway, for
+    /// docs/benchmark.md: `cargo test --release --lib parse_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn parse_cost() {
+        let bodies: [(&str, &[u8]); 2] = [
+            (
+                "Observation (2.2 KB)",
+                include_bytes!("../../fuzz/corpus/json_body/Observation-2k.json"),
+            ),
+            (
+                "transaction, 5 resources (6 KB)",
+                include_bytes!("../../fuzz/corpus/json_body/transaction-5.json"),
+            ),
+        ];
+        const ROUNDS: u32 = 20_000;
+        let time = |f: &dyn Fn()| {
+            let mut best = f64::MAX;
+            for _ in 0..5 {
+                let started = std::time::Instant::now();
+                for _ in 0..ROUNDS {
+                    f();
+                }
+                best = best.min(started.elapsed().as_secs_f64() * 1e9 / f64::from(ROUNDS));
+            }
+            best
+        };
+        for (name, body) in bodies {
+            assert_eq!(check_shape(body, 64, true), Ok(()));
+            let depth_only = time(&|| {
+                std::hint::black_box(old_depth_scan(std::hint::black_box(body), 64));
+            });
+            let shape = time(&|| {
+                std::hint::black_box(check_shape(std::hint::black_box(body), 64, true)).ok();
+            });
+            let parse = time(&|| {
+                std::hint::black_box(parse(std::hint::black_box(body), None)).ok();
+            });
+            println!(
+                "{name}: parse {parse:.0} ns; depth scan before {depth_only:.0} ns ({:.1} %); shape scan now {shape:.0} ns ({:.1} %); door + parse {:+.1} %",
+                100.0 * depth_only / parse,
+                100.0 * shape / parse,
+                100.0 * (shape - depth_only) / (parse + depth_only)
+            );
+        }
+    }
+
+    /// The depth scan the door ran before the shape check replaced it.
+    fn old_depth_scan(json: &[u8], max: usize) -> bool {
+        let mut depth = 0usize;
+        let mut in_string = false;
+        let mut escaped = false;
+        for &b in json {
+            if in_string {
+                match b {
+                    _ if escaped => escaped = false,
+                    b'\\' => escaped = true,
+                    b'"' => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b'{' | b'[' => {
+                    depth += 1;
+                    if depth > max {
+                        return true;
+                    }
+                }
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        false
     }
 }
