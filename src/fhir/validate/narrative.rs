@@ -254,7 +254,7 @@ fn element(e: &BytesStart<'_>, root: bool) -> Result<(), NarrativeFault> {
     for attr in e.attributes() {
         let attr = attr.map_err(|_| txt1(format!("<{name}> has a malformed or repeated attribute")))?;
         let key = std::str::from_utf8(attr.key.as_ref()).map_err(|_| txt1("an attribute name is not UTF-8"))?;
-        if key.len() > 2 && key[..2].eq_ignore_ascii_case("on") {
+        if key.len() > 2 && key.as_bytes().get(..2).is_some_and(|p| p.eq_ignore_ascii_case(b"on")) {
             return Err(txt1(format!(
                 "the event attribute {}= on <{name}> is not allowed in a narrative",
                 shown(key)
@@ -386,6 +386,8 @@ mod tests {
             (div("<script>alert(1)</script><p>x</p>"), "<script>"),
             (div(r#"<img src="x.png" onload="alert(1)"/>"#), "onload"),
             (div(r#"<p ONCLICK="x">y</p>"#), "ONCLICK"),
+            // A name whose second byte is inside a character.
+            (div(r#"<p aé="x">y</p>"#), "aé"),
             (div(r#"<a href="javascript:alert(1)">x</a>"#), "'javascript:'"),
             (div(r#"<a href=" JaVa&#x09;Script:alert(1)">x</a>"#), "'javascript:'"),
             (div(r#"<a href="&#106;avascript:alert(1)">x</a>"#), "'javascript:'"),
