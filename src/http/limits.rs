@@ -1,5 +1,5 @@
 //! Hardening at the door: rate limits (per client, per peer address),
-//! request bodies (size, JSON nesting depth) and the request timeout, each
+//! request bodies (size, JSON nesting depth, repeated keys) and the request timeout, each
 //! refused with an OperationOutcome.
 
 use std::net::{IpAddr, SocketAddr};
@@ -16,6 +16,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::fhir::error::FhirError;
+use crate::fhir::resource;
 
 /// How often idle keys are dropped from the limiters, so that their state
 /// does not grow with every client or address ever seen.
@@ -157,7 +158,9 @@ fn too_large(max: usize) -> Response {
 
 /// Middleware: reads the body of POST, PUT and PATCH up to the size limit
 /// (413 past it) and, unless it is a form, refuses JSON nested deeper than
-/// the depth limit (400) before any parser sees it.
+/// the depth limit or repeating a key in an object (400) before any parser
+/// sees it: serde_json would keep the last of two keys, so what is stored
+/// would not be what a reader of the body sees first.
 pub async fn guard_body(State(limits): State<BodyLimits>, req: Request, next: Next) -> Response {
     if !matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
         return next.run(req).await;
@@ -170,17 +173,15 @@ pub async fn guard_body(State(limits): State<BodyLimits>, req: Request, next: Ne
     if declared.is_some_and(|n| n > limits.max_bytes as u64) {
         return too_large(limits.max_bytes);
     }
-    let is_form = req
+    let base_type = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        });
+        .map(|ct| ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
+    let is_form = base_type.as_deref() == Some("application/x-www-form-urlencoded");
+    // Every body the handlers read as JSON (FHIR, JSON Patch, the flat
+    // API's) is JSON or untyped; CSV keeps only the depth check it had.
+    let is_json = base_type.as_deref().is_none_or(|t| t.contains("json"));
     let (parts, body) = req.into_parts();
     let bytes = match axum::body::to_bytes(body, limits.max_bytes).await {
         Ok(b) => b,
@@ -189,47 +190,17 @@ pub async fn guard_body(State(limits): State<BodyLimits>, req: Request, next: Ne
         }
         Err(_) => return FhirError::structure("the request body could not be read").into_response(),
     };
-    if !is_form && json_depth_exceeds(&bytes, limits.max_json_depth) {
-        return FhirError::structure(format!(
-            "the JSON body is nested deeper than the limit of {} levels",
-            limits.max_json_depth
-        ))
-        .into_response();
+    if !is_form && let Err(fault) = resource::check_shape(&bytes, limits.max_json_depth, is_json) {
+        return fault.into_error(&bytes).into_response();
     }
     crate::security::audit::note_body(&bytes);
     next.run(Request::from_parts(parts, Body::from(bytes))).await
 }
 
-/// Is any object or array of `json` nested deeper than `max` levels? A
-/// single pass over the bytes that skips strings; it does not validate
-/// (the parser does), so malformed input is answered by the parser.
+/// Is any object or array of `json` nested deeper than `max` levels?
+/// Malformed input is answered by the parser, not here.
 pub fn json_depth_exceeds(json: &[u8], max: usize) -> bool {
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in json {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'{' | b'[' => {
-                depth += 1;
-                if depth > max {
-                    return true;
-                }
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    false
+    resource::check_shape(json, max, false).is_err()
 }
 
 /// Middleware: a request not answered within `timeout` is abandoned (its

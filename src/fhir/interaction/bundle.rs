@@ -124,6 +124,9 @@ pub async fn process(
         Some(Value::Array(a)) => a.clone(),
         Some(_) => return Err(FhirError::structure("Bundle.entry must be an array").at("Bundle.entry")),
     };
+    if matches!(kind.as_str(), "transaction" | "batch") {
+        full_urls_once(&entries)?;
+    }
     match kind.as_str() {
         "transaction" => transaction(store, rules, caller, &input, entries).await,
         "batch" => {
@@ -135,6 +138,27 @@ pub async fn process(
         ))
         .at("Bundle.type")),
     }
+}
+
+/// No two entries share a `fullUrl` (bdl-7), checked on the whole Bundle
+/// before any entry runs, batch included: a reference to that URL would
+/// name either resource, and a batch would have written the first before
+/// meeting the second.
+fn full_urls_once(entries: &[Value]) -> Result<(), FhirError> {
+    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(entries.len());
+    for (i, e) in entries.iter().enumerate() {
+        let Some(url) = e.get("fullUrl").and_then(Value::as_str) else {
+            continue;
+        };
+        if let Some(first) = seen.insert(url, i) {
+            return Err(FhirError::invalid(format!(
+                "Bundle.entry[{i}]: its fullUrl is the fullUrl of Bundle.entry[{first}]; \
+                 each entry of a batch or transaction needs its own (bdl-7)"
+            ))
+            .at(format!("Bundle.entry[{i}].fullUrl")));
+        }
+    }
+    Ok(())
 }
 
 fn in_entry(i: usize, mut e: FhirError) -> FhirError {
@@ -439,6 +463,7 @@ pub async fn transact(
     raw: Vec<Value>,
     seal: Option<Seal>,
 ) -> Result<Transacted, FhirError> {
+    full_urls_once(&raw)?;
     Ok(run_transaction(store, rules, caller, base, raw, seal).await?.1)
 }
 

@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use crate::fhir::error::{Issue, Severity};
 use crate::fhir::fhirpath::reference_type;
 use crate::fhir::validate::definitions::{Check, Child, Definitions, Element, Kind, Struct};
+use crate::fhir::validate::narrative;
 use crate::fhir::validate::primitives::{Fault, Formats, Primitive};
 
 /// The R4 definitions, loaded once.
@@ -528,6 +529,15 @@ impl<'v, 'r> Walk<'v, 'r> {
                 Check::ContainedReferenced => contained_referenced(context),
                 Check::ComponentCode => component_codes_differ(context),
                 Check::FullUrlUnique => full_urls_unique(context),
+                Check::CheckedWithNarrative => true,
+                Check::Narrative => {
+                    if let Value::String(div) = context
+                        && let Err(fault) = narrative::check(div)
+                    {
+                        self.issue("invariant", fault.to_string());
+                    }
+                    true
+                }
             };
             if !holds {
                 self.issue("invariant", format!("{}: {}", c.key, c.human));
@@ -1308,14 +1318,14 @@ mod coverage {
         let documented: BTreeSet<&str> = [
             "cnt-3", "cpb-7", "cpb-9", "cpb-12", "csd-1", "eld-2", "eld-3", "eld-13", "eld-14", "evv-1", "md-1",
             "msq-6", "nsd-2", "que-2", "sdf-1", "sdf-8", "sdf-8a", "sdf-16", "sdf-17", "tim-9", "tst-5", "tst-6",
-            "tst-7", "tst-8", "tst-9", "txt-1", "txt-2",
+            "tst-7", "tst-8", "tst-9",
         ]
         .into_iter()
         .collect();
         assert_eq!(skipped, documented);
         let checked = BaseValidator::r4().checked_invariants();
         for key in [
-            "ext-1", "ref-1", "dom-3", "per-1", "rng-2", "obs-6", "obs-7", "org-1", "pat-1", "bdl-3",
+            "ext-1", "ref-1", "dom-3", "per-1", "rng-2", "obs-6", "obs-7", "org-1", "pat-1", "bdl-3", "txt-1", "txt-2",
         ] {
             assert!(checked.contains(&key), "{key} is not checked");
         }

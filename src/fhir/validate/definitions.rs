@@ -106,6 +106,11 @@ pub(super) enum Check {
     /// bdl-7: no two entries with one fullUrl, unless their versionIds
     /// differ, except in a history (`&`, `isDistinct()`).
     FullUrlUnique,
+    /// txt-1 and txt-2 (`htmlChecks()`): the XHTML of `Narrative.div`,
+    /// parsed once for both (`narrative`); txt-2 is reported by txt-1's
+    /// check.
+    Narrative,
+    CheckedWithNarrative,
 }
 
 /// The invariants evaluated natively instead of by their expression.
@@ -115,6 +120,8 @@ fn native(key: &str, expression: &str) -> Option<Check> {
         "dom-3" => return Some(Check::ContainedReferenced),
         "obs-7" => return Some(Check::ComponentCode),
         "bdl-7" => return Some(Check::FullUrlUnique),
+        "txt-1" => return Some(Check::Narrative),
+        "txt-2" => return Some(Check::CheckedWithNarrative),
         _ => {}
     }
     Some(match expression {

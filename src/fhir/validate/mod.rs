@@ -4,5 +4,6 @@
 
 pub mod base;
 mod definitions;
+pub mod narrative;
 mod primitives;
 pub mod profile;
