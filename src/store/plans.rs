@@ -3,8 +3,8 @@
 //! commits thousands of prescriptions, then an organisation with 50 patients
 //! and one with thousands read, search and page. Every statement they ran
 //! must reach the compartment tables and the search index through their
-//! keys: a full scan of one grows with the database, and stale planner
-//! statistics chose exactly that (docs/benchmark.md).
+//! keys: a full scan of one grows with the database. On PostgreSQL it found
+//! two that did not (docs/storage.md).
 
 use std::sync::Arc;
 

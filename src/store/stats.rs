@@ -1,15 +1,15 @@
 //! Planner statistics that follow the data.
 //!
-//! Both databases choose their plans from statistics about the tables. A
-//! gateway starts on an empty database and fills while it serves: statistics
-//! taken at start say every table holds a row or two, and SQLite then prefers
-//! scanning `access_grant` and `resource_patient` to using their keys — the
-//! compartment check of every organisation read grew with the number of the
-//! organisation's patients (docs/benchmark.md). So the writer refreshes the
-//! statistics each time the database has about doubled since the last
+//! Both databases choose their plans from statistics about the tables, and a
+//! gateway starts on an empty database and fills while it serves:
+//! statistics taken once, at start, describe an empty or tiny database for
+//! as long as the process lives, and the compartment check of every
+//! organisation read joins tables that grow with it. So the writer refreshes
+//! the statistics each time the database has about doubled since the last
 //! refresh, then at least every `MAX_GAP` versions and every `MAX_AGE` of
 //! writing, and SQLite read connections opened before a refresh are replaced
 //! (a connection loads the statistics once, when it reads the schema).
+//! `plans.rs` checks the plans of the hot statements on a grown database.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
