@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{TestApp, bearer_client, json, register_client, token_endpoint};
+use common::{TestApp, audit_trail, bearer_client, json, register_client, token_endpoint, wait_for_audit};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
@@ -33,35 +33,9 @@ async fn auditor(app: &TestApp) -> Client {
 
 /// The AuditEvents matching `query` (`AuditEvent?{query}`).
 async fn events(app: &TestApp, auditor: &Client, query: &str) -> Vec<Value> {
-    let r = auditor
-        .get(app.url(&format!("AuditEvent?{query}&_count=1000")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "search AuditEvent?{query}");
-    let b = json(r).await;
-    b["entry"]
-        .as_array()
-        .map(|es| es.iter().map(|e| e["resource"].clone()).collect())
-        .unwrap_or_default()
-}
-
-/// Reads and refusals are recorded without the response waiting for it:
-/// poll (bounded) until `n` events match.
-async fn wait_for(app: &TestApp, auditor: &Client, query: &str, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let found = events(app, auditor, query).await;
-        if found.len() >= n {
-            return found;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "expected {n} AuditEvent(s) for {query}, found {}: {found:#?}",
-            found.len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (status, events) = audit_trail(app, auditor, query).await;
+    assert_eq!(status, 200, "search AuditEvent?{query}");
+    events
 }
 
 fn subtype(e: &Value) -> &str {
@@ -125,7 +99,7 @@ async fn every_interaction_is_audited(app: &TestApp) {
             .status(),
         401
     );
-    let refused = wait_for(app, &auditor, "outcome=4&subtype=search-type", 3).await;
+    let refused = wait_for_audit(app, &auditor, "outcome=4&subtype=search-type", 3).await;
     for e in &refused {
         check_shape(e);
         assert!(e["outcomeDesc"].as_str().unwrap().starts_with("HTTP 401"), "{e}");
@@ -176,7 +150,7 @@ async fn every_interaction_is_audited(app: &TestApp) {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let logins = wait_for(
+    let logins = wait_for_audit(
         app,
         &auditor,
         "outcome=4&subtype=http://dicom.nema.org/resources/ontology/DCM|110122",
@@ -218,7 +192,7 @@ async fn every_interaction_is_audited(app: &TestApp) {
         .create(&json!({"resourceType": "Observation", "status": "final", "code": {"text": "steps"}, "subject": {"reference": format!("Patient/{pid}")}}))
         .await;
     assert_eq!(app.get(&format!("Observation/{oid}")).await.status(), 200);
-    let read = wait_for(app, &auditor, &format!("entity=Observation/{oid}&subtype=read"), 1).await;
+    let read = wait_for_audit(app, &auditor, &format!("entity=Observation/{oid}&subtype=read"), 1).await;
     assert_eq!(read[0]["action"], "R");
     // The patient the read Observation concerns.
     assert_eq!(
@@ -226,7 +200,7 @@ async fn every_interaction_is_audited(app: &TestApp) {
         [format!("Observation/{oid}/_history/1"), format!("Patient/{pid}")]
     );
     assert_eq!(app.get(&format!("Observation?patient={pid}")).await.status(), 200);
-    let searched = wait_for(app, &auditor, &format!("patient={pid}&subtype=search-type"), 1).await;
+    let searched = wait_for_audit(app, &auditor, &format!("patient={pid}&subtype=search-type"), 1).await;
     assert_eq!(searched[0]["action"], "E");
     assert_eq!(searched[0]["entity"][0]["role"]["code"], "24", "the query entity");
     // The same search by POST: its form body is the query the event
@@ -266,7 +240,7 @@ async fn every_interaction_is_audited(app: &TestApp) {
 
     // Not found, and an invalid body: refused, recorded, nothing written.
     assert_eq!(app.get("Patient/nobody-here").await.status(), 404);
-    let missing = wait_for(app, &auditor, "entity=Patient/nobody-here", 1).await;
+    let missing = wait_for_audit(app, &auditor, "entity=Patient/nobody-here", 1).await;
     assert_eq!(missing[0]["outcome"], "4");
     assert!(missing[0]["outcomeDesc"].as_str().unwrap().starts_with("HTTP 404"));
     let r = app
@@ -277,7 +251,7 @@ async fn every_interaction_is_audited(app: &TestApp) {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    let invalid = wait_for(app, &auditor, "subtype=create&outcome=4", 1).await;
+    let invalid = wait_for_audit(app, &auditor, "subtype=create&outcome=4", 1).await;
     assert_eq!(client_id(&invalid[0]), "operator");
     assert!(invalid[0]["outcomeDesc"].as_str().unwrap().starts_with("HTTP 400"));
 
@@ -289,7 +263,7 @@ async fn every_interaction_is_audited(app: &TestApp) {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
-    let forbidden = wait_for(app, &auditor, "agent:identifier=reader&outcome=4", 1).await;
+    let forbidden = wait_for_audit(app, &auditor, "agent:identifier=reader&outcome=4", 1).await;
     assert!(forbidden[0]["outcomeDesc"].as_str().unwrap().starts_with("HTTP 403"));
     assert!(
         forbidden[0]["agent"][0]["who"]["display"]
@@ -325,7 +299,7 @@ async fn every_interaction_is_audited(app: &TestApp) {
         {"resource": {"resourceType": "Patient", "gender": "sometimes"}, "request": {"method": "POST", "url": "Patient"}}
     ]});
     assert_eq!(app.post("", &refused).await.status(), 422);
-    let failed = wait_for(app, &auditor, "subtype=transaction&outcome=4", 1).await;
+    let failed = wait_for_audit(app, &auditor, "subtype=transaction&outcome=4", 1).await;
     assert_eq!(failed[0]["outcomeDesc"], "HTTP 422 (code-invalid) at Bundle.entry[1]");
 
     // A batch: each write entry in its own transaction, and the batch itself.
@@ -334,7 +308,7 @@ async fn every_interaction_is_audited(app: &TestApp) {
         {"request": {"method": "GET", "url": format!("Patient/{pid}")}}
     ]});
     assert_eq!(app.post("", &batch).await.status(), 200);
-    wait_for(app, &auditor, "subtype=batch", 1).await;
+    wait_for_audit(app, &auditor, "subtype=batch", 1).await;
     assert_eq!(
         events(app, &auditor, "subtype=create&outcome=0").await.len(),
         3,
@@ -428,7 +402,7 @@ async fn each_get_entry_of_a_bundle_is_audited(app: &TestApp) {
     // The batch and its four GET entries (A's token request and creates
     // aside).
     let reads_of_a = format!("{of_a}&subtype=batch,read,search-type");
-    let batch_events = wait_for(app, &auditor, &reads_of_a, 5).await;
+    let batch_events = wait_for_audit(app, &auditor, &reads_of_a, 5).await;
     assert_eq!(batch_events.len(), 5, "{batch_events:#?}");
     let the_batch: Vec<&Value> = batch_events.iter().filter(|e| subtype(e) == "batch").collect();
     assert_eq!(the_batch.len(), 1);
@@ -498,7 +472,7 @@ async fn each_get_entry_of_a_bundle_is_audited(app: &TestApp) {
     for u in &urls {
         a.get(app.url(u)).send().await.unwrap();
     }
-    let with_alone = wait_for(app, &auditor, &reads_of_a, 9).await;
+    let with_alone = wait_for_audit(app, &auditor, &reads_of_a, 9).await;
     assert_eq!(with_alone.len(), 9);
     let batch_ids: Vec<&Value> = batch_events.iter().map(|e| &e["id"]).collect();
     let alone: Vec<Value> = with_alone
@@ -528,7 +502,7 @@ async fn each_get_entry_of_a_bundle_is_audited(app: &TestApp) {
             .len(),
         1
     );
-    let reads = wait_for(app, &auditor, &format!("patient={pa}&subtype=read&{of_a}"), 3).await;
+    let reads = wait_for_audit(app, &auditor, &format!("patient={pa}&subtype=read&{of_a}"), 3).await;
     assert_eq!(reads.len(), 3, "the batch's, alone, the transaction's");
 }
 
@@ -585,7 +559,7 @@ async fn each_write_entry_of_a_batch_is_audited(app: &TestApp) {
     );
 
     // The first create, the batch and its six entries.
-    let found = wait_for(app, &auditor, of_a, 8).await;
+    let found = wait_for_audit(app, &auditor, of_a, 8).await;
     assert_eq!(found.len(), 8, "{found:#?}");
     let the_batch: Vec<&Value> = found.iter().filter(|e| subtype(e) == "batch").collect();
     assert_eq!(the_batch.len(), 1);
@@ -680,7 +654,7 @@ async fn each_write_entry_of_a_batch_is_audited(app: &TestApp) {
     for (req, status) in alone {
         assert_eq!(req.send().await.unwrap().status(), status);
     }
-    let with_alone = wait_for(app, &auditor, of_a, 13).await;
+    let with_alone = wait_for_audit(app, &auditor, of_a, 13).await;
     assert_eq!(with_alone.len(), 13, "{with_alone:#?}");
     let seen: Vec<&Value> = found.iter().map(|e| &e["id"]).collect();
     let alone: Vec<Value> = with_alone
@@ -707,7 +681,7 @@ async fn a_head_request_is_audited_as_its_get(app: &TestApp) {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    let reads = wait_for(app, &auditor, "agent:identifier=header&subtype=read", 2).await;
+    let reads = wait_for_audit(app, &auditor, "agent:identifier=header&subtype=read", 2).await;
     assert_eq!(reads.len(), 2, "{reads:#?}");
     assert_eq!(timeless(&reads[0]), timeless(&reads[1]));
     assert_eq!(
@@ -791,7 +765,7 @@ async fn the_trail_is_read_only_and_needs_its_own_scope(app: &TestApp) {
     let r = auditor.get(app.url(&format!("AuditEvent/{eid}"))).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(json(r).await["meta"]["versionId"], "1");
-    let attempts = wait_for(app, &auditor, &format!("entity=AuditEvent/{eid}&action=D&outcome=4"), 2).await;
+    let attempts = wait_for_audit(app, &auditor, &format!("entity=AuditEvent/{eid}&action=D&outcome=4"), 2).await;
     assert!(attempts.iter().any(|e| client_id(e) == "audit-writer"));
     let r = auditor.get(app.url("AuditEvent?_count=1000")).send().await.unwrap();
     let all = json(r).await;
@@ -896,7 +870,7 @@ async fn the_trail_pages_by_date_and_refuses_what_it_cannot_filter(app: &TestApp
     for _ in 0..4 {
         assert_eq!(app.get(&format!("Patient/{pid}")).await.status(), 200);
     }
-    wait_for(app, &auditor, &format!("patient={pid}&subtype=read"), 4).await;
+    wait_for_audit(app, &auditor, &format!("patient={pid}&subtype=read"), 4).await;
     // (The auditor's own searches naming the patient are in the trail too.)
     let mut url = app.url(&format!(
         "AuditEvent?patient={pid}&subtype=create,read&_sort=-date&_count=2"
@@ -1030,7 +1004,7 @@ async fn a_version_stored_without_its_patients_is_audited_with_them(app: &TestAp
     assert_eq!(app.get(&format!("Observation/{oid}/_history/1")).await.status(), 200);
     assert_eq!(app.get(&format!("Patient/{pid}")).await.status(), 200);
 
-    let reads = wait_for(app, &auditor, &format!("patient={pid}&subtype=read,vread"), 4).await;
+    let reads = wait_for_audit(app, &auditor, &format!("patient={pid}&subtype=read,vread"), 4).await;
     assert_eq!(reads.len(), 4, "{reads:#?}");
     let of_observation: Vec<Vec<&str>> = reads
         .iter()

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::apa::{INS_TEST, body_weight, patient_with_ins};
-use common::{TestApp, bearer_client, json, register_client};
+use common::{TestApp, audit_trail, bearer_client, json, register_client, wait_for_audit};
 use reqwest::{Client, Method};
 use serde_json::Value;
 
@@ -21,41 +21,6 @@ const NOBODY_INS: &str = "280017512345611";
 
 async fn client(app: &TestApp, id: &str, org: Option<&str>, scope: &str) -> Client {
     bearer_client(&register_client(app.running(), id, org, scope).await.token)
-}
-
-/// `AuditEvent?{query}` as `who` sees it: the status and the events.
-async fn trail(app: &TestApp, who: &Client, query: &str) -> (u16, Vec<Value>) {
-    let r = who
-        .get(app.url(&format!("AuditEvent?{query}&_count=1000")))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let b = json(r).await;
-    let events = b["entry"]
-        .as_array()
-        .map(|es| es.iter().map(|e| e["resource"].clone()).collect())
-        .unwrap_or_default();
-    (status, events)
-}
-
-/// Refusals are recorded after the response: poll (bounded) until `n`
-/// events match.
-async fn wait_for(app: &TestApp, who: &Client, query: &str, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, found) = trail(app, who, query).await;
-        assert_eq!(status, 200, "AuditEvent?{query}");
-        if found.len() >= n {
-            return found;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "expected {n} AuditEvent(s) for {query}, found {}: {found:#?}",
-            found.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn subtype(e: &Value) -> &str {
@@ -159,7 +124,7 @@ async fn a_dpo_finds_every_attempt_on_a_patient_and_the_mss_learns_nothing(app: 
     // The DPO finds each attempt in her trail.
     let dpo = client(app, "dpo", None, "system/AuditEvent.rs operator").await;
     let hers = format!("patient=Patient/{nathalie}&{of_mss}");
-    let found = wait_for(app, &dpo, &hers, 6).await;
+    let found = wait_for_audit(app, &dpo, &hers, 6).await;
     assert_eq!(found.len(), 6, "{found:#?}");
     let one = |pred: &dyn Fn(&Value) -> bool, what: &str| -> Value {
         let matching: Vec<&Value> = found.iter().filter(|e| pred(e)).collect();
@@ -205,11 +170,11 @@ async fn a_dpo_finds_every_attempt_on_a_patient_and_the_mss_learns_nothing(app: 
         "the conditional create and the weight"
     );
     // By entity, the same events.
-    let (_, by_entity) = trail(app, &dpo, &format!("entity=Patient/{nathalie}&{of_mss}")).await;
+    let (_, by_entity) = audit_trail(app, &dpo, &format!("entity=Patient/{nathalie}&{of_mss}")).await;
     assert_eq!(ids(&by_entity), ids(&found));
     // And in her whole trail, the GP practice's creates beside them.
-    let (_, all) = trail(app, &dpo, &format!("patient=Patient/{nathalie}")).await;
-    let (_, all_by_entity) = trail(app, &dpo, &format!("entity=Patient/{nathalie}")).await;
+    let (_, all) = audit_trail(app, &dpo, &format!("patient=Patient/{nathalie}")).await;
+    let (_, all_by_entity) = audit_trail(app, &dpo, &format!("entity=Patient/{nathalie}")).await;
     assert_eq!(ids(&all), ids(&all_by_entity));
     assert!(all.len() >= 8, "{all:#?}");
 
@@ -219,11 +184,11 @@ async fn a_dpo_finds_every_attempt_on_a_patient_and_the_mss_learns_nothing(app: 
         format!("entity=Patient/{nathalie}"),
         format!("entity=Observation/{weight}"),
     ] {
-        let (status, events) = trail(app, &mss, &q).await;
+        let (status, events) = audit_trail(app, &mss, &q).await;
         assert_eq!(status, 200, "{q}");
         assert!(events.is_empty(), "{q}: {events:#?}");
     }
-    let (_, own) = trail(app, &mss, of_mss).await;
+    let (_, own) = audit_trail(app, &mss, of_mss).await;
     let text = serde_json::to_string(&own).unwrap();
     assert!(!text.contains(&nathalie), "her id in {text}");
     let encoded_ins = base64::engine::general_purpose::STANDARD.encode(&ins_query);
@@ -258,7 +223,7 @@ async fn a_dpo_finds_every_attempt_on_a_patient_and_the_mss_learns_nothing(app: 
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     let nobody = loop {
-        let (_, searches) = trail(app, &dpo, &format!("subtype=search-type&{of_mss}")).await;
+        let (_, searches) = audit_trail(app, &dpo, &format!("subtype=search-type&{of_mss}")).await;
         if let [one] = by_ins(&searches, NOBODY_INS).as_slice() {
             break one.clone();
         }
@@ -274,11 +239,11 @@ async fn a_dpo_finds_every_attempt_on_a_patient_and_the_mss_learns_nothing(app: 
         "an INS nobody holds names no patient: {nobody}"
     );
     // Her trail holds the search by her INS, not the other.
-    let (_, of_her) = trail(app, &dpo, &patient_searches).await;
+    let (_, of_her) = audit_trail(app, &dpo, &patient_searches).await;
     assert_eq!(by_ins(&of_her, NATHALIE_INS).len(), 1);
     assert!(by_ins(&of_her, NOBODY_INS).is_empty());
     // The MSS sees its searches of the trail, none of the two by INS.
-    let (_, own_searches) = trail(app, &mss, &format!("subtype=search-type&{of_mss}")).await;
+    let (_, own_searches) = audit_trail(app, &mss, &format!("subtype=search-type&{of_mss}")).await;
     assert!(!own_searches.is_empty());
     for ins in [NATHALIE_INS, NOBODY_INS] {
         assert!(by_ins(&own_searches, ins).is_empty(), "{own_searches:#?}");

@@ -11,6 +11,7 @@ mod common;
 use apa_gateway::config::Config;
 use apa_gateway::demo;
 use common::apa::{body_weight, prescription};
+use common::psc::{AUDIENCE, ISSUER};
 use common::{TestApp, bearer_client, json, register_client};
 use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
@@ -234,8 +235,6 @@ async fn an_mss_cannot_post_its_exports_under_another_siret(app: &TestApp) {
 
 // --- A professional with a Pro Santé Connect token -------------------------
 
-const ISSUER: &str = "https://auth.bas.psc.esante.gouv.fr/auth/realms/esante-wallet";
-const AUDIENCE: &str = "apa-gateway-bas";
 /// Dr Lebreton's idNatPs (fixtures/demo/territory.json).
 const LEBRETON: &str = "899700314521";
 
@@ -265,13 +264,7 @@ fn psc_token(key: &EncodingKey, id_nat_ps: &str, siret: &str) -> String {
 }
 
 fn psc(issuer_uri: &str) -> impl FnOnce(&mut Config) + use<> {
-    let jwks_url = format!("{issuer_uri}/certs");
-    move |c: &mut Config| {
-        c.oidc_issuer = Some(ISSUER.into());
-        c.oidc_jwks_url = Some(jwks_url);
-        c.oidc_audience = Some(AUDIENCE.into());
-        c.oidc_scope = "user/*.cruds".into();
-    }
+    common::psc::settings(issuer_uri, Some("user/*.cruds"))
 }
 
 async fn a_professional_prescribes_as_themselves(app: &TestApp, issuer: &MockServer) {

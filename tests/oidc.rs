@@ -10,6 +10,7 @@ use apa_gateway::config::Config;
 use apa_gateway::security::auth::Auth;
 use apa_gateway::security::oidc::OidcSettings;
 use apa_gateway::security::scopes::Scopes;
+use common::psc::{AUDIENCE, ISSUER};
 use common::{TestApp, bearer_client, json, register_client};
 use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
@@ -18,8 +19,6 @@ use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-const ISSUER: &str = "https://auth.bas.psc.esante.gouv.fr/auth/realms/esante-wallet";
-const AUDIENCE: &str = "apa-gateway-bas";
 const SIRET_GP: &str = "12345678200010";
 const ID_NAT_PS: &str = "810002345678";
 
@@ -315,12 +314,7 @@ async fn an_unreachable_issuer_is_not_asked_at_every_request(app: &TestApp, issu
 }
 
 fn psc(issuer_uri: &str) -> impl FnOnce(&mut Config) + use<> {
-    let jwks_url = format!("{issuer_uri}/certs");
-    move |c: &mut Config| {
-        c.oidc_issuer = Some(ISSUER.into());
-        c.oidc_jwks_url = Some(jwks_url);
-        c.oidc_audience = Some(AUDIENCE.into());
-    }
+    common::psc::settings(issuer_uri, None)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

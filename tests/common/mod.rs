@@ -5,6 +5,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod apa;
+pub mod psc;
 
 use apa_gateway::config::Config;
 use apa_gateway::server::{self, Running};
@@ -276,6 +277,42 @@ impl TestApp {
                     .await;
             }
         }
+    }
+}
+
+/// `AuditEvent?{query}` as `who` sees it (up to 1,000): the status and the
+/// events.
+pub async fn audit_trail(app: &TestApp, who: &Client, query: &str) -> (u16, Vec<Value>) {
+    let r = who
+        .get(app.url(&format!("AuditEvent?{query}&_count=1000")))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let b = json(r).await;
+    let events = b["entry"]
+        .as_array()
+        .map(|es| es.iter().map(|e| e["resource"].clone()).collect())
+        .unwrap_or_default();
+    (status, events)
+}
+
+/// Reads and refusals are recorded without the response waiting for it:
+/// polls (bounded) until `n` events match `AuditEvent?{query}`.
+pub async fn wait_for_audit(app: &TestApp, who: &Client, query: &str, n: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, found) = audit_trail(app, who, query).await;
+        assert_eq!(status, 200, "AuditEvent?{query}");
+        if found.len() >= n {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected {n} AuditEvent(s) for {query}, found {}: {found:#?}",
+            found.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 
