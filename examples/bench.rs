@@ -427,6 +427,7 @@ fn prescription_bundle(seed: u64, n: u64, requester: Option<&str>) -> Vec<u8> {
 
     let given = if f.female { rng.pick(GIVEN_F) } else { rng.pick(GIVEN_M) };
     let (city, postal, insee) = *rng.pick(CITIES);
+    let birth_insee = rng.pick(CITIES).2;
     let patient_res = json!({
         "resourceType": "Patient",
         // An INS travels only with a qualified identity.
@@ -434,6 +435,13 @@ fn prescription_bundle(seed: u64, n: u64, requester: Option<&str>) -> Vec<u8> {
             "url": "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-identity-reliability",
             "extension": [{"url": "identityStatus", "valueCoding": {
                 "system": "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-identity-status", "code": "QUAL"}}],
+        }, {
+            // All the traits come with the INS, the birth place included.
+            "url": "http://hl7.org/fhir/StructureDefinition/patient-birthPlace",
+            "valueAddress": {"extension": [{
+                "url": "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-address-insee-code",
+                "valueCoding": {"system": "https://mos.esante.gouv.fr/NOS/TRE_R13-CommuneOM/FHIR/TRE-R13-CommuneOM", "code": birth_insee},
+            }]},
         }],
         "identifier": [{
             "use": "official",
