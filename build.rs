@@ -29,10 +29,13 @@ fn main() {
     let mut all = String::from("&[\n");
     let mut params = String::from("&[\n");
     for n in &names {
-        let path = dir.join(n).display().to_string();
-        let _ = writeln!(all, "    ({n:?}, include_str!({path:?})),");
+        // Found from the crate's folder when the crate compiles, not from
+        // where this script ran: a target folder shared by two checkouts
+        // (a worktree removed since) keeps this output.
+        let path = format!("concat!(env!(\"CARGO_MANIFEST_DIR\"), {:?})", format!("/profiles/{n}"));
+        let _ = writeln!(all, "    ({n:?}, include_str!({path})),");
         if n.starts_with("SearchParameter-") {
-            let _ = writeln!(params, "    include_str!({path:?}),");
+            let _ = writeln!(params, "    include_str!({path}),");
         }
     }
     all.push(']');
