@@ -25,6 +25,7 @@ use crate::fhir::search::parse::{ParseOptions, parse_search};
 use crate::fhir::search::registry::Registry;
 
 use super::exec::{Bind, Conn, Frag, fetch_i64_text_text};
+use super::keys::{hash, param_key};
 use super::trail_file::TrailFile;
 use super::{AuditRecord, Pool, StoreError, Visibility, Writer, rows};
 
@@ -48,6 +49,8 @@ pub type Found = HashMap<Lookup, Vec<String>>;
 /// At most this many Patients are named for one identifier: more means a
 /// duplicate identity, and those are enough to find it.
 const PATIENTS_PER_IDENTIFIER: usize = 8;
+/// Identifiers looked up by one query.
+const IDENTIFIERS_PER_QUERY: usize = 100;
 
 type Make = Box<dyn FnOnce(&Found) -> Vec<AuditRecord> + Send>;
 
@@ -217,6 +220,19 @@ async fn look_up(pool: &Pool, found: &mut Found) -> Result<(), StoreError> {
 }
 
 async fn fill(c: &mut Conn<'_>, found: &mut Found) -> Result<(), StoreError> {
+    // The plain identifiers of the batch are found together, in one query
+    // of the token index: one query each made the records of a burst of
+    // `Patient?identifier` searches fall behind the searches.
+    let plain: Vec<(String, String)> = found
+        .keys()
+        .filter_map(|l| match l {
+            Lookup::Identifier { system, value } if plain_token(system) && plain_token(value) => {
+                Some((system.clone(), value.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut holders = identifier_holders(c, &plain).await?;
     for (lookup, patients) in found.iter_mut() {
         *patients = match lookup {
             Lookup::Compartment { resource_type, id } => {
@@ -232,6 +248,9 @@ async fn fill(c: &mut Conn<'_>, found: &mut Found) -> Result<(), StoreError> {
                     .into_iter()
                     .map(|(_, p, _)| p)
                     .collect()
+            }
+            Lookup::Identifier { system, value } if plain_token(system) && plain_token(value) => {
+                holders.remove(&(hash(value), hash(system))).unwrap_or_default()
             }
             Lookup::Identifier { system, value } => {
                 let opts = ParseOptions {
@@ -255,6 +274,49 @@ async fn fill(c: &mut Conn<'_>, found: &mut Found) -> Result<(), StoreError> {
         };
     }
     Ok(())
+}
+
+/// A system or value the search syntax takes as written: no escape, no
+/// second separator (others go through the search parser, one by one).
+fn plain_token(s: &str) -> bool {
+    !s.is_empty() && !s.contains(['\\', '|', ','])
+}
+
+/// The current Patients holding each (system, value), keyed by the hashes
+/// the token index stores them under, in pk order, at most
+/// `PATIENTS_PER_IDENTIFIER` each.
+async fn identifier_holders(
+    c: &mut Conn<'_>,
+    identifiers: &[(String, String)],
+) -> Result<HashMap<(i64, i64), Vec<String>>, StoreError> {
+    let mut out: HashMap<(i64, i64), Vec<String>> = HashMap::new();
+    for chunk in identifiers.chunks(IDENTIFIERS_PER_QUERY) {
+        let wanted: std::collections::HashSet<(i64, i64)> = chunk.iter().map(|(s, v)| (hash(v), hash(s))).collect();
+        let mut f = Frag::new(
+            "SELECT t.code, r.id, CAST(t.sys AS TEXT) FROM idx_token t JOIN resource r ON r.pk = t.pk \
+             WHERE t.param = ",
+        );
+        f.bind(Bind::I64(param_key("Patient", "identifier")))
+            .push(" AND r.rtype = 'Patient' AND r.deleted = 0 AND t.code IN (");
+        for (i, (code, _)) in wanted.iter().enumerate() {
+            if i > 0 {
+                f.push(", ");
+            }
+            f.bind(Bind::I64(*code));
+        }
+        f.push(") ORDER BY t.pk");
+        for (code, id, sys) in fetch_i64_text_text(c, &f).await? {
+            let Ok(sys) = sys.parse::<i64>() else { continue };
+            if !wanted.contains(&(code, sys)) {
+                continue;
+            }
+            let holders = out.entry((code, sys)).or_default();
+            if holders.len() < PATIENTS_PER_IDENTIFIER && !holders.contains(&id) {
+                holders.push(id);
+            }
+        }
+    }
+    Ok(out)
 }
 
 pub struct Detached {
